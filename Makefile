@@ -1,0 +1,33 @@
+# Two entry points that work on a fresh machine (see README):
+#   make bert-edge   install everything into .venv and build recipes/bert-edge.yaml
+#   make test        install everything into .venv and run the whole test suite
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: install bert-edge test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[models,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+bert-edge: $(STAMP)
+	$(BIN)/deploy-build recipes/bert-edge.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check orchestrator tests plugins benchmarks
+	$(BIN)/mypy
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf build cache

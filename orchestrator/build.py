@@ -1,0 +1,193 @@
+"""Run a plan: dispatch RUN tasks to the executor in DAG order, re-checking keys as inputs become
+known (early cutoff), record action entries only for successful tasks, then write manifests."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.executors.local import Finished, Job, LocalExecutor, describe_exit
+from orchestrator.graph import Task
+from orchestrator.plan import Decision, Plan, decide, input_digests
+from orchestrator.report import Reporter
+from orchestrator.store.base import Blob
+from orchestrator.store.local import LocalStore
+
+
+@dataclass
+class TaskOutcome:
+    status: str  # "hit" | "run" | "skip" | "fail"
+    key: str | None = None
+    entry: dict[str, Any] | None = None
+    duration: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Options:
+    jobs: int
+    fail_fast: bool = False
+
+
+class Interrupted(Exception):
+    pass
+
+
+def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
+            repro: dict[str, str]) -> dict[str, TaskOutcome]:
+    graph = plan.graph
+    tasks = {t.id: t for t in graph.tasks()}
+    order = list(tasks)
+    outcomes: dict[str, TaskOutcome] = {}
+    decisions: dict[str, Decision] = dict(plan.decisions)
+    outputs: dict[str, dict[str, Any]] = {}
+    executor = LocalExecutor(opts.jobs)
+    started: dict[str, Job] = {}
+    stop = False
+
+    def finish(tid: str, outcome: TaskOutcome) -> None:
+        outcomes[tid] = outcome
+        if outcome.entry is not None:
+            outputs[tid] = outcome.entry["outputs"]
+        reporter.task_done(tasks[tid], outcome)
+
+    def skip_descendants(tid: str, why: str) -> None:
+        for d in sorted(_descendants(graph.dag, tid)):
+            if d in tasks and d not in outcomes:
+                finish(d, TaskOutcome("skip", reasons=[why]))
+
+    try:
+        while True:
+            for tid in order:
+                if tid in outcomes or tid in started or stop:
+                    continue
+                d = decisions[tid]
+                if d.status == "SKIP":
+                    finish(tid, TaskOutcome("skip", reasons=d.reasons))
+                    continue
+                ups = [u for u in graph.dag.predecessors(tid) if u in tasks]
+                if any(u not in outcomes for u in ups):
+                    continue
+                if d.status == "HIT":
+                    finish(tid, TaskOutcome("hit", d.key, d.entry, reasons=d.reasons))
+                    continue
+                task = tasks[tid]
+                if d.key is None:  # inputs are known only now: decide again (early cutoff)
+                    digests = input_digests(task, plan.sources, outputs)
+                    assert digests is not None
+                    d = decide(task, store, digests, forced=False)
+                    if d.status == "HIT":
+                        d.reasons = ["early cutoff: upstream rebuilt identical bytes"]
+                        decisions[tid] = d
+                        finish(tid, TaskOutcome("hit", d.key, d.entry, reasons=d.reasons))
+                        continue
+                    d.reasons = d.reasons if d.reasons != ["not in this cache"] else ["input changed"]
+                    decisions[tid] = d
+                cpu = task.info.cls.resources.cpu
+                if not executor.can_start(cpu):
+                    continue
+                job = _job(task, d, plan, store, outputs, opts)
+                started[tid] = job
+                executor.start(job)
+                reporter.task_start(task, d.reasons)
+            if not executor.running and all(t in outcomes or t in started for t in order):
+                break
+            if not executor.running and stop:
+                break
+            for fin in executor.poll(0.05):
+                job = started[fin.task_id]
+                task = tasks[fin.task_id]
+                d = decisions[fin.task_id]
+                outcome = _record(task, d, fin, store, repro.get(fin.task_id, ""))
+                shutil.rmtree(job.scratch, ignore_errors=True)
+                finish(fin.task_id, outcome)
+                if outcome.status == "fail":
+                    skip_descendants(fin.task_id, f"upstream {task.label} failed")
+                    if opts.fail_fast:
+                        stop = True
+                        executor.cancel_all()
+                        for tid, j in started.items():
+                            if tid not in outcomes:
+                                shutil.rmtree(j.scratch, ignore_errors=True)
+                                finish(tid, TaskOutcome("skip", reasons=["stopped by --fail-fast"]))
+            reporter.tick(executor)
+        for tid in order:
+            if tid not in outcomes:
+                finish(tid, TaskOutcome("skip", reasons=["stopped by --fail-fast"]))
+    except KeyboardInterrupt:
+        executor.cancel_all()
+        for job in started.values():
+            shutil.rmtree(job.scratch, ignore_errors=True)
+        raise Interrupted() from None
+    return outcomes
+
+
+def _descendants(dag: Any, node: str) -> set[str]:
+    import networkx as nx
+
+    return set(nx.descendants(dag, node))
+
+
+def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
+         outputs: dict[str, dict[str, Any]], opts: Options) -> Job:
+    scratch = store.scratch(prefix=f"{task.step}-")
+    inputs: dict[str, str] = {}
+    for name, (node, out) in task.inputs.items():
+        if node in plan.sources:
+            inputs[name] = str(plan.sources[node].path)
+            continue
+        ref = outputs[node][out]
+        dest = scratch / "in" / name / ref["filename"].rstrip("/")
+        store.materialize(Blob.from_json(ref), dest)
+        inputs[name] = str(dest)
+    params = task.use.params.model_dump(mode="json")
+    params.update(task.params)  # reference tasks carry their overrides in task.params
+    spec = {
+        "ref": task.info.ref,
+        "step": task.step,
+        "params": params,
+        "inputs": inputs,
+        "out_dir": str(scratch / "out"),
+        "hardware": task.hardware,
+        "model": task.model,
+        "threads": max(1, min(task.info.cls.resources.cpu, opts.jobs)),
+        "store": str(store.root),
+    }
+    cpu = task.info.cls.resources.cpu
+    return Job(task.id, spec, scratch, cpu)
+
+
+def _record(task: Task, d: Decision, fin: Finished, store: LocalStore, repro: str) -> TaskOutcome:
+    if not fin.ok or fin.result is None:
+        why = describe_exit(fin.returncode) if fin.returncode != 0 else "worker wrote no result"
+        msg = (f"{task.label} failed ({why}) after {fin.duration:.1f}s\n"
+               f"--- log tail ---\n{fin.log_tail()}\n--- reproduce alone: {repro}")
+        return TaskOutcome("fail", d.key, None, fin.duration, d.reasons, msg)
+    assert d.key is not None and d.doc is not None
+    log_blob = store.put_bytes(fin.log.encode())
+    entry = {
+        "outputs": fin.result["outputs"],
+        "metrics": fin.result["metrics"],
+        "warnings": fin.result["warnings"],
+        "log": log_blob.digest,
+        "doc": d.doc,
+    }
+    store.put_action(d.key, entry)
+    for recipe, target, pos in task.labels:
+        store.set_meta(f"last:{recipe}/{target}/{pos}", d.doc)
+    return TaskOutcome("run", d.key, entry, fin.duration, d.reasons)
+
+
+def remember_hits(plan: Plan, outcomes: dict[str, TaskOutcome], store: LocalStore) -> None:
+    """Record the key document of every hit under each of its labels, so later reasons compare
+    against what this build used."""
+    for tid, o in outcomes.items():
+        if o.status == "hit" and o.entry is not None:
+            task = plan.graph.task(tid)
+            for recipe, target, pos in task.labels:
+                k = f"last:{recipe}/{target}/{pos}"
+                if store.get_meta(k) != o.entry["doc"]:
+                    store.set_meta(k, o.entry["doc"])

@@ -1,0 +1,126 @@
+"""The `deploy-build` command line: parse, dispatch, map errors to exit codes.
+
+Only the standard library is imported here, so `--help` answers at once; each command imports
+what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from orchestrator import __version__
+
+COMMANDS = ("build", "explain", "steps", "schema", "diff")
+
+EPILOG = """\
+commands:
+  deploy-build RECIPE [RECIPE...]    build (same as `deploy-build build RECIPE`)
+  deploy-build explain RECIPE        why each task of a target would run
+  deploy-build steps                 list the available steps and checks with their params
+  deploy-build schema                print the recipe JSON Schema (for editors)
+  deploy-build diff OLD NEW          compare two manifests (exit 1 on regressions with --fail-on)
+
+exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
+3 internal error (traceback in the cache's logs/), 130 interrupted.
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAML file(s)")
+    p.add_argument("-t", "--target", action="append", dest="targets", metavar="TARGET",
+                   help="only this target (repeatable)")
+    p.add_argument("--cache", metavar="DIR", default=None,
+                   help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where targets are materialized (default: build/ in the project)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="deploy-build",
+        description="Compile YAML deployment recipes into cached, verified, benchmarked engines.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"deploy-build {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+
+    b = sub.add_parser("build", help="build recipes (the default command)")
+    _common(b)
+    b.add_argument("--dry-run", "--plan", action="store_true", dest="dry_run",
+                   help="print the plan (HIT / RUN with reasons / SKIP with why); run nothing")
+    b.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
+                   help="cpu tokens for parallel tasks (default: the core count)")
+    mode = b.add_mutually_exclusive_group()
+    mode.add_argument("--keep-going", action="store_false", dest="fail_fast",
+                      help="on a failure, finish every independent task (default)")
+    mode.add_argument("--fail-fast", action="store_true", dest="fail_fast",
+                      help="stop at the first failed task")
+    b.add_argument("--force", action="store_true", help="re-run every selected task")
+    b.add_argument("--rebench", action="store_true", help="re-run benchmark checks")
+    b.add_argument("--only", metavar="TARGET/POSITION",
+                   help="run only this task (and any upstream task that is not cached), e.g. "
+                        "cpu-int8/3:ort-quantize; the failure message of a task prints this form")
+    b.add_argument("--json", action="store_true",
+                   help="print a JSON summary on stdout at the end (progress stays on stderr)")
+    b.set_defaults(func="orchestrator.commands.build:run")
+
+    e = sub.add_parser("explain", help="why each task of a target would run")
+    _common(e)
+    e.set_defaults(func="orchestrator.commands.build:explain")
+
+    s = sub.add_parser("steps", help="list steps and checks with their params and origin")
+    s.add_argument("--plugins", nargs="*", default=[], metavar="FILE",
+                   help="also load these plugin files")
+    s.set_defaults(func="orchestrator.commands.info:steps")
+
+    sc = sub.add_parser("schema", help="print the recipe JSON Schema")
+    sc.add_argument("--plugins", nargs="*", default=[], metavar="FILE")
+    sc.set_defaults(func="orchestrator.commands.info:schema")
+
+    d = sub.add_parser("diff", help="compare two manifests (files or folders of them)")
+    d.add_argument("old")
+    d.add_argument("new")
+    d.add_argument("--fail-on", action="append", default=[], metavar="RULE",
+                   help="exit 1 when a rule is broken, e.g. 'parity.min_cosine<0.99' or "
+                        "'latency+10%%'")
+    d.set_defaults(func="orchestrator.commands.diff:run")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] not in COMMANDS and not args_list[0].startswith("-"):
+        args_list.insert(0, "build")
+    args = parser().parse_args(args_list)
+    if not getattr(args, "func", None):
+        parser().print_help()
+        return 0
+    from orchestrator.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USER_ERROR, FatalError
+
+    module, _, name = args.func.partition(":")
+    try:
+        import importlib
+
+        code: int = getattr(importlib.import_module(module), name)(args)
+        return code
+    except FatalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:
+        import tempfile
+        import traceback
+
+        fd, path = tempfile.mkstemp(prefix="deploy-build-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"deploy-build {__version__}, python {sys.version}\nargs: {args_list}\n\n")
+            traceback.print_exc(file=f)
+        exc = sys.exc_info()[1]
+        print(f"internal error: {type(exc).__name__}: {exc} (traceback in {path}); "
+              "please report it", file=sys.stderr)
+        return EXIT_BUG

@@ -1,0 +1,184 @@
+"""`deploy-build RECIPE` (build, --dry-run) and `deploy-build explain RECIPE`."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_INTERRUPTED, EXIT_OK, FatalError
+from orchestrator.graph import BuildGraph, compile_graph
+from orchestrator.plan import Plan, make_plan, resolve_sources
+from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
+from orchestrator.registry import Registry
+from orchestrator.sources import StatCache
+from orchestrator.store.local import LocalStore
+
+
+@dataclass
+class Session:
+    recipes: list[Recipe]
+    store: LocalStore
+    out: Path
+    graph: BuildGraph
+    plan: Plan
+
+
+def project_root(start: Path) -> Path:
+    for d in [start.resolve(), *start.resolve().parents]:
+        if (d / "pyproject.toml").exists() or (d / ".git").exists():
+            return d
+    return Path.cwd()
+
+
+def cuda_devices() -> int:
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = False) -> Session:
+    registry = Registry()
+    recipes = [load_recipe(p, registry) for p in args.recipes]
+    names = [r.name for r in recipes]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise FatalError(f"two recipes are both named {dupes[0]!r}; give each a unique 'name:'")
+    all_targets = sorted({t for r in recipes for t in r.model.targets})
+    for t in args.targets or []:
+        if t not in all_targets:
+            hint = _did_you_mean(t, all_targets) or f"targets: {', '.join(all_targets)}"
+            raise FatalError(f"unknown target {t!r} given with -t; {hint}")
+    root = project_root(recipes[0].path.parent)
+    cache = Path(args.cache or os.environ.get("DEPLOY_BUILD_CACHE") or root / "cache")
+    out = Path(args.out) if args.out else root / "build"
+    store = LocalStore(cache)
+    graph = compile_graph(recipes, args.targets)
+    only = getattr(args, "only", None)
+    if only:
+        graph = _restrict(graph, only)
+    sources = resolve_sources(graph, StatCache(store.index))
+    plan = make_plan(graph, store, sources, force=force, rebench=rebench,
+                     cuda_devices=cuda_devices())
+    return Session(recipes, store, out, graph, plan)
+
+
+def _restrict(graph: BuildGraph, only: str) -> BuildGraph:
+    import networkx as nx
+
+    labels = {f"{t}/{p}": tid for tid in graph.dag.nodes for (_, t, p) in
+              getattr(graph.dag.nodes[tid]["obj"], "labels", [])}
+    if only not in labels:
+        hint = _did_you_mean(only, labels) or "use TARGET/POSITION as printed by --dry-run"
+        raise FatalError(f"no task {only!r} (--only); {hint}")
+    keep = nx.ancestors(graph.dag, labels[only]) | {labels[only]}
+    return BuildGraph(graph.dag.subgraph(keep).copy(), [], graph.recipes)
+
+
+def _shared(task: Any) -> str:
+    targets = sorted({t for _, t, _ in task.labels})
+    return f"  [shared by {', '.join(targets)}]" if len(targets) > 1 else ""
+
+
+def print_plan(plan: Plan, stream: Any = sys.stdout) -> None:
+    c = plan.counts()
+    n = len(plan.decisions)
+    print(f"plan: {n} tasks: {c['HIT']} HIT, {c['RUN']} RUN, {c['SKIP']} SKIP", file=stream)
+    for task in plan.graph.tasks():
+        d = plan.decisions[task.id]
+        why = f"  ({'; '.join(d.reasons)})" if d.reasons else ""
+        print(f"  {d.status:<4}  {task.label}{why}{_shared(task)}", file=stream)
+
+
+def explain(args: argparse.Namespace) -> int:
+    s = open_session(args)
+    for tp in s.graph.targets:
+        print(f"{tp.recipe.name}/{tp.name}:")
+        ids = tp.steps + [c for pair in tp.checks.values() for c in pair if c]
+        for tid in ids:
+            task = s.graph.task(tid)
+            d = s.plan.decisions[tid]
+            key = d.key[:16] if d.key else "(after upstream)"
+            print(f"  {d.status:<4}  {task.label:<36} key {key}{_shared(task)}")
+            for r in d.reasons:
+                print(f"          - {r}")
+    s.store.close()
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator.build import Interrupted, Options, execute, remember_hits
+    from orchestrator.manifest import build_manifest, write_target
+    from orchestrator.report import LiveReporter, PlainReporter
+
+    if args.jobs < 1:
+        raise FatalError(f"--jobs must be at least 1, got {args.jobs}")
+    s = open_session(args, force=args.force, rebench=args.rebench)
+    if args.dry_run:
+        print_plan(s.plan)
+        s.store.close()
+        return EXIT_OK
+    total = len(s.plan.decisions)
+    live = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    reporter = LiveReporter(sys.stderr, total) if live else PlainReporter(sys.stderr)
+    repro = {t.id: _repro(args, t.label) for t in s.graph.tasks()}
+    try:
+        outcomes = execute(s.plan, s.store, Options(args.jobs, args.fail_fast), reporter, repro)
+    except Interrupted:
+        reporter.close()
+        print("interrupted: running tasks stopped; finished tasks are cached", file=sys.stderr)
+        s.store.close()
+        return EXIT_INTERRUPTED
+    reporter.close()
+    remember_hits(s.plan, outcomes, s.store)
+    failed = False
+    targets: dict[str, Any] = {}
+    for o in outcomes.values():
+        if o.status == "fail":
+            failed = True
+            print(f"\nFAILED {o.error}", file=sys.stderr)
+    for tp in s.graph.targets:
+        manifest, failures = build_manifest(tp, s.graph, outcomes, s.plan.sources)
+        path = write_target(s.out, tp, manifest, s.store, outcomes, s.graph)
+        label = f"{tp.recipe.name}/{tp.name}"
+        targets[label] = {"status": manifest["status"], "manifest": str(path)}
+        if failures:
+            failed = True
+            print(f"target {label} FAILED:", file=sys.stderr)
+            for f in failures:
+                print(f"  - {f}", file=sys.stderr)
+        for step in manifest["steps"]:
+            for w in step["warnings"]:
+                print(f"warning: {label} {step['step']}: {w}", file=sys.stderr)
+    counts = {k: sum(1 for o in outcomes.values() if o.status == k)
+              for k in ("hit", "run", "skip", "fail")}
+    print(f"{len(outcomes)} tasks: {counts['hit']} hit, {counts['run']} run, {counts['skip']} skipped, "
+          f"{counts['fail']} failed; {sum(1 for t in targets.values() if t['status'] == 'ok')}/"
+          f"{len(targets)} targets ok", file=sys.stderr)
+    if args.json:
+        summary = {
+            "status": "failed" if failed else "ok",
+            "tasks": [
+                {"id": t.id, "label": t.label, "step": t.step, "key": outcomes[t.id].key,
+                 "status": outcomes[t.id].status, "duration_s": round(outcomes[t.id].duration, 3),
+                 "reasons": outcomes[t.id].reasons}
+                for t in s.graph.tasks()
+            ],
+            "targets": targets,
+        }
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    s.store.close()
+    return EXIT_BUILD_FAILED if failed else EXIT_OK
+
+
+def _repro(args: argparse.Namespace, label: str) -> str:
+    parts = ["deploy-build", *args.recipes, "--only", label, "--jobs", "1"]
+    if args.cache:
+        parts += ["--cache", args.cache]
+    if args.out:
+        parts += ["--out", args.out]
+    return shlex.join(parts)

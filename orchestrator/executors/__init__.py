@@ -1,0 +1,1 @@
+"""Executors run task specs and report small results; they never decide what to run."""

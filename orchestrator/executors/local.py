@@ -1,0 +1,132 @@
+"""Local executor: every task in its own worker process, at most `jobs` cpu tokens at once.
+
+A process per task (not a shared pool) is what isolates a native crash or os._exit to that task:
+the worker dies, its task fails, everything else goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOG_TAIL_LINES = 25
+
+
+@dataclass
+class Job:
+    task_id: str
+    spec: dict[str, Any]
+    scratch: Path
+    cpu: int
+
+
+@dataclass
+class Finished:
+    task_id: str
+    ok: bool
+    result: dict[str, Any] | None
+    log: str
+    returncode: int
+    duration: float
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(self.log.rstrip().splitlines()[-lines:])
+
+
+@dataclass
+class _Running:
+    job: Job
+    proc: subprocess.Popen[bytes]
+    started: float
+    log_path: Path
+
+
+@dataclass
+class LocalExecutor:
+    jobs: int
+    running: dict[str, _Running] = field(default_factory=dict)
+
+    @property
+    def free_cpu(self) -> int:
+        return self.jobs - sum(r.job.cpu for r in self.running.values())
+
+    def can_start(self, cpu: int) -> bool:
+        return not self.running or min(cpu, self.jobs) <= self.free_cpu
+
+    def start(self, job: Job) -> None:
+        job.scratch.mkdir(parents=True, exist_ok=True)
+        spec_path = job.scratch / "spec.json"
+        job.spec["result"] = str(job.scratch / "result.json")
+        spec_path.write_text(json.dumps(job.spec, indent=1))
+        log_path = job.scratch / "log.txt"
+        env = dict(os.environ)
+        threads = str(job.spec.get("threads", 1))
+        env.update({
+            "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+            # no telemetry or phone-home from OpenVINO, NNCF or the hub during a build
+            "CI": "true", "NNCF_CI": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+            "DO_NOT_TRACK": "1", "OPENVINO_NO_TELEMETRY": "1",
+        })
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.worker", str(spec_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True, cwd=str(job.scratch),
+            )
+        job.cpu = min(job.cpu, self.jobs)
+        self.running[job.task_id] = _Running(job, proc, time.monotonic(), log_path)
+
+    def elapsed(self, task_id: str) -> float:
+        return time.monotonic() - self.running[task_id].started
+
+    def poll(self, timeout: float = 0.05) -> list[Finished]:
+        deadline = time.monotonic() + timeout
+        while True:
+            done = [tid for tid, r in self.running.items() if r.proc.poll() is not None]
+            if done or time.monotonic() >= deadline or not self.running:
+                break
+            time.sleep(0.01)
+        out = []
+        for tid in done:
+            r = self.running.pop(tid)
+            rc = r.proc.returncode
+            log = r.log_path.read_text(errors="replace")
+            result_path = Path(r.job.spec["result"])
+            result = json.loads(result_path.read_text()) if rc == 0 and result_path.exists() else None
+            out.append(Finished(tid, result is not None, result, log, rc,
+                                time.monotonic() - r.started))
+        return out
+
+    def cancel_all(self) -> None:
+        """Stop every running worker (its whole process group) and wait for it."""
+        for r in self.running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(r.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for r in self.running.values():
+            try:
+                r.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(r.proc.pid, signal.SIGKILL)
+                r.proc.wait()
+        self.running.clear()
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"worker killed by {name}"
+    return f"worker exited with code {returncode}"

@@ -1,0 +1,146 @@
+"""Compile recipes into one networkx DAG of tasks. Identical tasks (same step, params, inputs and
+hardware properties) are one node, however many targets or recipes use them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from orchestrator.hashing import sha256_json
+from orchestrator.recipe import Recipe, StepUse
+from orchestrator.registry import StepInfo
+
+SOURCE_OUTPUT = "model"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A graph input that is not built: the model source or the samples file of a recipe."""
+
+    id: str
+    recipe: str
+    what: str  # "model" | "samples"
+
+
+@dataclass
+class Task:
+    id: str
+    info: StepInfo
+    params: dict[str, Any]  # validated, defaults filled, JSON mode; gate fields removed
+    use: StepUse
+    inputs: dict[str, tuple[str, str]]  # input name -> (node id, output name)
+    hardware: dict[str, Any]
+    device: str
+    model: dict[str, Any]
+    labels: list[tuple[str, str, str]] = field(default_factory=list)  # (recipe, target, position)
+    reference: bool = False
+
+    @property
+    def step(self) -> str:
+        return self.info.name
+
+    @property
+    def label(self) -> str:
+        recipe, target, pos = self.labels[0]
+        return f"{target}/{pos}"
+
+
+@dataclass
+class TargetPlan:
+    recipe: Recipe
+    name: str
+    steps: list[str]  # task ids, in order
+    checks: dict[str, tuple[str, str | None]]  # check name -> (task id, reference task id)
+
+
+@dataclass
+class BuildGraph:
+    dag: Any  # nx.DiGraph; node attribute "obj" holds a Task or a Source
+    targets: list[TargetPlan]
+    recipes: list[Recipe]
+
+    def task(self, node: str) -> Task:
+        obj = self.dag.nodes[node]["obj"]
+        assert isinstance(obj, Task)
+        return obj
+
+    def tasks(self) -> list[Task]:
+        """Tasks in a stable topological order."""
+        order = nx.lexicographical_topological_sort(
+            self.dag, key=lambda n: self.dag.nodes[n].get("seq", 0))
+        return [o for n in order if isinstance(o := self.dag.nodes[n]["obj"], Task)]
+
+
+def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) -> BuildGraph:
+    dag = nx.DiGraph()
+    plans: list[TargetPlan] = []
+    for recipe in recipes:
+        m = recipe.model.model
+        model_info = {
+            "task": m.task,
+            "trust_remote_code": m.trust_remote_code,
+            "shapes": recipe.model.inputs.shapes.model_dump(),
+        }
+        src_model = Source(f"src:{recipe.name}:model", recipe.name, "model")
+        dag.add_node(src_model.id, obj=src_model)
+        src_samples = None
+        if recipe.model.inputs.samples is not None:
+            src_samples = Source(f"src:{recipe.name}:samples", recipe.name, "samples")
+            dag.add_node(src_samples.id, obj=src_samples)
+        for tname, target in recipe.model.targets.items():
+            if only_targets and tname not in only_targets:
+                continue
+            hw = target.hardware.model_dump()
+
+            def add(use: StepUse, upstream: tuple[str, str], position: str,
+                    overrides: dict[str, Any] | None = None) -> str:
+                cls = use.info.cls
+                params = use.params.model_copy(update=overrides) if overrides else use.params
+                pjson = params.model_dump(mode="json", exclude=set(cls.gate_fields))
+                inputs: dict[str, tuple[str, str]] = {}
+                for name in cls.inputs:
+                    if name == "model":
+                        inputs[name] = upstream
+                    elif name == "source":
+                        inputs[name] = (src_model.id, SOURCE_OUTPUT)
+                    elif name == "samples":
+                        if src_samples is None:
+                            from orchestrator.errors import FatalError
+
+                            raise FatalError(f"{cls.kind} {use.info.name!r} at {use.where} needs "
+                                             "sample texts; set inputs.samples in the recipe")
+                        inputs[name] = (src_samples.id, SOURCE_OUTPUT)
+                hw_used = {k: hw.get(k) for k in cls.hardware_keys}
+                identity = {
+                    "step": use.info.name, "plugin": use.info.dist, "params": pjson,
+                    "inputs": {k: list(v) for k, v in inputs.items()}, "hw": hw_used,
+                    "model": model_info, "device": hw["device"],
+                }
+                tid = "t:" + sha256_json(identity)[:20]
+                if tid not in dag:
+                    task = Task(tid, use.info, pjson, use, inputs, hw_used, hw["device"],
+                                model_info, reference=overrides is not None)
+                    dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
+                    for up, _ in inputs.values():
+                        dag.add_edge(up, tid)
+                dag.nodes[tid]["obj"].labels.append((recipe.name, tname, position))
+                return tid
+
+            upstream = (src_model.id, SOURCE_OUTPUT)
+            ids: list[str] = []
+            for i, use in enumerate(recipe.steps[tname]):
+                tid = add(use, upstream, f"{i + 1}:{use.info.name}")
+                ids.append(tid)
+                upstream = (tid, "model")
+            checks: dict[str, tuple[str, str | None]] = {}
+            for use in recipe.checks[tname]:
+                cid = add(use, upstream, f"check:{use.info.name}")
+                ref = None
+                if use.info.cls.reference is not None:
+                    ref = add(use, (src_model.id, SOURCE_OUTPUT),
+                              f"check:{use.info.name}:reference", use.info.cls.reference)
+                checks[use.info.name] = (cid, ref)
+            plans.append(TargetPlan(recipe, tname, ids, checks))
+    return BuildGraph(dag, plans, recipes)

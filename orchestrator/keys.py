@@ -1,0 +1,94 @@
+"""Task keys: sha256 of the canonical JSON of exactly what determines a task's result.
+
+Never paths, timestamps, host names or thread counts. Bump KEY_SCHEMA when the document's shape
+changes (every key changes with it).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from orchestrator.hashing import sha256_json
+
+KEY_SCHEMA = 1
+
+
+@cache
+def dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not-installed"
+
+
+def toolchain(packages: tuple[str, ...]) -> dict[str, str]:
+    return {p: dist_version(p) for p in packages}
+
+
+def key_document(
+    *,
+    step: str,
+    version: str,
+    plugin: dict[str, str],
+    params: dict[str, Any],
+    inputs: dict[str, str],
+    toolchain: dict[str, str],
+    hardware: dict[str, Any],
+    model: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "schema": KEY_SCHEMA,
+        "step": step,
+        "version": version,
+        "plugin": plugin,
+        "params": params,
+        "inputs": inputs,
+        "toolchain": toolchain,
+        "hardware": hardware,
+        "model": model,
+    }
+
+
+def task_key(doc: dict[str, Any]) -> str:
+    return sha256_json(doc)
+
+
+def diff_documents(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Why new differs from old, in words a user can act on."""
+    reasons: list[str] = []
+    if old.get("schema") != new.get("schema"):
+        return ["key schema changed"]
+    if old.get("version") != new.get("version"):
+        reasons.append(f"step version changed ({old.get('version')} -> {new.get('version')})")
+    if old.get("plugin") != new.get("plugin"):
+        reasons.append("plugin changed ({} -> {})".format(
+            _short(old.get("plugin", {}).get("version")), _short(new["plugin"].get("version"))))
+    for field, label in (("params", "param"), ("hardware", "hardware"), ("model", "model option")):
+        o, n = old.get(field, {}), new.get(field, {})
+        for k in sorted(set(o) | set(n)):
+            if o.get(k, "<unset>") != n.get(k, "<unset>"):
+                reasons.append(f"{label} changed: {k} {_fmt(o.get(k, '<unset>'))} -> "
+                               f"{_fmt(n.get(k, '<unset>'))}")
+    oi, ni = old.get("inputs", {}), new.get("inputs", {})
+    for k in sorted(set(oi) | set(ni)):
+        if oi.get(k) != ni.get(k):
+            reasons.append(f"input changed: {k}")
+    ot, nt = old.get("toolchain", {}), new.get("toolchain", {})
+    for k in sorted(set(ot) | set(nt)):
+        if ot.get(k) != nt.get(k):
+            reasons.append(f"toolchain changed: {k} {ot.get(k, '-')} -> {nt.get(k, '-')}")
+    return reasons or ["key changed"]
+
+
+def _fmt(v: Any) -> str:
+    import json
+
+    return v if isinstance(v, str) and v == "<unset>" else json.dumps(v, sort_keys=True)
+
+
+def _short(v: Any) -> str:
+    s = str(v)
+    return s[:12] if len(s) == 64 else s

@@ -1,0 +1,162 @@
+"""Planning: for every task, HIT, RUN (with reasons) or SKIP (with why). Never runs a step.
+
+The plan is a pure function of the graph, the source digests and what the store holds. A task
+downstream of a RUN task has no key yet (its inputs are not built); the executor computes it once
+the inputs exist, so an upstream that rebuilds to identical bytes makes it a hit (early cutoff).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from orchestrator.graph import BuildGraph, Source, Task
+from orchestrator.keys import diff_documents, key_document, task_key, toolchain
+from orchestrator.sources import ResolvedSource, StatCache, resolve_model_path
+from orchestrator.store.base import Blob
+
+Status = Literal["HIT", "RUN", "SKIP"]
+
+
+@dataclass
+class Decision:
+    status: Status
+    reasons: list[str] = field(default_factory=list)
+    key: str | None = None
+    doc: dict[str, Any] | None = None
+    entry: dict[str, Any] | None = None
+
+
+@dataclass
+class Plan:
+    graph: BuildGraph
+    sources: dict[str, ResolvedSource]
+    decisions: dict[str, Decision]
+
+    def counts(self) -> dict[str, int]:
+        out = {"HIT": 0, "RUN": 0, "SKIP": 0}
+        for d in self.decisions.values():
+            out[d.status] += 1
+        return out
+
+
+def resolve_sources(graph: BuildGraph, stats: StatCache) -> dict[str, ResolvedSource]:
+    out: dict[str, ResolvedSource] = {}
+    by_name = {r.name: r for r in graph.recipes}
+    for node, data in graph.dag.nodes(data=True):
+        src = data["obj"]
+        if not isinstance(src, Source) or not any(True for _ in graph.dag.successors(node)):
+            continue
+        recipe = by_name[src.recipe]
+        if src.what == "model":
+            m = recipe.model.model
+            where = f"{recipe.path}: model.source"
+            path = resolve_model_path(m.source, recipe.base_dir, m.revision, where)
+        else:
+            samples = recipe.model.inputs.samples
+            assert samples is not None
+            path = recipe.resolve(samples)
+            if not path.is_file():
+                from orchestrator.errors import FatalError
+
+                raise FatalError(f"samples file {path} (inputs.samples in {recipe.path}) not found")
+        out[node] = ResolvedSource(path, stats.blob(path))
+    return out
+
+
+def document(task: Task, input_digests: dict[str, str]) -> dict[str, Any]:
+    info = task.info
+    return key_document(
+        step=info.name,
+        version=info.cls.version,
+        plugin={"dist": info.dist, "version": info.dist_version},
+        params=task.params,
+        inputs=input_digests,
+        toolchain=toolchain(info.cls.toolchain),
+        hardware=task.hardware,
+        model=task.model,
+    )
+
+
+def last_key(task: Task) -> str:
+    recipe, target, pos = task.labels[0]
+    return f"last:{recipe}/{target}/{pos}"
+
+
+def usable_entry(store: Any, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The action entry for key if every blob it names is intact; else (None, why not)."""
+    entry = store.get_action(key)
+    if entry is None:
+        return None, None
+    for name, b in sorted(entry["outputs"].items()):
+        problem = store.check(Blob.from_json(b))
+        if problem:
+            return None, f"cache entry invalid: output {name!r} {problem}"
+    return entry, None
+
+
+def input_digests(task: Task, sources: dict[str, ResolvedSource],
+                  outputs: dict[str, dict[str, Any]]) -> dict[str, str] | None:
+    """Digests of a task's inputs, or None while an upstream output is not known yet."""
+    digests: dict[str, str] = {}
+    for name, (node, out) in task.inputs.items():
+        if node in sources:
+            digests[name] = sources[node].blob.digest
+        elif node in outputs:
+            digests[name] = outputs[node][out]["digest"]
+        else:
+            return None
+    return digests
+
+
+def decide(task: Task, store: Any, digests: dict[str, str], forced: bool) -> Decision:
+    doc = document(task, digests)
+    key = task_key(doc)
+    if forced:
+        return Decision("RUN", ["forced"], key, doc)
+    entry, problem = usable_entry(store, key)
+    if entry is not None:
+        return Decision("HIT", [], key, doc, entry)
+    if problem:
+        return Decision("RUN", [problem], key, doc)
+    last = store.get_meta(last_key(task))
+    if last is None:
+        return Decision("RUN", ["new"], key, doc)
+    if last == doc:
+        return Decision("RUN", ["not in this cache"], key, doc)
+    return Decision("RUN", diff_documents(last, doc), key, doc)
+
+
+def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
+              force: bool = False, rebench: bool = False, cuda_devices: int = 0) -> Plan:
+    decisions: dict[str, Decision] = {}
+    outputs: dict[str, dict[str, Any]] = {}
+    for task in graph.tasks():
+        ups = [u for u in graph.dag.predecessors(task.id) if u in decisions]
+        skipped = [u for u in ups if decisions[u].status == "SKIP"]
+        if skipped:
+            decisions[task.id] = Decision("SKIP", [f"upstream {graph.task(skipped[0]).label} is skipped"])
+            continue
+        need = task.info.cls.resources.cuda
+        if task.device == "cuda" and need > cuda_devices:
+            decisions[task.id] = Decision("SKIP", [
+                f"needs {need} CUDA device(s); this executor has {cuda_devices}"])
+            continue
+        digests = input_digests(task, sources, outputs)
+        if digests is None:
+            running = [graph.task(u).label for u in ups if decisions[u].status == "RUN"]
+            decisions[task.id] = Decision("RUN", [
+                f"input changes: upstream {', '.join(running)} runs first "
+                "(a hit after all if it rebuilds identical bytes)"])
+            continue
+        forced = force or (rebench and task.step == "benchmark")
+        d = decide(task, store, digests, forced)
+        decisions[task.id] = d
+        if d.status == "HIT" and d.entry is not None:
+            outputs[task.id] = d.entry["outputs"]
+    return Plan(graph, sources, decisions)
+
+
+def source_path(plan: Plan, node: str) -> Path:
+    return plan.sources[node].path

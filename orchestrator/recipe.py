@@ -1,0 +1,280 @@
+"""Recipe: the YAML a user writes, validated into frozen pydantic values.
+
+Every error names file:line:col, what is wrong and what to do; a misspelt key or step name gets the
+closest valid one. Step params are validated against the step's own ``Params`` model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator import yamlpos
+from orchestrator.errors import FatalError
+from orchestrator.hashing import sha256_bytes
+from orchestrator.registry import Registry, StepInfo
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSource(_Strict):
+    source: str = Field(
+        description="A local Hugging Face folder (relative to the recipe), "
+        "'package:<distribution>' for an installed package that ships a model, "
+        "or a hub id 'org/name' (needs the hub)."
+    )
+    revision: str | None = Field(None, description="Pinned hub revision (hub ids only).")
+    task: Literal[
+        "feature-extraction", "sequence-classification", "token-classification", "fill-mask"
+    ] = "feature-extraction"
+    trust_remote_code: bool = False
+
+
+class Shapes(_Strict):
+    batch: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    sequence: list[int] = Field(default_factory=lambda: [128], min_length=1)
+
+
+class Inputs(_Strict):
+    shapes: Shapes = Field(default_factory=Shapes)
+    samples: str | None = Field(
+        None, description="Text file, one sample per line (parity and calibration)."
+    )
+
+
+class Hardware(_Strict):
+    device: Literal["cpu", "cuda"] = "cpu"
+    accelerator: str | None = Field(
+        None, description="Accelerator type (e.g. 'A100', 'orin'); routes tasks on a cluster."
+    )
+
+
+class Target(_Strict):
+    hardware: Hardware = Field(default_factory=Hardware)
+    steps: list[dict[str, dict[str, Any] | None]] = Field(min_length=1)
+    checks: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+
+
+class RecipeModel(_Strict):
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+    plugins: list[str] = Field(default_factory=list)
+    model: ModelSource
+    inputs: Inputs = Field(default_factory=Inputs)
+    targets: dict[str, Target] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class StepUse:
+    """One step (or check) of a target, with validated params and where it was written."""
+
+    info: StepInfo
+    params: BaseModel
+    where: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    name: str
+    digest: str
+    model: RecipeModel
+    steps: dict[str, tuple[StepUse, ...]]
+    checks: dict[str, tuple[StepUse, ...]]
+    registry: Registry
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relpath: str) -> Path:
+        return (self.base_dir / relpath).resolve()
+
+
+def load_recipe(path: str | Path, registry: Registry | None = None) -> Recipe:
+    path = Path(path)
+    display = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FatalError(f"recipe {display} not found; check the path") from None
+    except IsADirectoryError:
+        raise FatalError(f"recipe {display} is a folder; give a .yaml file") from None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise FatalError(f"recipe {display} is not UTF-8 text") from None
+    data, pos = yamlpos.load(text, display)
+    if not isinstance(data, dict):
+        raise FatalError(f"recipe at {pos.at(())} must be a mapping with 'model' and 'targets'")
+    try:
+        model = RecipeModel.model_validate(data)
+    except ValidationError as e:
+        raise FatalError(_format_errors(e, pos, RecipeModel, ())) from None
+    for tname in model.targets:
+        if not _valid_name(tname):
+            raise FatalError(
+                f"target name {tname!r} at {pos.at(('targets', tname), key=True)} may only hold "
+                "letters, digits, '.', '_' and '-'"
+            )
+    registry = registry or Registry()
+    for i, plugin in enumerate(model.plugins):
+        registry.load_file((path.parent / plugin).resolve(), where=str(pos.at(("plugins", i))))
+    steps: dict[str, tuple[StepUse, ...]] = {}
+    checks: dict[str, tuple[StepUse, ...]] = {}
+    for tname, target in model.targets.items():
+        base: tuple[str | int, ...] = ("targets", tname)
+        uses = []
+        for i, entry in enumerate(target.steps):
+            if len(entry) != 1:
+                raise FatalError(
+                    f"step at {pos.at(base + ('steps', i))} must be one 'name: {{params}}' pair, "
+                    f"got {len(entry)} keys"
+                )
+            ((sname, params),) = entry.items()
+            uses.append(_use(registry, sname, params, pos, base + ("steps", i), "transform"))
+        steps[tname] = tuple(uses)
+        checks[tname] = tuple(
+            _use(registry, cname, cparams, pos, base + ("checks",), "check")
+            for cname, cparams in sorted(target.checks.items())
+        )
+    name = model.name or path.stem
+    if not _valid_name(name):
+        raise FatalError(f"recipe name {name!r} from {display} is not a valid name; set 'name:'")
+    return Recipe(path, name, sha256_bytes(raw), model, steps, checks, registry)
+
+
+def _valid_name(name: str) -> bool:
+    import re
+
+    return re.match(NAME_PATTERN, name) is not None
+
+
+def _use(
+    registry: Registry,
+    name: str,
+    params: dict[str, Any] | None,
+    pos: yamlpos.Positions,
+    at: tuple[str | int, ...],
+    kind: str,
+) -> StepUse:
+    key_path = at + (name,)
+    where = pos.at(key_path, key=True)
+    noun = "step" if kind == "transform" else "check"
+    names = registry.names(kind)
+    if name not in names:
+        hint = _did_you_mean(name, names) or f"`deploy-build steps` lists the {noun}s"
+        raise FatalError(f"unknown {noun} {name!r} at {where}; {hint}")
+    info = registry.get(name)
+    try:
+        validated = info.cls.Params.model_validate(params or {})
+    except ValidationError as e:
+        raise FatalError(_format_errors(e, pos, info.cls.Params, key_path, context=f"{noun} {name!r}"))
+    return StepUse(info, validated, str(where))
+
+
+def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _format_errors(
+    err: ValidationError,
+    pos: yamlpos.Positions,
+    root: type[BaseModel],
+    prefix: tuple[str | int, ...],
+    context: str = "",
+) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        full = prefix + loc
+        ctx = f" in {context}" if context else ""
+        if e["type"] == "extra_forbidden":
+            field = str(loc[-1])
+            allowed = _fields_at(root, loc[:-1])
+            hint = _did_you_mean(field, allowed) or (
+                f"allowed: {', '.join(sorted(allowed))}" if allowed else "remove it"
+            )
+            lines.append(f"unknown key {field!r}{ctx} at {pos.at(full, key=True)}; {hint}")
+        elif e["type"] == "missing":
+            lines.append(
+                f"missing key {str(loc[-1])!r}{ctx} at {pos.at(full[:-1])}; add it "
+                "(see `deploy-build schema`)"
+            )
+        else:
+            field = ".".join(str(p) for p in loc) or "value"
+            lines.append(f"invalid {field}{ctx} at {pos.at(full)}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """The field names of the model reached by following loc through fields, dicts and lists."""
+    tp: Any = model
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if not isinstance(part, str) or part not in tp.model_fields:
+                return []
+            tp = tp.model_fields[part].annotation
+        else:
+            args = typing.get_args(tp)
+            if not args:
+                return []
+            tp = args[-1]
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    """Optional[X] -> X."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def recipe_json_schema(registry: Registry) -> dict[str, Any]:
+    """The recipe's JSON Schema, with every registered step's params (for editors)."""
+    schema = RecipeModel.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+
+    def options(kind: str) -> list[dict[str, Any]]:
+        out = []
+        for name in sorted(registry.names(kind)):
+            info = registry.get(name)
+            p = info.cls.Params.model_json_schema(ref_template="#/$defs/{model}")
+            defs.update(p.pop("$defs", {}))
+            p["title"] = f"{name} params"
+            out.append(
+                {
+                    "type": "object",
+                    "properties": {name: {"anyOf": [p, {"type": "null"}]}},
+                    "required": [name],
+                    "additionalProperties": False,
+                    "description": info.cls.description,
+                }
+            )
+        return out
+
+    target = defs["Target"]
+    target["properties"]["steps"]["items"] = {"anyOf": options("transform")}
+    check_props = {}
+    for item in options("check"):
+        check_props.update(item["properties"])
+    target["properties"]["checks"] = {
+        "type": "object",
+        "properties": check_props,
+        "additionalProperties": False,
+    }
+    return schema

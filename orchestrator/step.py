@@ -1,0 +1,126 @@
+"""The one Step contract. Built-in steps and plugins implement exactly this.
+
+A step is a class with:
+
+- ``name`` and ``version`` (bump the version when the step's output for the same inputs changes),
+- ``Params``: a pydantic model with ``extra="forbid"``; validated values with defaults filled enter
+  the task key,
+- ``inputs``: the named inputs it reads (``model``: the previous step's output or, for the first
+  step, the model source; ``source``: the model source folder; ``samples``: the recipe's sample
+  text file),
+- ``outputs``: output name -> file name; a name ending in ``/`` is a folder (stored as a tree),
+- ``resources``: what one run needs (cpu cores, cuda devices, memory),
+- ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``),
+- ``hardware_keys``: the target hardware properties that change its output,
+- ``run(ctx)``: does the work, writes each output at ``ctx.output(name)``, returns metrics.
+
+Check steps (``kind = "check"``) produce only metrics; ``gate_fields`` are params that judge the
+metrics (thresholds) rather than produce them, so they stay out of the key and changing a threshold
+never re-measures. ``gate(params, metrics)`` returns the reasons a check fails, empty when it passes.
+
+Heavy imports (torch, onnxruntime, openvino, ...) belong inside ``run``: the registry imports step
+modules to validate recipes, and planning must stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+StepKind = Literal["transform", "check"]
+KNOWN_INPUTS = ("model", "source", "samples")
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu: int = 1
+    cuda: int = 0
+    memory_gb: float = 1.0
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Recipe-level facts about the model that every step may use (they enter every key)."""
+
+    task: str = "feature-extraction"
+    trust_remote_code: bool = False
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """What a running step sees. Paths only: the step never touches the cache itself."""
+
+    params: Any
+    inputs: dict[str, Path]
+    out_dir: Path
+    outputs: dict[str, str]
+    hardware: dict[str, Any]
+    model: ModelInfo
+    threads: int = 1
+    warnings: list[str] = field(default_factory=list)
+
+    def output(self, name: str) -> Path:
+        """Where to write output ``name`` (a folder for names declared with a trailing '/')."""
+        if name not in self.outputs:
+            raise KeyError(f"output {name!r} is not declared; declared: {sorted(self.outputs)}")
+        filename = self.outputs[name]
+        path = self.out_dir / filename.rstrip("/")
+        if filename.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def input(self, name: str) -> Path:
+        if name not in self.inputs:
+            raise KeyError(f"input {name!r} is not available; available: {sorted(self.inputs)}")
+        return self.inputs[name]
+
+    def log(self, message: str) -> None:
+        """A line for the task's log (its tail is shown when the task fails)."""
+        print(message, flush=True)
+
+    def warn(self, message: str) -> None:
+        """A warning shown after the build and recorded in the step's metrics."""
+        self.warnings.append(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class Step:
+    name: ClassVar[str]
+    version: ClassVar[str]
+    description: ClassVar[str] = ""
+    kind: ClassVar[StepKind] = "transform"
+    Params: ClassVar[type[BaseModel]] = NoParams
+    inputs: ClassVar[tuple[str, ...]] = ("model",)
+    outputs: ClassVar[dict[str, str]] = {}
+    resources: ClassVar[Resources] = Resources()
+    toolchain: ClassVar[tuple[str, ...]] = ()
+    hardware_keys: ClassVar[tuple[str, ...]] = ()
+    gate_fields: ClassVar[tuple[str, ...]] = ()
+    # A check that also measures the untouched model source (e.g. the PyTorch reference benchmark)
+    # gets one shared extra task with ``model`` = the source and these param overrides.
+    reference: ClassVar[dict[str, Any] | None] = None
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def gate(cls, params: Any, metrics: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
+        """Reasons this check fails (empty: it passes). Only for ``kind = "check"``."""
+        return []
+
+    @classmethod
+    def summarize(
+        cls, params: Any, metrics: dict[str, Any], reference: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """What goes into the manifest's section for this check (default: the metrics)."""
+        return metrics

@@ -1,0 +1,74 @@
+"""Shared helpers for steps that load a Hugging Face model folder (imports torch lazily)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+TASK_AUTO = {
+    "feature-extraction": "AutoModel",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "fill-mask": "AutoModelForMaskedLM",
+}
+
+
+def load_model(folder: Path, task: str, trust_remote_code: bool = False,
+               attn_implementation: str | None = "eager") -> Any:
+    """The PyTorch model for task, in eval mode, fp32 (eager attention by default: it exports
+    to a graph the ONNX Runtime optimizer can fuse)."""
+    import transformers
+
+    auto = getattr(transformers, TASK_AUTO[task])
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = auto.from_pretrained(str(folder), **kwargs)
+    model.eval()
+    return model
+
+
+def load_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+
+
+def read_samples(path: Path | None, limit: int | None = None) -> list[str]:
+    """Non-empty lines of the samples file (a few built-in sentences when there is none)."""
+    if path is None:
+        lines = [
+            "The quick brown fox jumps over the lazy dog.",
+            "Deploying transformer models to edge hardware needs careful quantization.",
+            "A short one.",
+            "How fast does this model run on a CPU with two threads?",
+        ]
+    else:
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    return lines[:limit] if limit else lines
+
+
+def output_names(task: str) -> list[str]:
+    """The ONNX output names a step exports for task (the first is what parity compares)."""
+    return ["last_hidden_state"] if task == "feature-extraction" else ["logits"]
+
+
+def input_names() -> list[str]:
+    return ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def mean_pool(hidden: Any, mask: Any) -> Any:
+    """Sentence embedding: mean over the attention mask, L2-normalized (numpy arrays)."""
+    import numpy as np
+
+    m = mask[..., None].astype(hidden.dtype)
+    summed = (hidden * m).sum(axis=1)
+    counts = np.clip(m.sum(axis=1), 1e-9, None)
+    emb = summed / counts
+    norm = np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb / np.clip(norm, 1e-12, None)

@@ -1,0 +1,58 @@
+"""The store interface. Local and remote stores implement it and pass the same contract tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A stored output: a single file, or a tree (a folder, stored as a JSON listing blob)."""
+
+    kind: Literal["file", "tree"]
+    digest: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "digest": self.digest, "size": self.size}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> Blob:
+        return Blob(d["kind"], d["digest"], int(d["size"]))
+
+
+class Store(Protocol):
+    def get_action(self, key: str) -> dict[str, Any] | None:
+        """The action entry for key, or None."""
+
+    def put_action(self, key: str, entry: dict[str, Any]) -> None:
+        """Record an action entry. Call only after every blob it names is stored."""
+
+    def put_file(self, path: Path) -> Blob: ...
+
+    def put_tree(self, path: Path) -> Blob: ...
+
+    def put_bytes(self, data: bytes) -> Blob: ...
+
+    def read_bytes(self, digest: str) -> bytes:
+        """The blob's bytes, verified against its digest (raises CorruptBlob / MissingBlob)."""
+
+    def check(self, blob: Blob) -> str | None:
+        """None when the blob (and, for a tree, every file in it) is present and intact; else why not."""
+
+    def materialize(self, blob: Blob, dest: Path) -> None:
+        """Place the blob at dest (hard link, falling back to copy); a tree becomes a folder."""
+
+
+class BlobError(Exception):
+    pass
+
+
+class MissingBlob(BlobError):
+    pass
+
+
+class CorruptBlob(BlobError):
+    pass

@@ -1,0 +1,79 @@
+"""Runs one task in its own process: `python -m orchestrator.worker SPEC.json`.
+
+The spec names the step class, its params, input paths, the output folder and the store. On
+success the worker stores the outputs as blobs and writes a small result JSON; it never writes an
+action entry (the orchestrator does, after checking the result). Anything else (an exception, a
+non-zero exit, a native crash) leaves no result, and the task fails.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from orchestrator.hashing import canonical_json
+
+
+def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    from orchestrator.registry import load_step
+    from orchestrator.step import ModelInfo, StepContext
+    from orchestrator.store.local import LocalStore
+
+    cls = load_step(spec["ref"])
+    params = cls.Params.model_validate(spec["params"])
+    out_dir = Path(spec["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = StepContext(
+        params=params,
+        inputs={k: Path(v) for k, v in spec["inputs"].items()},
+        out_dir=out_dir,
+        outputs=dict(cls.outputs),
+        hardware=spec["hardware"],
+        model=ModelInfo(**spec["model"]),
+        threads=int(spec["threads"]),
+    )
+    metrics = cls().run(ctx) or {}
+    if not isinstance(metrics, dict):
+        raise TypeError(f"{cls.__name__}.run must return a dict of metrics, got {type(metrics)}")
+    canonical_json(metrics)  # fails early on NaN or values JSON cannot hold
+    store = LocalStore(spec["store"])
+    outputs: dict[str, Any] = {}
+    try:
+        for name, filename in cls.outputs.items():
+            path = out_dir / filename.rstrip("/")
+            if filename.endswith("/"):
+                if not path.is_dir() or not any(path.iterdir()):
+                    raise RuntimeError(f"step {cls.name!r} did not write output folder {name!r}")
+                blob = store.put_tree(path)
+            else:
+                if not path.is_file():
+                    raise RuntimeError(f"step {cls.name!r} did not write output {name!r} ({filename})")
+                blob = store.put_file(path)
+            outputs[name] = {**blob.to_json(), "filename": filename}
+    finally:
+        store.close()
+    return {"outputs": outputs, "metrics": metrics, "warnings": ctx.warnings}
+
+
+def main(argv: list[str]) -> int:
+    faulthandler.enable()
+    spec_path = Path(argv[0])
+    spec = json.loads(spec_path.read_text())
+    try:
+        result = run_spec(spec)
+    except Exception:
+        traceback.print_exc()
+        return 1
+    tmp = Path(spec["result"] + ".tmp")
+    tmp.write_text(canonical_json(result))
+    os.replace(tmp, spec["result"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

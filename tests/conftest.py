@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny BertConfig model folder (built in seconds) and the fake steps."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WORDS = (
+    "the quick brown fox jumps over lazy dog a short one how fast does this model run on cpu "
+    "with two threads deploying transformer models to edge hardware needs careful quantization "
+    "is are was were be been hello world good bad test sentence example of text and or not"
+).split()
+
+
+def make_tiny_model(folder: Path, task: str = "feature-extraction", seed: int = 0,
+                    layers: int = 2, heads: int = 4, hidden: int = 32) -> Path:
+    """Save a tiny random BERT (with a word-level tokenizer) as a Hugging Face folder."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), ".", "?", ","]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    tok.save_pretrained(str(folder))
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=hidden * 2,
+                        max_position_embeddings=256, num_labels=3)
+    torch.manual_seed(seed)
+    cls = BertForSequenceClassification if task == "sequence-classification" else BertModel
+    model = cls(config).eval()
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tinycls") / "model", task="sequence-classification")
+
+
+@pytest.fixture
+def fake_steps(tmp_path: Path) -> Path:
+    """A copy of tests/fixtures/fake_steps.py next to the test's recipes."""
+    dest = tmp_path / "fake_steps.py"
+    shutil.copy(FIXTURES / "fake_steps.py", dest)
+    return dest
