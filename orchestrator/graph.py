@@ -105,12 +105,7 @@ def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) 
                         inputs[name] = upstream
                     elif name == "source":
                         inputs[name] = (src_model.id, SOURCE_OUTPUT)
-                    elif name == "samples":
-                        if src_samples is None:
-                            from orchestrator.errors import FatalError
-
-                            raise FatalError(f"{cls.kind} {use.info.name!r} at {use.where} needs "
-                                             "sample texts; set inputs.samples in the recipe")
+                    elif name == "samples" and src_samples is not None:
                         inputs[name] = (src_samples.id, SOURCE_OUTPUT)
                 hw_used = {k: hw.get(k) for k in cls.hardware_keys}
                 identity = {

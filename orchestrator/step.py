@@ -7,7 +7,7 @@ A step is a class with:
   the task key,
 - ``inputs``: the named inputs it reads (``model``: the previous step's output or, for the first
   step, the model source; ``source``: the model source folder; ``samples``: the recipe's sample
-  text file),
+  text file, absent from ``ctx.inputs`` when the recipe has none),
 - ``outputs``: output name -> file name; a name ending in ``/`` is a folder (stored as a tree),
 - ``resources``: what one run needs (cpu cores, cuda devices, memory),
 - ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``),
