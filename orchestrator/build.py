@@ -78,7 +78,7 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
                 if d.key is None:  # inputs are known only now: decide again (early cutoff)
                     digests = input_digests(task, plan.sources, outputs)
                     assert digests is not None
-                    d = decide(task, store, digests, forced=False)
+                    d = decide(task, store, digests, forced=plan.forced(task))
                     if d.status == "HIT":
                         d.reasons = ["early cutoff: upstream rebuilt identical bytes"]
                         decisions[tid] = d

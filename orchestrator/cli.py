@@ -58,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
                       help="on a failure, finish every independent task (default)")
     mode.add_argument("--fail-fast", action="store_true", dest="fail_fast",
                       help="stop at the first failed task")
+    b.set_defaults(fail_fast=False)
     b.add_argument("--force", action="store_true", help="re-run every selected task")
     b.add_argument("--rebench", action="store_true", help="re-run benchmark checks")
     b.add_argument("--only", metavar="TARGET/POSITION",

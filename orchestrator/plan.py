@@ -33,6 +33,11 @@ class Plan:
     graph: BuildGraph
     sources: dict[str, ResolvedSource]
     decisions: dict[str, Decision]
+    force: bool = False
+    rebench: bool = False
+
+    def forced(self, task: Task) -> bool:
+        return self.force or (self.rebench and task.step == "benchmark")
 
     def counts(self) -> dict[str, int]:
         out = {"HIT": 0, "RUN": 0, "SKIP": 0}
@@ -155,7 +160,7 @@ def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
         decisions[task.id] = d
         if d.status == "HIT" and d.entry is not None:
             outputs[task.id] = d.entry["outputs"]
-    return Plan(graph, sources, decisions)
+    return Plan(graph, sources, decisions, force, rebench)
 
 
 def source_path(plan: Plan, node: str) -> Path:

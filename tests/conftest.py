@@ -52,3 +52,63 @@ def fake_steps(tmp_path: Path) -> Path:
     dest = tmp_path / "fake_steps.py"
     shutil.copy(FIXTURES / "fake_steps.py", dest)
     return dest
+
+
+class Project:
+    """A throw-away project: a fake model folder, the fake steps plugin, recipes, cache, outputs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cache = root / "cache"
+        self.out = root / "build"
+        model = root / "model"
+        model.mkdir()
+        (model / "weights.bin").write_bytes(b"weights-v1")
+        (model / "config.json").write_text('{"hidden": 4}')
+        shutil.copy(FIXTURES / "fake_steps.py", root / "fake_steps.py")
+
+    def recipe(self, text: str, name: str = "r.yaml") -> Path:
+        path = self.root / name
+        path.write_text(text)
+        return path
+
+    def run(self, *args: str, capsys: pytest.CaptureFixture[str] | None = None) -> int:
+        from orchestrator.cli import main
+
+        return main([*args, "--cache", str(self.cache), "--out", str(self.out)])
+
+    def build_json(self, recipe: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+        import json
+
+        capsys.readouterr()
+        rc = self.run(str(recipe), "--json", *args)
+        captured = capsys.readouterr()
+        summary = json.loads(captured.out)
+        summary["rc"] = rc
+        summary["err"] = captured.err
+        summary["by_label"] = {t["label"]: t for t in summary["tasks"]}
+        return summary
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path)
+
+
+FAKE_RECIPE = """\
+name: demo
+plugins: [fake_steps.py]
+model:
+  source: ./model
+targets:
+  a:
+    steps:
+      - fake-upper: {suffix: "!"}
+      - fake-tree: {files: 2}
+    checks:
+      fake-length: {max_bytes: 1000}
+  b:
+    steps:
+      - fake-upper: {suffix: "!"}
+      - fake-const: {text: hello}
+"""

@@ -84,7 +84,8 @@ def _shared(task: Any) -> str:
     return f"  [shared by {', '.join(targets)}]" if len(targets) > 1 else ""
 
 
-def print_plan(plan: Plan, stream: Any = sys.stdout) -> None:
+def print_plan(plan: Plan, stream: Any = None) -> None:
+    stream = stream or sys.stdout
     c = plan.counts()
     n = len(plan.decisions)
     print(f"plan: {n} tasks: {c['HIT']} HIT, {c['RUN']} RUN, {c['SKIP']} SKIP", file=stream)

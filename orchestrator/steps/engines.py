@@ -1,0 +1,221 @@
+"""A small runtime layer shared by the checks: open an engine (PyTorch reference, ONNX Runtime,
+OpenVINO IR or TorchScript) from a path, feed it a batch of numpy inputs, get the task's main
+output (last_hidden_state or logits) back as float32 numpy.
+
+Heavy imports (torch, onnxruntime, openvino) happen inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.steps import hf
+
+QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+             "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
+             "QGemm", "MatMulNBits", "QOrderedMatMul"}
+_OV_INT = re.compile(r'element_type="(i8|u8|i4|u4)"')
+_HF_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+
+
+class Engine:
+    """One opened model. ``run`` feeds only the inputs the engine declares."""
+
+    def __init__(self, runtime: str, input_names: list[str], fn: Callable[[dict[str, Any]], Any],
+                 settings: dict[str, Any], finish: Callable[[], str | None] | None = None) -> None:
+        self.runtime = runtime
+        self.input_names = input_names
+        self._fn = fn
+        self._settings = settings
+        self._finish = finish
+
+    def run(self, batch: dict[str, Any]) -> Any:
+        import numpy as np
+
+        missing = [n for n in self.input_names if n not in batch]
+        if missing:
+            raise ValueError(f"{self.runtime} engine needs inputs {missing}; got {sorted(batch)}")
+        out = self._fn({n: batch[n] for n in self.input_names})
+        return np.asarray(out, dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """Runtime settings worth recording next to the numbers they produced."""
+        return dict(self._settings)
+
+    def end_profiling(self) -> str | None:
+        """The profile file of an ONNX Runtime session opened with profile=True (else None)."""
+        return self._finish() if self._finish else None
+
+
+def engine_kind(path: Path) -> str:
+    """'pytorch', 'onnxruntime', 'openvino' or 'torchscript', from what the path holds."""
+    if path.is_dir():
+        has_config = (path / "config.json").is_file()
+        if has_config and any(next(path.glob(g), None) for g in _HF_WEIGHTS):
+            return "pytorch"
+        if any(path.glob("*.xml")):
+            return "openvino"
+        if any(path.glob("*.onnx")):
+            return "onnxruntime"
+        if any(path.glob("*.pt")):
+            return "torchscript"
+        if has_config:
+            return "pytorch"
+    else:
+        suffix = {".onnx": "onnxruntime", ".xml": "openvino", ".pt": "torchscript"}
+        if path.suffix in suffix:
+            return suffix[path.suffix]
+    raise ValueError(f"cannot tell what kind of model {path} is: expected a Hugging Face folder "
+                     "(config.json), a *.onnx file, an OpenVINO IR (*.xml) or a TorchScript *.pt")
+
+
+def _one_file(path: Path, pattern: str, preferred: str) -> Path:
+    if not path.is_dir():
+        return path
+    if (path / preferred).is_file():
+        return path / preferred
+    found = sorted(path.glob(pattern))
+    if len(found) != 1:
+        raise ValueError(f"expected one {pattern} file in {path}, found {[f.name for f in found]}")
+    return found[0]
+
+
+def open_engine(path: Path, threads: int, precision_hint: str = "f32", *,
+                task: str = "feature-extraction", trust_remote_code: bool = False,
+                profile_dir: Path | None = None) -> Engine:
+    """Open the model at path on the CPU with ``threads`` threads. ``precision_hint`` is the
+    OpenVINO INFERENCE_PRECISION_HINT (always set: on bf16 CPUs the default silently is bf16);
+    ``profile_dir`` turns on the ONNX Runtime profiler (ignored by the other runtimes)."""
+    kind = engine_kind(path)
+    threads = max(1, threads)
+    output = hf.output_names(task)[0]
+    if kind == "onnxruntime":
+        return _open_ort(_one_file(path, "*.onnx", "model.onnx"), threads, output, profile_dir)
+    if kind == "openvino":
+        return _open_ov(_one_file(path, "*.xml", "model.xml"), threads, precision_hint, output)
+    if kind == "torchscript":
+        return _open_ts(_one_file(path, "*.pt", "model.pt"), threads, output)
+    return _open_torch(path, threads, task, trust_remote_code, output)
+
+
+def _open_torch(path: Path, threads: int, task: str, trust_remote_code: bool,
+                output: str) -> Engine:
+    import torch
+
+    torch.set_num_threads(threads)
+    model = hf.load_model(path, task, trust_remote_code).float()  # the reference is fp32
+    accepted = set(inspect.signature(model.forward).parameters)
+    names = [n for n in hf.input_names() if n in accepted]
+
+    def fn(feed: dict[str, Any]) -> Any:
+        with torch.inference_mode():
+            out = model(**{k: torch.from_numpy(v) for k, v in feed.items()}, return_dict=True)
+        return out[output].float().numpy()
+
+    settings = {"runtime": "pytorch", "version": torch.__version__, "threads": threads,
+                "attn_implementation": "eager", "dtype": "float32"}
+    return Engine("pytorch", names, fn, settings)
+
+
+def _open_ts(path: Path, threads: int, output: str) -> Engine:
+    import torch
+
+    torch.set_num_threads(threads)
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+    graph_inputs = [re.sub(r"\.\d+$", "", i.debugName()) for i in list(module.graph.inputs())[1:]]
+    known = hf.input_names()
+    names = graph_inputs if all(n in known for n in graph_inputs) else known[: len(graph_inputs)]
+
+    def fn(feed: dict[str, Any]) -> Any:
+        with torch.inference_mode():
+            out = module(*(torch.from_numpy(feed[n]) for n in names))
+        if isinstance(out, dict):
+            out = out[output]
+        elif isinstance(out, list | tuple):
+            out = out[0]
+        return out.float().numpy()
+
+    settings = {"runtime": "torchscript", "version": torch.__version__, "threads": threads}
+    return Engine("torchscript", names, fn, settings)
+
+
+def _open_ort(path: Path, threads: int, output: str, profile_dir: Path | None) -> Engine:
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    if profile_dir is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_dir / "ort-profile")
+    providers = ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(path), so, providers=providers)
+    types = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+    dtypes = {i.name: types.get(i.type, np.int64) for i in sess.get_inputs()}
+    outs = [o.name for o in sess.get_outputs()]
+    out_name = output if output in outs else outs[0]
+
+    def fn(feed: dict[str, Any]) -> Any:
+        return sess.run([out_name], {k: v.astype(dtypes[k], copy=False)
+                                     for k, v in feed.items()})[0]
+
+    settings = {"runtime": "onnxruntime", "version": ort.__version__, "threads": threads,
+                "inter_op_threads": 1, "execution_mode": "sequential",
+                "providers": sess.get_providers()}
+    finish = sess.end_profiling if profile_dir is not None else None
+    return Engine("onnxruntime", list(dtypes), fn, settings, finish)
+
+
+def _open_ov(path: Path, threads: int, precision_hint: str, output: str) -> Engine:
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision_hint,
+              "PERFORMANCE_HINT": "LATENCY"}
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+    ports = {p.get_any_name(): p for p in compiled.inputs}
+    dtypes = {n: p.get_element_type().to_dtype() for n, p in ports.items()}
+    out_port = next((o for o in compiled.outputs if output in o.get_names()), compiled.outputs[0])
+
+    def fn(feed: dict[str, Any]) -> Any:
+        request.infer({k: v.astype(dtypes[k], copy=False) for k, v in feed.items()})
+        return np.array(request.get_tensor(out_port).data, dtype=np.float32, copy=True)
+
+    settings = {"runtime": "openvino", "version": ov.get_version(), "threads": threads,
+                "device": "CPU", "precision_hint": precision_hint,
+                "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+                "performance_hint": "LATENCY"}
+    return Engine("openvino", list(ports), fn, settings)
+
+
+def detect_precision(path: Path) -> str:
+    """'fp32', 'fp16' or 'int8' (any integer quantization) from what the model file holds."""
+    kind = engine_kind(path)
+    if kind == "onnxruntime":
+        import onnx
+
+        proto = onnx.load(str(_one_file(path, "*.onnx", "model.onnx")), load_external_data=False)
+        ops = {n.op_type for n in proto.graph.node}
+        if ops & QUANT_OPS or any(op.startswith("QLinear") for op in ops):
+            return "int8"
+        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
+            return "fp16"
+        return "fp32"
+    if kind == "openvino":
+        text = _one_file(path, "*.xml", "model.xml").read_text(errors="replace")
+        if "FakeQuantize" in text or _OV_INT.search(text):
+            return "int8"
+        # f16 Constants in an IR are compressed storage (save_model's default): the CPU plugin
+        # decompresses them and computes in the inference precision, so they count as fp32.
+        return "fp32"
+    # Hugging Face folders and TorchScript: the PyTorch engine runs them in fp32.
+    return "fp32"

