@@ -194,7 +194,9 @@ def _format_errors(
     context: str = "",
 ) -> str:
     lines = []
-    for e in err.errors():
+    suggested: set[tuple[str | int, ...]] = set()
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    for e in errors:
         loc = tuple(e["loc"])
         full = prefix + loc
         ctx = f" in {context}" if context else ""
@@ -204,8 +206,12 @@ def _format_errors(
             hint = _did_you_mean(field, allowed) or (
                 f"allowed: {', '.join(sorted(allowed))}" if allowed else "remove it"
             )
+            if hint.startswith("did you mean"):
+                suggested.add(loc[:-1] + (hint.split("'")[1],))
             lines.append(f"unknown key {field!r}{ctx} at {pos.at(full, key=True)}; {hint}")
         elif e["type"] == "missing":
+            if loc in suggested:  # already explained as a misspelling of this key
+                continue
             lines.append(
                 f"missing key {str(loc[-1])!r}{ctx} at {pos.at(full[:-1])}; add it "
                 "(see `deploy-build schema`)"

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import FAKE_RECIPE, Project
+
+HEAVY = ("torch", "transformers", "onnxruntime", "openvino", "nncf", "onnx", "tensorrt", "ray")
+
+
+def test_help_imports_nothing_heavy() -> None:
+    code = ("import sys\nfrom orchestrator.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            f"print([m for m in {HEAVY!r} + ('pydantic', 'networkx') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "usage: deploy-build" in out.stdout
+    assert out.stdout.strip().endswith("[]")
+
+
+def test_noop_build_imports_no_model_library(project: Project) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    assert project.run(str(r)) == 0
+    code = ("import sys\nfrom orchestrator.cli import main\n"
+            f"rc = main([{str(r)!r}, '--cache', {str(project.cache)!r}, '--out', {str(project.out)!r}])\n"
+            f"print(rc, [m for m in {HEAVY!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0 []", out.stderr
+    assert "4 hit, 0 run" in out.stderr
+
+
+def test_steps_lists_builtins_and_plugins(project: Project, capsys) -> None:
+    from orchestrator.cli import main
+
+    assert main(["steps", "--plugins", str(project.root / "fake_steps.py")]) == 0
+    out = capsys.readouterr().out
+    assert "fake-upper  (version 1; plugin " in out
+    assert "suffix: str (default \"\")" in out
+    assert "max_bytes: int (default 1000000) [gate]" in out
+
+
+def test_schema_is_json_schema_with_step_params(project: Project, capsys) -> None:
+    from orchestrator.cli import main
+
+    assert main(["schema", "--plugins", str(project.root / "fake_steps.py")]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "RecipeModel"
+    items = schema["$defs"]["Target"]["properties"]["steps"]["items"]["anyOf"]
+    names = [next(iter(i["properties"])) for i in items]
+    assert "fake-upper" in names
+    assert "fake-length" in schema["$defs"]["Target"]["properties"]["checks"]["properties"]
+
+
+def test_dry_run_runs_nothing(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    capsys.readouterr()
+    assert project.run(str(r), "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("plan: 4 tasks: 0 HIT, 4 RUN, 0 SKIP\n")
+    assert not project.out.exists()
+
+
+def test_cuda_target_is_skipped_with_why_on_a_cpu_machine(project: Project, capsys) -> None:
+    import glob
+
+    if glob.glob("/dev/nvidia[0-9]*"):
+        import pytest
+
+        pytest.skip("this machine has a GPU")
+    text = FAKE_RECIPE.replace("  b:\n", "  b:\n    hardware: {device: cuda}\n")
+    text = text.replace("fake-const: {text: hello}", "fake-const: {text: hello}\n      - gpu-only: {}")
+    (project.root / "gpu_step.py").write_text(
+        "from orchestrator.step import Resources, Step\n"
+        "class GpuOnly(Step):\n    name = 'gpu-only'\n    version = '1'\n"
+        "    outputs = {'model': 'm.bin'}\n    resources = Resources(cuda=1)\n"
+        "    def run(self, ctx):\n        raise RuntimeError('must not run')\n")
+    text = text.replace("[fake_steps.py]", "[fake_steps.py, gpu_step.py]")
+    s = project.build_json(project.recipe(text), capsys)
+    assert s["by_label"]["b/3:gpu-only"]["status"] == "skip"
+    assert s["by_label"]["b/3:gpu-only"]["reasons"] == ["needs 1 CUDA device(s); this executor has 0"]
+    assert s["targets"]["demo/b"]["status"] == "failed" and s["rc"] == 2
