@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from orchestrator.executors.local import Finished, Job, LocalExecutor, describe_exit

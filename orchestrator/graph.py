@@ -73,6 +73,49 @@ class BuildGraph:
         return [o for n in order if isinstance(o := self.dag.nodes[n]["obj"], Task)]
 
 
+@dataclass(frozen=True)
+class _Where:
+    """What every task of one target shares while it is being compiled."""
+
+    recipe: str
+    target: str
+    hardware: dict[str, Any]
+    model: dict[str, Any]
+    src_model: str
+    src_samples: str | None
+
+
+def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], position: str,
+              overrides: dict[str, Any] | None = None) -> str:
+    """Add (or reuse) the task for one use of a step; identical tasks are one node."""
+    cls = use.info.cls
+    params = use.params.model_copy(update=overrides) if overrides else use.params
+    pjson = params.model_dump(mode="json", exclude=set(cls.gate_fields))
+    inputs: dict[str, tuple[str, str]] = {}
+    for name in cls.inputs:
+        if name == "model":
+            inputs[name] = upstream
+        elif name == "source":
+            inputs[name] = (at.src_model, SOURCE_OUTPUT)
+        elif name == "samples" and at.src_samples is not None:
+            inputs[name] = (at.src_samples, SOURCE_OUTPUT)
+    hw_used = {k: at.hardware.get(k) for k in cls.hardware_keys}
+    identity = {
+        "step": use.info.name, "plugin": use.info.dist, "params": pjson,
+        "inputs": {k: list(v) for k, v in inputs.items()}, "hw": hw_used,
+        "model": at.model, "device": at.hardware["device"],
+    }
+    tid = "t:" + sha256_json(identity)[:20]
+    if tid not in dag:
+        task = Task(tid, use.info, pjson, use, inputs, hw_used, at.hardware["device"], at.model,
+                    reference=overrides is not None)
+        dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
+        for up, _ in inputs.values():
+            dag.add_edge(up, tid)
+    dag.nodes[tid]["obj"].labels.append((at.recipe, at.target, position))
+    return tid
+
+
 def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) -> BuildGraph:
     dag = nx.DiGraph()
     plans: list[TargetPlan] = []
@@ -92,50 +135,21 @@ def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) 
         for tname, target in recipe.model.targets.items():
             if only_targets and tname not in only_targets:
                 continue
-            hw = target.hardware.model_dump()
-
-            def add(use: StepUse, upstream: tuple[str, str], position: str,
-                    overrides: dict[str, Any] | None = None) -> str:
-                cls = use.info.cls
-                params = use.params.model_copy(update=overrides) if overrides else use.params
-                pjson = params.model_dump(mode="json", exclude=set(cls.gate_fields))
-                inputs: dict[str, tuple[str, str]] = {}
-                for name in cls.inputs:
-                    if name == "model":
-                        inputs[name] = upstream
-                    elif name == "source":
-                        inputs[name] = (src_model.id, SOURCE_OUTPUT)
-                    elif name == "samples" and src_samples is not None:
-                        inputs[name] = (src_samples.id, SOURCE_OUTPUT)
-                hw_used = {k: hw.get(k) for k in cls.hardware_keys}
-                identity = {
-                    "step": use.info.name, "plugin": use.info.dist, "params": pjson,
-                    "inputs": {k: list(v) for k, v in inputs.items()}, "hw": hw_used,
-                    "model": model_info, "device": hw["device"],
-                }
-                tid = "t:" + sha256_json(identity)[:20]
-                if tid not in dag:
-                    task = Task(tid, use.info, pjson, use, inputs, hw_used, hw["device"],
-                                model_info, reference=overrides is not None)
-                    dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
-                    for up, _ in inputs.values():
-                        dag.add_edge(up, tid)
-                dag.nodes[tid]["obj"].labels.append((recipe.name, tname, position))
-                return tid
-
+            at = _Where(recipe.name, tname, target.hardware.model_dump(), model_info, src_model.id,
+                        src_samples.id if src_samples else None)
             upstream = (src_model.id, SOURCE_OUTPUT)
             ids: list[str] = []
             for i, use in enumerate(recipe.steps[tname]):
-                tid = add(use, upstream, f"{i + 1}:{use.info.name}")
+                tid = _add_task(dag, at, use, upstream, f"{i + 1}:{use.info.name}")
                 ids.append(tid)
                 upstream = (tid, "model")
             checks: dict[str, tuple[str, str | None]] = {}
             for use in recipe.checks[tname]:
-                cid = add(use, upstream, f"check:{use.info.name}")
+                cid = _add_task(dag, at, use, upstream, f"check:{use.info.name}")
                 ref = None
                 if use.info.cls.reference is not None:
-                    ref = add(use, (src_model.id, SOURCE_OUTPUT),
-                              f"check:{use.info.name}:reference", use.info.cls.reference)
+                    ref = _add_task(dag, at, use, (src_model.id, SOURCE_OUTPUT),
+                                    f"check:{use.info.name}:reference", use.info.cls.reference)
                 checks[use.info.name] = (cid, ref)
             plans.append(TargetPlan(recipe, tname, ids, checks))
     return BuildGraph(dag, plans, recipes)

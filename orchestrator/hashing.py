@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-CHUNK = 1 << 20
-
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys, no whitespace and no NaN: the same value always gives the same text."""
@@ -29,16 +27,9 @@ def sha256_json(value: Any) -> str:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
         # file_digest reads with a large buffer and releases the GIL.
-        return hashlib.file_digest(f, "sha256").hexdigest() if hasattr(hashlib, "file_digest") else _loop(f, h)
-
-
-def _loop(f: Any, h: Any) -> str:  # pragma: no cover - Python < 3.11
-    for chunk in iter(lambda: f.read(CHUNK), b""):
-        h.update(chunk)
-    return str(h.hexdigest())
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def walk_files(root: Path) -> Iterator[tuple[str, Path]]:

@@ -88,7 +88,7 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
         for name, o in sorted(fo.entry["outputs"].items()):
             artifacts.append({"name": name, "path": o["filename"].rstrip("/"), "digest": o["digest"],
                               "size": o["size"], "kind": o["kind"]})
-    manifest = {
+    manifest: dict[str, Any] = {
         "schema": MANIFEST_SCHEMA,
         "status": "failed" if failures else "ok",
         "recipe": {"name": recipe.name, "digest": recipe.digest},

@@ -177,7 +177,9 @@ def _use(
     try:
         validated = info.cls.Params.model_validate(params or {})
     except ValidationError as e:
-        raise FatalError(_format_errors(e, pos, info.cls.Params, key_path, context=f"{noun} {name!r}"))
+        raise FatalError(
+            _format_errors(e, pos, info.cls.Params, key_path, context=f"{noun} {name!r}")
+        ) from None
     return StepUse(info, validated, str(where))
 
 
@@ -245,7 +247,7 @@ def _fields_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
 def _unwrap(tp: Any) -> Any:
     """Optional[X] -> X."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) and len(args) == 1:
+    if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType) and len(args) == 1:
         return args[0]
     return tp
 

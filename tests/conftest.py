@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
-WORDS = (
-    "the quick brown fox jumps over lazy dog a short one how fast does this model run on cpu "
-    "with two threads deploying transformer models to edge hardware needs careful quantization "
-    "is are was were be been hello world good bad test sentence example of text and or not"
-).split()
+WORDS = [
+    'the', 'quick', 'brown', 'fox', 'jumps', 'over', 'lazy', 'dog', 'a', 'short', 'one', 'how',
+    'fast', 'does', 'this', 'model', 'run', 'on', 'cpu', 'with', 'two', 'threads', 'deploying',
+    'transformer', 'models', 'to', 'edge', 'hardware', 'needs', 'careful', 'quantization', 'is',
+    'are', 'was', 'were', 'be', 'been', 'hello', 'world', 'good', 'bad', 'test', 'sentence',
+    'example', 'of', 'text', 'and', 'or', 'not',
+]
 
 
 def make_tiny_model(folder: Path, task: str = "feature-extraction", seed: int = 0,

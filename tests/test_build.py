@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import FAKE_RECIPE, Project
 
 
@@ -20,7 +19,7 @@ def test_first_build_runs_everything_and_shares_the_common_task(project: Project
     assert s["by_label"]["a/1:fake-upper"]["reasons"] == ["new"]
     for target in ("a", "b"):
         assert s["targets"][f"demo/{target}"]["status"] == "ok"
-    assert (project.out / "demo/a/ir/part0.bin").read_bytes() == b"WEIGHTS-V1{\"HIDDEN\": 4}!\x00" or True
+    assert (project.out / "demo/a/ir/part0.bin").read_bytes().endswith(b"!\x00")
     assert (project.out / "demo/b/model.txt").read_text() == "hello"
 
 
@@ -119,7 +118,8 @@ def test_unknown_target_suggests(project: Project, capsys) -> None:
     ("nooutput", "worker exited with code 1"),
 ])
 def test_failed_step_fails_only_its_target(project: Project, capsys, how: str, why: str) -> None:
-    recipe = FAKE_RECIPE.replace("fake-tree: {files: 2}", f"fake-fail: {{how: {how}}}\n      - fake-tree: {{}}")
+    recipe = FAKE_RECIPE.replace("fake-tree: {files: 2}",
+                                 f"fake-fail: {{how: {how}}}\n      - fake-tree: {{}}")
     r = project.recipe(recipe)
     s = project.build_json(r, capsys)
     err = s["err"]

@@ -88,7 +88,7 @@ def test_action_entries(store: LocalStore) -> None:
     assert store.get_action("k" * 64) == {"outputs": {}, "metrics": {"x": 1}}
 
 
-def _writer(root: str, n: int, q: "mp.Queue[str]") -> None:
+def _writer(root: str, n: int, q: mp.Queue[str]) -> None:
     s = LocalStore(root)
     payload = b"same content " * 100_000
     for i in range(n):

@@ -28,7 +28,8 @@ def steps(args: argparse.Namespace) -> int:
             if cls.description:
                 print(f"      {cls.description}")
             for fname, field in cls.Params.model_fields.items():
-                default = "required" if field.is_required() else f"default {json.dumps(field.get_default(call_default_factory=True), default=str)}"
+                value = field.get_default(call_default_factory=True)
+                default = "required" if field.is_required() else f"default {json.dumps(value, default=str)}"
                 ann = getattr(field.annotation, "__name__", None) or str(field.annotation)
                 ann = ann.replace("typing.", "")
                 doc = f" - {field.description}" if field.description else ""
