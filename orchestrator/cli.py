@@ -21,7 +21,7 @@ commands:
   deploy-build explain RECIPE        why each task of a target would run
   deploy-build steps                 list the available steps and checks with their params
   deploy-build schema                print the recipe JSON Schema (for editors)
-  deploy-build diff OLD NEW          compare two manifests (exit 1 on regressions with --fail-on)
+  deploy-build diff OLD NEW          compare two manifests (exit 2 on a broken --fail-on rule)
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
 3 internal error (traceback in the cache's logs/), 130 interrupted.
@@ -85,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("old")
     d.add_argument("new")
     d.add_argument("--fail-on", action="append", default=[], metavar="RULE",
-                   help="exit 1 when a rule is broken, e.g. 'parity.min_cosine<0.99' or "
+                   help="exit 2 when a rule is broken, e.g. 'parity.min_cosine<0.99' or "
                         "'latency+10%%'")
     d.set_defaults(func="orchestrator.commands.diff:run")
     return top

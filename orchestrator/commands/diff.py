@@ -1,0 +1,159 @@
+"""`deploy-build diff OLD NEW`: what changed between two manifests (or folders of them).
+
+For people: a short, stable list of changes per target (status, steps, artifacts, checks, speed).
+For CI: `--fail-on` rules turn regressions into a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK, FatalError
+
+RULE = re.compile(r"^(?P<path>[\w.\-]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>-?[\d.]+)$")
+GROWTH = re.compile(r"^(?P<what>latency|size)\s*\+\s*(?P<pct>[\d.]+)%$")
+
+
+def load_manifests(path: Path) -> dict[str, dict[str, Any]]:
+    if path.is_file():
+        return {"": _read(path)}
+    if not path.is_dir():
+        raise FatalError(f"{path} is neither a manifest.json nor a folder of them")
+    found = {str(p.parent.relative_to(path)): _read(p) for p in sorted(path.rglob("manifest.json"))}
+    if not found:
+        raise FatalError(f"no manifest.json under {path}")
+    return found
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FatalError(f"cannot read manifest {path}: {e}") from None
+    return data
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Scalar leaves by dotted path (lists of scalars stay whole)."""
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        for k in sorted(value):
+            out.update(flatten(value[k], f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        out[prefix] = value
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return json.dumps(v, sort_keys=True) if not isinstance(v, str) else v
+
+
+def _change(a: Any, b: Any) -> str:
+    text = f"{_fmt(a)} -> {_fmt(b)}"
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool) and a:
+        text += f" ({(b - a) / abs(a) * 100:+.1f}%)"
+    return text
+
+
+def diff_manifest(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if old.get("status") != new.get("status"):
+        lines.append(f"status: {old.get('status')} -> {new.get('status')}")
+    if old.get("model", {}).get("digest") != new.get("model", {}).get("digest"):
+        lines.append("model source changed (digest)")
+    osteps = {s["step"]: s for s in old.get("steps", [])}
+    nsteps = {s["step"]: s for s in new.get("steps", [])}
+    for name in [s["step"] for s in new.get("steps", [])] + [n for n in osteps if n not in nsteps]:
+        a, b = osteps.get(name), nsteps.get(name)
+        if a is None:
+            lines.append(f"step {name}: added")
+            continue
+        if b is None:
+            lines.append(f"step {name}: removed")
+            continue
+        for field in ("version", "params", "toolchain", "metrics"):
+            fa, fb = flatten(a.get(field, {})), flatten(b.get(field, {}))
+            for k in sorted(set(fa) | set(fb)):
+                if fa.get(k) != fb.get(k):
+                    lines.append(f"step {name}: {field}.{k} {_change(fa.get(k), fb.get(k))}"
+                                 if k else f"step {name}: {field} {_change(fa.get(k), fb.get(k))}")
+    oart = {x["path"]: x for x in old.get("artifacts", [])}
+    nart = {x["path"]: x for x in new.get("artifacts", [])}
+    for p in sorted(set(oart) | set(nart)):
+        a, b = oart.get(p), nart.get(p)
+        if a is None or b is None:
+            lines.append(f"artifact {p}: {'added' if a is None else 'removed'}")
+        elif a["digest"] != b["digest"]:
+            lines.append(f"artifact {p}: size {_change(a['size'], b['size'])}, digest changed")
+    for section in ("checks", "benchmark"):
+        fa, fb = flatten(old.get(section, {})), flatten(new.get(section, {}))
+        for k in sorted(set(fa) | set(fb)):
+            if k.endswith(".key") or k == "key":
+                continue
+            if fa.get(k) != fb.get(k):
+                lines.append(f"{section}.{k}: {_change(fa.get(k), fb.get(k))}")
+    return lines
+
+
+def broken_rules(old: dict[str, Any], new: dict[str, Any], rules: list[str]) -> list[str]:
+    broken: list[str] = []
+    flat_new = flatten({"checks": new.get("checks", {}), "benchmark": new.get("benchmark", {})})
+    flat_new.update(flatten(new.get("checks", {})))
+    flat_old = flatten({"benchmark": old.get("benchmark", {})})
+    for rule in rules:
+        m, g = RULE.match(rule.strip()), GROWTH.match(rule.strip())
+        if m:
+            value = flat_new.get(m["path"])
+            if not isinstance(value, int | float):
+                broken.append(f"{rule}: {m['path']} is missing from the new manifest")
+                continue
+            limit = float(m["value"])
+            ok = {"<": value >= limit, "<=": value > limit, ">": value <= limit,
+                  ">=": value < limit}[m["op"]]
+            if not ok:
+                broken.append(f"{rule}: {m['path']} is {value:.6g}")
+        elif g:
+            pct = float(g["pct"])
+            if g["what"] == "size":
+                a = sum(x["size"] for x in old.get("artifacts", []))
+                b = sum(x["size"] for x in new.get("artifacts", []))
+                if a and (b - a) / a * 100 > pct:
+                    broken.append(f"{rule}: artifacts grew {(b - a) / a * 100:.1f}%")
+            else:
+                for k, v in flatten({"benchmark": new.get("benchmark", {})}).items():
+                    if k.endswith("median_ms") and "reference" not in k:
+                        a = flat_old.get(k)
+                        if isinstance(a, int | float) and a and (v - a) / a * 100 > pct:
+                            broken.append(f"{rule}: {k} {_change(a, v)}")
+        else:
+            raise FatalError(f"cannot read --fail-on rule {rule!r}; write e.g. "
+                             "'parity.mean_cosine<0.99', 'latency+10%' or 'size+5%'")
+    return broken
+
+
+def run(args: argparse.Namespace) -> int:
+    old = load_manifests(Path(args.old))
+    new = load_manifests(Path(args.new))
+    failed: list[str] = []
+    for name in sorted(set(old) | set(new)):
+        label = name or new.get(name, old.get(name, {})).get("target", "")
+        if name not in old:
+            print(f"{label}: new target")
+            continue
+        if name not in new:
+            print(f"{label}: removed")
+            continue
+        lines = diff_manifest(old[name], new[name])
+        print(f"{label}: {'no changes' if not lines else ''}".rstrip())
+        for line in lines:
+            print(f"  {line}")
+        failed.extend(f"{label}: {b}" for b in broken_rules(old[name], new[name], args.fail_on))
+    for f in failed:
+        print(f"REGRESSION {f}")
+    return EXIT_BUILD_FAILED if failed else EXIT_OK
