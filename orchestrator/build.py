@@ -156,7 +156,7 @@ def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
         "store": str(store.root),
     }
     cpu = task.info.cls.resources.cpu
-    return Job(task.id, spec, scratch, cpu)
+    return Job(task.id, spec, scratch, cpu, task.label)
 
 
 def _record(task: Task, d: Decision, fin: Finished, store: LocalStore, repro: str) -> TaskOutcome:

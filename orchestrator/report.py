@@ -79,9 +79,10 @@ class LiveReporter(PlainReporter):
             return
         self.last = now
         self._clear()
-        lines = [f"  running {t.rsplit(':', 1)[0]:<28} {executor.elapsed(tid):5.1f}s"
-                 for tid, t in sorted((tid, r.job.spec["step"]) for tid, r in executor.running.items())]
-        lines.append(f"  [{self.done}/{self.total} tasks]  queued {self.total - self.done - len(lines)}")
+        running = sorted((r.job.label, tid) for tid, r in executor.running.items())
+        lines = [f"  running  {label:<40} {executor.elapsed(tid):6.1f}s" for label, tid in running]
+        queued = self.total - self.done - len(running)
+        lines.append(f"  [{self.done}/{self.total} done, {len(running)} running, {queued} queued]")
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
         self.footer = len(lines)

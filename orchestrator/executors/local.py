@@ -26,6 +26,7 @@ class Job:
     spec: dict[str, Any]
     scratch: Path
     cpu: int
+    label: str = ""
 
 
 @dataclass
