@@ -154,6 +154,7 @@ def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
         "model": task.model,
         "threads": max(1, min(task.info.cls.resources.cpu, opts.jobs)),
         "store": str(store.root),
+        "reference": task.reference,
     }
     cpu = task.info.cls.resources.cpu
     return Job(task.id, spec, scratch, cpu, task.label)

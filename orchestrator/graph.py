@@ -86,7 +86,7 @@ class _Where:
 
 
 def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], position: str,
-              overrides: dict[str, Any] | None = None) -> str:
+              overrides: dict[str, Any] | None = None, reference_task: str | None = None) -> str:
     """Add (or reuse) the task for one use of a step; identical tasks are one node."""
     cls = use.info.cls
     params = use.params.model_copy(update=overrides) if overrides else use.params
@@ -99,6 +99,8 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
             inputs[name] = (at.src_model, SOURCE_OUTPUT)
         elif name == "samples" and at.src_samples is not None:
             inputs[name] = (at.src_samples, SOURCE_OUTPUT)
+        elif name == "reference" and reference_task is not None:
+            inputs[name] = (reference_task, "reference")
     hw_used = {k: at.hardware.get(k) for k in cls.hardware_keys}
     identity = {
         "step": use.info.name, "plugin": use.info.dist, "params": pjson,
@@ -145,11 +147,11 @@ def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) 
                 upstream = (tid, "model")
             checks: dict[str, tuple[str, str | None]] = {}
             for use in recipe.checks[tname]:
-                cid = _add_task(dag, at, use, upstream, f"check:{use.info.name}")
                 ref = None
                 if use.info.cls.reference is not None:
                     ref = _add_task(dag, at, use, (src_model.id, SOURCE_OUTPUT),
                                     f"check:{use.info.name}:reference", use.info.cls.reference)
+                cid = _add_task(dag, at, use, upstream, f"check:{use.info.name}", reference_task=ref)
                 checks[use.info.name] = (cid, ref)
             plans.append(TargetPlan(recipe, tname, ids, checks))
     return BuildGraph(dag, plans, recipes)

@@ -72,7 +72,7 @@ def resolve_sources(graph: BuildGraph, stats: StatCache) -> dict[str, ResolvedSo
 
 def document(task: Task, input_digests: dict[str, str]) -> dict[str, Any]:
     info = task.info
-    return key_document(
+    doc = key_document(
         step=info.name,
         version=info.cls.version,
         plugin={"dist": info.dist, "version": info.dist_version},
@@ -82,6 +82,9 @@ def document(task: Task, input_digests: dict[str, str]) -> dict[str, Any]:
         hardware=task.hardware,
         model=task.model,
     )
+    if task.reference:
+        doc["role"] = "reference"
+    return doc
 
 
 def last_key(task: Task) -> str:

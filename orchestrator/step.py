@@ -7,7 +7,8 @@ A step is a class with:
   the task key,
 - ``inputs``: the named inputs it reads (``model``: the previous step's output or, for the first
   step, the model source; ``source``: the model source folder; ``samples``: the recipe's sample
-  text file, absent from ``ctx.inputs`` when the recipe has none),
+  text file, absent from ``ctx.inputs`` when the recipe has none; ``reference``: for a check
+  with ``reference`` set, the ``reference`` output of its reference task),
 - ``outputs``: output name -> file name; a name ending in ``/`` is a folder (stored as a tree),
 - ``resources``: what one run needs (cpu cores, cuda devices, memory),
 - ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``),
@@ -32,7 +33,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 StepKind = Literal["transform", "check"]
-KNOWN_INPUTS = ("model", "source", "samples")
+KNOWN_INPUTS = ("model", "source", "samples", "reference")
 
 
 class Resources(BaseModel):
@@ -67,6 +68,7 @@ class StepContext:
     hardware: dict[str, Any]
     model: ModelInfo
     threads: int = 1
+    reference: bool = False
     warnings: list[str] = field(default_factory=list)
 
     def output(self, name: str) -> Path:
@@ -107,7 +109,10 @@ class Step:
     hardware_keys: ClassVar[tuple[str, ...]] = ()
     gate_fields: ClassVar[tuple[str, ...]] = ()
     # A check that also measures the untouched model source (e.g. the PyTorch reference benchmark)
-    # gets one shared extra task with ``model`` = the source and these param overrides.
+    # gets one shared extra task with ``model`` = the source, these param overrides and
+    # ``ctx.reference = True``. Its metrics reach gate()/summarize(); a check that declares the
+    # input "reference" also gets the files that task wrote (e.g. cached reference outputs).
+    # Outputs of a check are optional: write them only where useful (the reference task).
     reference: ClassVar[dict[str, Any] | None] = None
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
