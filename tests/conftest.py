@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# Tests import OpenVINO/NNCF in-process too: keep their telemetry off, as builds do.
+os.environ["CI"] = "true"
+os.environ.setdefault("NNCF_CI", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WORDS = [
