@@ -47,7 +47,7 @@ class Engine:
         return dict(self._settings)
 
     def end_profiling(self) -> str | None:
-        """The profile file of an ONNX Runtime session opened with profile=True (else None)."""
+        """The profile file of an ONNX Runtime session opened with a profile_dir (else None)."""
         return self._finish() if self._finish else None
 
 
@@ -125,7 +125,8 @@ def _open_ts(path: Path, threads: int, output: str) -> Engine:
     import torch
 
     torch.set_num_threads(threads)
-    module = torch.jit.load(str(path), map_location="cpu").eval()
+    jit: Any = torch.jit  # untyped in torch's stubs
+    module = jit.load(str(path), map_location="cpu").eval()
     graph_inputs = [re.sub(r"\.\d+$", "", i.debugName()) for i in list(module.graph.inputs())[1:]]
     known = hf.input_names()
     names = graph_inputs if all(n in known for n in graph_inputs) else known[: len(graph_inputs)]
@@ -192,7 +193,7 @@ def _open_ov(path: Path, threads: int, precision_hint: str, output: str) -> Engi
 
     settings = {"runtime": "openvino", "version": ov.get_version(), "threads": threads,
                 "device": "CPU", "precision_hint": precision_hint,
-                "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+                "inference_precision": _ov_type(compiled.get_property("INFERENCE_PRECISION_HINT")),
                 "performance_hint": "LATENCY"}
     return Engine("openvino", list(ports), fn, settings)
 
@@ -219,3 +220,8 @@ def detect_precision(path: Path) -> str:
         return "fp32"
     # Hugging Face folders and TorchScript: the PyTorch engine runs them in fp32.
     return "fp32"
+
+
+def _ov_type(value: Any) -> str:
+    """'f32' for an openvino Type (the effective INFERENCE_PRECISION_HINT)."""
+    return str(value.to_string()) if hasattr(value, "to_string") else str(value)

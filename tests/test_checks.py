@@ -1,0 +1,263 @@
+"""The parity and benchmark checks and their runtime layer, on tiny random BERT models."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_tiny_model
+
+from orchestrator.registry import Registry
+from orchestrator.step import ModelInfo, StepContext
+from orchestrator.steps.benchmark import Benchmark, BenchmarkParams, measure
+from orchestrator.steps.engines import detect_precision, engine_kind, open_engine
+from orchestrator.steps.parity import Parity, ParityParams
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+
+def export_onnx(folder: Path, out: Path, task: str = "feature-extraction") -> Path:
+    """Legacy torch.onnx export of a tiny HF folder (independent of the export-onnx step)."""
+    import torch
+
+    from orchestrator.steps import hf
+
+    model = hf.load_model(folder, task)
+    enc = hf.load_tokenizer(folder)(["hello world", "a short one"], padding=True,
+                                    return_tensors="pt")
+    names, outs = hf.input_names(), hf.output_names(task)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: Any) -> Any:
+            return self.model(**dict(zip(names, args, strict=True)), return_dict=True)[outs[0]]
+
+    with torch.no_grad():
+        torch.onnx.export(Wrapper().eval(), tuple(enc[n] for n in names), str(out),
+                          input_names=names, output_names=outs, opset_version=17, dynamo=False,
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + outs})
+    return out
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("checks")
+
+
+@pytest.fixture(scope="module")
+def fe_onnx(tiny_model_dir: Path, work: Path) -> Path:
+    return export_onnx(tiny_model_dir, work / "fe.onnx")
+
+
+@pytest.fixture(scope="module")
+def per_tensor_int8(fe_onnx: Path, work: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = work / "int8.onnx"
+    quantize_dynamic(str(fe_onnx), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def ctx_for(params: Any, tmp_path: Path, task: str = "feature-extraction",
+            **inputs: Path) -> StepContext:
+    return StepContext(params=params, inputs=inputs, out_dir=tmp_path, outputs={},
+                       hardware={"device": "cpu"}, model=ModelInfo(task=task), threads=1)
+
+
+def run_parity(model: Path, source: Path, tmp_path: Path, task: str = "feature-extraction",
+               **params: Any) -> tuple[ParityParams, dict[str, Any]]:
+    p = ParityParams(**params)
+    return p, Parity().run(ctx_for(p, tmp_path, task, model=model, source=source))
+
+
+def test_registered_builtins_validate() -> None:
+    reg = Registry(entry_points=False)
+    assert reg.get("parity").cls is Parity and reg.get("benchmark").cls is Benchmark
+    assert Parity.kind == Benchmark.kind == "check"
+
+
+def test_parity_fp32_onnx_passes_default_gate(fe_onnx: Path, tiny_model_dir: Path,
+                                              tmp_path: Path) -> None:
+    samples = tmp_path / "samples.txt"
+    samples.write_text("\n".join(f"hello world number {i} is a test" for i in range(10)) + "\n")
+    p = ParityParams(batch_size=4, max_samples=6)
+    m = Parity().run(ctx_for(p, tmp_path, model=fe_onnx, source=tiny_model_dir, samples=samples))
+    assert m["samples"] == 6 and m["precision"] == "fp32" and "top1_agreement" not in m
+    assert m["max_abs_diff"] < 1e-4 and m["min_cosine"] > 0.99999
+    assert m["runtime"]["runtime"] == "onnxruntime" and m["runtime"]["threads"] == 1
+    assert m["runtime"]["providers"] == ["CPUExecutionProvider"]
+    assert m["reference_runtime"]["runtime"] == "pytorch"
+    assert Parity.gate(p, m, None) == []
+    summary = Parity.summarize(p, m, None)
+    assert summary["thresholds"] == {"min_cosine": 0.9999, "mean_cosine": 0.9999,
+                                     "max_abs_diff": 1e-2}
+
+
+def test_parity_broken_engine_fails_and_says_by_how_much(tiny_model_dir: Path, work: Path,
+                                                         tmp_path: Path) -> None:
+    other = export_onnx(make_tiny_model(work / "other", seed=1), work / "other.onnx")
+    p, m = run_parity(other, tiny_model_dir, tmp_path)
+    problems = Parity.gate(p, m, None)
+    assert any(s.startswith("mean cosine") and "< 0.9999 (short by" in s and "fp32 default" in s
+               for s in problems), problems
+    assert any(s.startswith("max abs diff") and "(over by" in s for s in problems), problems
+
+
+def test_parity_per_tensor_int8_with_strict_gate(per_tensor_int8: Path, tiny_model_dir: Path,
+                                                 tmp_path: Path) -> None:
+    p, m = run_parity(per_tensor_int8, tiny_model_dir, tmp_path, min_cosine=0.9999999)
+    assert m["precision"] == "int8" and m["min_cosine"] < 0.9999999
+    [problem] = Parity.gate(p, m, None)
+    short = 0.9999999 - m["min_cosine"]
+    assert problem.startswith("min cosine 0.99") and "default" not in problem
+    assert "< 0.9999999 (short by" in problem
+    assert float(problem.split("short by ")[1].rstrip(")")) == pytest.approx(short, rel=0.2)
+    assert Parity.summarize(p, m, None)["thresholds"]["mean_cosine"] == 0.99  # int8 default
+
+
+def test_parity_gate_defaults_per_precision() -> None:
+    p = ParityParams()
+    per_tensor = {"precision": "int8", "mean_cosine": 0.9671, "min_cosine": 0.959,
+                  "max_abs_diff": 1.1}
+    assert Parity.gate(p, per_tensor, None) == [
+        "min cosine 0.9590 < 0.97 (short by 0.0110, int8 default)",
+        "mean cosine 0.9671 < 0.99 (short by 0.0229, int8 default)",
+    ]
+    per_channel = {"precision": "int8", "mean_cosine": 0.994, "min_cosine": 0.989,
+                   "max_abs_diff": 0.5}
+    assert Parity.gate(p, per_channel, None) == []
+    bf16 = {"precision": "fp32", "mean_cosine": 0.99998, "min_cosine": 0.99998,
+            "max_abs_diff": 0.0258, "top1_agreement": 0.9}
+    assert Parity.gate(p, bf16, None) == [
+        "top-1 agreement 0.9000 < 0.98 (short by 0.0800, fp32 default)",
+        "max abs diff 0.0258 > 0.01 (over by 0.0158, fp32 default)",
+    ]
+    assert Parity.gate(ParityParams(max_abs_diff=0.05, min_top1=0.5), bf16, None) == []
+
+
+def test_parity_classification_top1(tiny_classifier_dir: Path, work: Path,
+                                    tmp_path: Path) -> None:
+    model = export_onnx(tiny_classifier_dir, work / "cls.onnx", "sequence-classification")
+    p, m = run_parity(model, tiny_classifier_dir, tmp_path, "sequence-classification")
+    assert m["top1_agreement"] == 1.0 and m["min_cosine"] > 0.9999 and m["samples"] == 4
+    assert Parity.gate(p, m, None) == []
+    assert Parity.summarize(p, m, None)["thresholds"]["min_top1"] == 0.98
+
+
+def test_parity_openvino_ir_records_f32_hint(fe_onnx: Path, tiny_model_dir: Path, work: Path,
+                                             tmp_path: Path) -> None:
+    import openvino as ov
+
+    folder = work / "ov"
+    folder.mkdir()
+    ov.save_model(ov.convert_model(str(fe_onnx)), str(folder / "model.xml"))
+    assert engine_kind(folder) == "openvino" and detect_precision(folder) == "fp32"
+    p, m = run_parity(folder, tiny_model_dir, tmp_path, precision_hint="f32")
+    rt = m["runtime"]
+    assert rt["runtime"] == "openvino" and rt["precision_hint"] == "f32"
+    assert rt["inference_precision"] == "f32" and rt["threads"] == 1
+    assert Parity.gate(p, m, None) == [] and m["min_cosine"] > 0.9999
+
+
+def test_torchscript_engine_matches_pytorch(tiny_model_dir: Path, work: Path) -> None:
+    import torch
+
+    from orchestrator.steps import hf
+
+    model = hf.load_model(tiny_model_dir, "feature-extraction")
+    enc = hf.load_tokenizer(tiny_model_dir)(["hello world"], return_tensors="np")
+    batch = {k: v.astype("int64") for k, v in enc.items()}
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids, return_dict=False)[0]
+
+    traced = torch.jit.trace(Wrapper().eval(), tuple(torch.from_numpy(batch[n])
+                                                     for n in hf.input_names()))
+    traced.save(str(work / "model.pt"))
+    ts = open_engine(work / "model.pt", 1)
+    ref = open_engine(tiny_model_dir, 1)
+    assert ts.runtime == "torchscript" and ref.runtime == "pytorch"
+    assert abs(ts.run(batch) - ref.run(batch)).max() < 1e-5
+
+
+def test_detect_precision(fe_onnx: Path, per_tensor_int8: Path, tiny_model_dir: Path,
+                          work: Path) -> None:
+    import onnx
+    from onnxconverter_common import float16
+
+    assert detect_precision(fe_onnx) == "fp32"
+    assert detect_precision(per_tensor_int8) == "int8"
+    assert detect_precision(tiny_model_dir) == "fp32"
+    half = work / "fp16.onnx"
+    onnx.save(float16.convert_float_to_float16(onnx.load(str(fe_onnx)), keep_io_types=True),
+              str(half))
+    assert detect_precision(half) == "fp16"
+    with pytest.raises(ValueError, match="cannot tell"):
+        engine_kind(work / "nothing.bin")
+
+
+def test_benchmark_grid_profile_and_speedup(fe_onnx: Path, tiny_model_dir: Path,
+                                            tmp_path: Path) -> None:
+    p = BenchmarkParams(batch=[1], sequence=[16], threads=1, warmup=1, min_runs=3, max_runs=12,
+                        window=3, max_seconds=5, profile=True)
+    m = Benchmark().run(ctx_for(p, tmp_path, model=fe_onnx, source=tiny_model_dir))
+    point = m["results"]["b1_s16"]
+    assert set(point) == {"median_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "runs",
+                          "stable", "spread"}
+    assert 3 <= point["runs"] <= 12 and point["median_ms"] > 0
+    assert point["throughput"] == pytest.approx(1000 / point["median_ms"], rel=0.01)
+    assert m["threads"] == 1 and m["precision_hint"] == "f32" and m["cpu"]
+    assert m["runtime"]["runtime"] == "onnxruntime"
+    ops = m["profile"]["b1_s16"]
+    assert 1 <= len(ops) <= 5 and {"op", "ms_per_run", "share"} <= set(ops[0])
+
+    ref = {"results": {"b1_s16": {"median_ms": point["median_ms"] * 2}}, "runtime": {"x": 1}}
+    s = Benchmark.summarize(p, m, ref)
+    assert s["speedup"] == {"b1_s16": 2.0} and s["results"]["b1_s16"]["speedup"] == 2.0
+    assert s["results"]["b1_s16"]["reference_median_ms"] == point["median_ms"] * 2
+    assert "speedup" not in m["results"]["b1_s16"]  # summarize does not mutate the metrics
+    assert Benchmark.gate(p, m, ref) == []
+    [problem] = Benchmark.gate(p.model_copy(update={"min_speedup": 3.0}), m, ref)
+    assert problem.startswith("b1_s16: speedup 2.00x < 3x (short by 1.00x")
+
+
+def test_benchmark_pytorch_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
+    p = BenchmarkParams(sequence=[16], threads=1, warmup=0, min_runs=2, max_runs=4, window=2)
+    ref = p.model_copy(update=Benchmark.reference)
+    m = Benchmark().run(ctx_for(ref, tmp_path, model=tiny_model_dir, source=tiny_model_dir))
+    assert m["runtime"]["runtime"] == "pytorch" and m["results"]["b1_s16"]["runs"] <= 4
+
+
+def test_measure_stabilization() -> None:
+    calls = [0]
+
+    def alternating(feed: Any) -> None:  # window medians alternate 1 ms / 3 ms: never stable
+        time.sleep(0.001 if (calls[0] // 3) % 2 == 0 else 0.003)
+        calls[0] += 1
+
+    import numpy as np
+
+    feed = {"input_ids": np.zeros((2, 4))}
+    p = BenchmarkParams(warmup=0, min_runs=3, max_runs=12, window=3, stability=0.05)
+    r = measure(alternating, feed, p)
+    assert r["runs"] == 12 and r["stable"] is False and r["spread"] > 0.5
+
+    def steady(feed: Any) -> None:
+        time.sleep(0.002)
+
+    r = measure(steady, feed, p.model_copy(update={"stability": 0.5, "min_runs": 6}))
+    assert r["stable"] is True and r["runs"] == 6
+    r = measure(steady, feed, p.model_copy(update={"max_seconds": 0.001}))
+    assert r["runs"] == 1 and r["stable"] is False and r["spread"] is None
