@@ -55,35 +55,35 @@ class Parity(Step):
     kind = "check"
     description = "Compare the engine's outputs with the PyTorch reference on the sample texts."
     Params = ParityParams
-    inputs = ("model", "source", "samples")
+    inputs = ("model", "source", "samples", "reference")
+    outputs = {"reference": "reference/"}
+    # One shared task runs the PyTorch reference on the samples; params that only concern the
+    # engine are normalized so that every target shares it.
+    reference = {"precision_hint": "f32"}
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers", "onnxruntime", "openvino")
     gate_fields = GATES
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
+        if ctx.reference:
+            return self._reference(ctx)
         import numpy as np
 
         from orchestrator.steps.engines import detect_precision, open_engine
 
         p: ParityParams = ctx.params
         task, trc = ctx.model.task, ctx.model.trust_remote_code
-        texts = hf.read_samples(ctx.inputs.get("samples"), limit=p.max_samples)
-        if not texts:
-            raise ValueError("parity has no sample texts to compare (the samples file is empty)")
-        source, model = ctx.input("source"), ctx.input("model")
-        tokenizer = hf.load_tokenizer(source, trc)
-        reference = open_engine(source, ctx.threads, task=task, trust_remote_code=trc)
+        model = ctx.input("model")
         engine = open_engine(model, ctx.threads, p.precision_hint, task=task,
                              trust_remote_code=trc)
         cosines: list[Any] = []
         agree: list[Any] = []
         max_diff = 0.0
-        for i in range(0, len(texts), p.batch_size):
-            enc = tokenizer(texts[i:i + p.batch_size], padding=True, truncation=True,
-                            max_length=p.max_length, return_tensors="np")
-            batch = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+        batches = _load_reference(ctx.input("reference")) if "reference" in ctx.inputs \
+            else _reference_batches(ctx)[0]
+        for batch, ref in batches:
             mask = batch["attention_mask"]
-            ref, out = reference.run(batch), engine.run(batch)
+            out = engine.run(batch)
             if ref.shape != out.shape:
                 raise ValueError(f"the engine's output has shape {out.shape}, the reference's "
                                  f"{ref.shape}")
@@ -98,18 +98,31 @@ class Parity(Step):
                 agree.append(r.argmax(axis=-1) == o.argmax(axis=-1))
         cos = np.concatenate(cosines).astype(np.float64)
         metrics: dict[str, Any] = {
-            "samples": len(texts),
+            "samples": sum(len(b["attention_mask"]) for b, _ in batches),
             "task": task,
             "precision": detect_precision(model),
             "max_abs_diff": _sig(max_diff),
             "mean_cosine": _sig(float(cos.mean())),
             "min_cosine": _sig(float(cos.min())),
             "runtime": engine.describe(),
-            "reference_runtime": reference.describe(),
         }
         if agree:
             metrics["top1_agreement"] = _sig(float(np.concatenate(agree).mean()))
         return metrics
+
+    def _reference(self, ctx: StepContext) -> dict[str, Any]:
+        """The reference task: run PyTorch once on the tokenized samples and store inputs and
+        outputs, so that every target's parity needs neither torch nor the tokenizer."""
+        import numpy as np
+
+        batches, runtime = _reference_batches(ctx)
+        out = ctx.output("reference")
+        for i, (batch, ref) in enumerate(batches):
+            for name, arr in sorted(batch.items()):
+                np.save(out / f"{i:04d}.in.{name}.npy", arr)
+            np.save(out / f"{i:04d}.out.npy", ref)
+        return {"samples": sum(len(b["attention_mask"]) for b, _ in batches),
+                "batches": len(batches), "task": ctx.model.task, "runtime": runtime}
 
     @classmethod
     def thresholds(cls, params: Any, metrics: dict[str, Any]) -> dict[str, float | None]:
@@ -146,7 +159,46 @@ class Parity(Step):
     @classmethod
     def summarize(cls, params: Any, metrics: dict[str, Any],
                   reference: dict[str, Any] | None) -> dict[str, Any]:
-        return {**metrics, "thresholds": cls.thresholds(params, metrics)}
+        out = {**metrics, "thresholds": cls.thresholds(params, metrics)}
+        if reference is not None:
+            out["reference_runtime"] = reference.get("runtime")
+        return out
+
+
+def _reference_batches(ctx: StepContext) -> tuple[list[tuple[dict[str, Any], Any]], dict[str, Any]]:
+    """Tokenized sample batches with the PyTorch reference outputs, and the reference runtime."""
+    import numpy as np
+
+    from orchestrator.steps.engines import open_engine
+
+    p: ParityParams = ctx.params
+    task, trc = ctx.model.task, ctx.model.trust_remote_code
+    texts = hf.read_samples(ctx.inputs.get("samples"), limit=p.max_samples)
+    if not texts:
+        raise ValueError("parity has no sample texts to compare (the samples file is empty)")
+    source = ctx.input("source")
+    tokenizer = hf.load_tokenizer(source, trc)
+    reference = open_engine(source, ctx.threads, task=task, trust_remote_code=trc)
+    out = []
+    for i in range(0, len(texts), p.batch_size):
+        enc = tokenizer(texts[i:i + p.batch_size], padding=True, truncation=True,
+                        max_length=p.max_length, return_tensors="np")
+        batch = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+        out.append((batch, reference.run(batch)))
+    return out, reference.describe()
+
+
+def _load_reference(folder: Any) -> list[tuple[dict[str, Any], Any]]:
+    import numpy as np
+
+    batches = []
+    for out_file in sorted(folder.glob("*.out.npy")):
+        prefix = out_file.name.split(".")[0]
+        batch = {f.name.split(".")[2]: np.load(f) for f in sorted(folder.glob(f"{prefix}.in.*.npy"))}
+        batches.append((batch, np.load(out_file)))
+    if not batches:
+        raise ValueError(f"the parity reference folder {folder} holds no batches")
+    return batches
 
 
 def _cosine(a: Any, b: Any) -> Any:
