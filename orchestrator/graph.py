@@ -34,6 +34,7 @@ class Task:
     hardware: dict[str, Any]
     device: str
     model: dict[str, Any]
+    input_files: dict[str, str] = field(default_factory=dict)  # input -> declared file name
     labels: list[tuple[str, str, str]] = field(default_factory=list)  # (recipe, target, position)
     reference: bool = False
 
@@ -109,8 +110,12 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
     }
     tid = "t:" + sha256_json(identity)[:20]
     if tid not in dag:
+        files = {}
+        for name, (node, out) in inputs.items():
+            up = dag.nodes[node]["obj"]
+            files[name] = up.info.cls.outputs.get(out, out) if isinstance(up, Task) else "<source>"
         task = Task(tid, use.info, pjson, use, inputs, hw_used, at.hardware["device"], at.model,
-                    reference=overrides is not None)
+                    files, reference=overrides is not None)
         dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
         for up, _ in inputs.values():
             dag.add_edge(up, tid)

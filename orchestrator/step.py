@@ -119,6 +119,13 @@ class Step:
         raise NotImplementedError
 
     @classmethod
+    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
+        """The toolchain of one task, knowing the file name each input arrives as (the
+        upstream step's declared output name, or "<source>" for the model source). A check
+        that runs whatever engine it is given narrows it to that engine's runtime."""
+        return cls.toolchain
+
+    @classmethod
     def gate(cls, params: Any, metrics: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
         """Reasons this check fails (empty: it passes). Only for ``kind = "check"``."""
         return []

@@ -271,3 +271,12 @@ def test_measure_stabilization() -> None:
     assert r["stable"] is True and r["runs"] == 6
     r = measure(steady, feed, p.model_copy(update={"max_seconds": 0.001}))
     assert r["runs"] == 1 and r["stable"] is False and r["spread"] is None
+
+
+def test_only_the_engines_runtime_enters_a_checks_key() -> None:
+    for cls in (Parity, Benchmark):
+        assert cls.toolchain_for({"model": "model.onnx"}, False) == ("onnxruntime",)
+        assert cls.toolchain_for({"model": "ir/"}, False) == ("openvino",)
+        assert cls.toolchain_for({"model": "model.pt"}, False) == ("torch",)
+        assert cls.toolchain_for({"model": "<source>"}, True) == ("torch", "transformers")
+        assert set(cls.toolchain_for({"model": "odd.bin"}, False)) >= {"onnxruntime", "openvino"}

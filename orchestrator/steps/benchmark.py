@@ -64,6 +64,16 @@ class Benchmark(Step):
     inputs = ("model", "source")
     resources = Resources(cpu=64)  # clamped to all the executor's cpus: a benchmark runs alone
     toolchain = ("torch", "transformers", "onnxruntime", "openvino")
+
+    @classmethod
+    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
+        """Only the runtime of the engine under test enters the key (an OpenVINO upgrade does not
+        re-measure ONNX Runtime targets); the reference task runs PyTorch."""
+        from orchestrator.steps.engines import toolchain_for_file
+
+        if reference:
+            return ("torch", "transformers")
+        return toolchain_for_file(inputs.get("model", ""))
     gate_fields = ("min_speedup",)
     # Profiling and the OpenVINO hint do not apply to PyTorch: fixing them lets every target share
     # one reference task.

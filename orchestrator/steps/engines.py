@@ -73,6 +73,30 @@ def engine_kind(path: Path) -> str:
                      "(config.json), a *.onnx file, an OpenVINO IR (*.xml) or a TorchScript *.pt")
 
 
+RUNTIME_TOOLCHAIN = {
+    "onnxruntime": ("onnxruntime",),
+    "openvino": ("openvino",),
+    "torchscript": ("torch",),
+    "pytorch": ("torch", "transformers"),
+}
+
+
+def toolchain_for_file(filename: str) -> tuple[str, ...]:
+    """The packages that run an engine arriving under this declared file name (plan time: no
+    file exists yet). Unknown names get every runtime, which is never wrong, only less cached."""
+    if filename in ("<source>", "hf/"):
+        kind = "pytorch"
+    elif filename.endswith(".onnx") or filename == "onnx/":
+        kind = "onnxruntime"
+    elif filename.endswith(".xml") or filename == "ir/":
+        kind = "openvino"
+    elif filename.endswith(".pt"):
+        kind = "torchscript"
+    else:
+        return tuple(sorted({p for v in RUNTIME_TOOLCHAIN.values() for p in v}))
+    return RUNTIME_TOOLCHAIN[kind]
+
+
 def _one_file(path: Path, pattern: str, preferred: str) -> Path:
     if not path.is_dir():
         return path

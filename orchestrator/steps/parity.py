@@ -62,6 +62,16 @@ class Parity(Step):
     reference = {"precision_hint": "f32"}
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers", "onnxruntime", "openvino")
+
+    @classmethod
+    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
+        """Only the runtime of the engine under test enters the key (an OpenVINO upgrade does not
+        re-measure ONNX Runtime targets); the reference task runs PyTorch."""
+        from orchestrator.steps.engines import toolchain_for_file
+
+        if reference:
+            return ("torch", "transformers")
+        return toolchain_for_file(inputs.get("model", ""))
     gate_fields = GATES
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
