@@ -52,7 +52,7 @@ def target_figures(out: Path) -> dict[str, Any]:
             "size_bytes": sum(a["size"] for a in m["artifacts"]),
             "parity": {k: parity.get(k) for k in ("mean_cosine", "min_cosine", "max_abs_diff",
                                                    "precision", "passed")},
-            "benchmark": {k: bench.get(k) for k in ("grid", "speedup", "threads", "runtime")
+            "benchmark": {k: bench.get(k) for k in ("results", "speedup", "threads", "runtime")
                           if k in bench},
         }
     return figures

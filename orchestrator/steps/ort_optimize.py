@@ -33,7 +33,7 @@ class OrtOptimizeParams(BaseModel):
 
 class OrtOptimize(Step):
     name = "ort-optimize"
-    version = "1"
+    version = "2"
     description = ("Fuse Attention, SkipLayerNormalization, EmbedLayerNormalization and GELU with "
                    "the ONNX Runtime transformers optimizer.")
     Params = OrtOptimizeParams
@@ -44,7 +44,6 @@ class OrtOptimize(Step):
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         import onnx
-        from onnxruntime.transformers.optimizer import optimize_model
 
         p: OrtOptimizeParams = ctx.params
         src = ctx.input("model")
@@ -54,16 +53,22 @@ class OrtOptimize(Step):
             found_heads, found_hidden = detect_heads(before)
             hidden = hidden or found_hidden
             heads = heads or (found_heads if hidden == found_hidden else 0)
-        opt = optimize_model(str(src), model_type=p.model_type, num_heads=heads,
-                             hidden_size=hidden, opt_level=p.opt_level,
-                             use_gpu=p.use_gpu, only_onnxruntime=False)
-        if p.float16:
-            opt.convert_float_to_float16(keep_io_types=True)
+        out = ctx.output("model")
+        opt = self._optimize(src, out, p, heads, hidden, attention=True)
+        problem = disagreement(src, out, p.float16)
+        if problem:
+            # e.g. a head-pruned model whose layers have fewer heads than hidden/head_size: the
+            # fused Attention would compute garbage. Never ship that: fuse everything else.
+            ctx.warn(f"the Attention fusion changed the model's outputs ({problem}); "
+                     "saved without it (set num_heads/hidden_size if the model has unusual heads)")
+            opt = self._optimize(src, out, p, heads, hidden, attention=False)
+            problem = disagreement(src, out, p.float16)
+            if problem:
+                raise RuntimeError(f"the optimized model disagrees with its input ({problem}); "
+                                   "try opt_level: 0 or leave ort-optimize out for this model")
         fused = {k: int(v) for k, v in sorted(opt.get_fused_operator_statistics().items())
                  if int(v) > 0}
-        out = ctx.output("model")
-        opt.save_model_to_file(str(out), use_external_data_format=False)
-        if not any(fused.get(op, 0) for op in ATTENTION_OPS):
+        if not any(fused.get(op, 0) for op in ATTENTION_OPS) and not ctx.warnings:
             ctx.warn("attention was not fused: " + _why(before, heads, hidden))
         return {
             "fused": fused,
@@ -72,6 +77,55 @@ class OrtOptimize(Step):
             "nodes_before": len(before.graph.node),
             "nodes_after": len(opt.model.graph.node),
         }
+
+
+    @staticmethod
+    def _optimize(src: Any, out: Any, p: OrtOptimizeParams, heads: int, hidden: int,
+                  attention: bool) -> Any:
+        from onnxruntime.transformers.fusion_options import FusionOptions
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        options = FusionOptions(p.model_type)
+        options.enable_attention = attention
+        opt = optimize_model(str(src), model_type=p.model_type, num_heads=heads,
+                             hidden_size=hidden, opt_level=p.opt_level, use_gpu=p.use_gpu,
+                             only_onnxruntime=False, optimization_options=options)
+        if p.float16:
+            opt.convert_float_to_float16(keep_io_types=True)
+        opt.save_model_to_file(str(out), use_external_data_format=False)
+        return opt
+
+
+def disagreement(before: Any, after: Any, float16: bool) -> str | None:
+    """Run both models on one small input; why they disagree, or None. A fusion must not change
+    what the model computes (float16 output is only required to run)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(before), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {}
+    for i in reference.get_inputs():
+        if i.name == "input_ids":
+            feed[i.name] = rng.integers(1, 50, size=(2, 12), dtype=np.int64)
+        elif i.name == "attention_mask":
+            feed[i.name] = np.array([[1] * 12, [1] * 7 + [0] * 5], dtype=np.int64)
+        else:
+            feed[i.name] = np.zeros((2, 12), dtype=np.int64)
+    ref = reference.run(None, feed)[0]
+    try:  # a broken fused graph fails in the runtime's own checks, or computes other numbers
+        fused = ort.InferenceSession(str(after), opts, providers=["CPUExecutionProvider"])
+        got = fused.run(None, {k: v for k, v in feed.items()
+                               if k in {i.name for i in fused.get_inputs()}})[0]
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if float16:
+        return None
+    diff = float(np.abs(ref - got).max())
+    return None if diff <= 1e-3 * max(1.0, float(np.abs(ref).max())) else f"max abs diff {diff:.3g}"
 
 
 def detect_heads(model: Any) -> tuple[int, int]:
