@@ -26,7 +26,8 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/models.py
 
 clean:
 	rm -rf build cache

@@ -26,7 +26,18 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def _step_record(task: Task, entry: dict[str, Any], key: str) -> dict[str, Any]:
+def _input_sizes(task: Task, outcomes: dict[str, Any], sources: dict[str, Any]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for name, (node, out) in task.inputs.items():
+        if node in sources:
+            sizes[name] = sources[node].blob.size
+        elif node in outcomes and outcomes[node].entry is not None:
+            sizes[name] = outcomes[node].entry["outputs"][out]["size"]
+    return sizes
+
+
+def _step_record(task: Task, entry: dict[str, Any], key: str,
+                 sizes: dict[str, int]) -> dict[str, Any]:
     doc = entry["doc"]
     return {
         "step": task.step,
@@ -34,7 +45,7 @@ def _step_record(task: Task, entry: dict[str, Any], key: str) -> dict[str, Any]:
         "plugin": doc["plugin"],
         "key": key,
         "params": task.use.params.model_dump(mode="json"),
-        "inputs": {k: {"digest": v} for k, v in doc["inputs"].items()},
+        "inputs": {k: {"digest": v, "size": sizes.get(k)} for k, v in doc["inputs"].items()},
         "outputs": {k: {"digest": o["digest"], "size": o["size"], "kind": o["kind"]}
                     for k, o in entry["outputs"].items()},
         "toolchain": doc["toolchain"],
@@ -58,7 +69,7 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
             failures.append(f"step {task.label} {'failed' if o and o.status == 'fail' else 'did not run'}"
                             + (f": {o.reasons[0]}" if o and o.status == "skip" and o.reasons else ""))
             continue
-        steps.append(_step_record(task, o.entry, o.key))
+        steps.append(_step_record(task, o.entry, o.key, _input_sizes(task, outcomes, sources)))
     checks: dict[str, Any] = {}
     benchmark: dict[str, Any] = {}
     for name, (cid, rid) in sorted(tp.checks.items()):

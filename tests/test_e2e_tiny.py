@@ -115,6 +115,11 @@ def test_tiny_build_all_runtimes(tiny_model_dir: Path, tmp_path: Path) -> None:
     # per-channel now equals the ort-int8 target's quantization: one shared, cached task
     assert "ort-int8-strict/3:ort-quantize" not in status
     assert status["ort-int8/3:ort-quantize"] == "hit"
+    # --rebench re-measures (the engine and its PyTorch reference) and nothing else
+    p = run_cli([*args, "-t", "ort-fp32", "--rebench"], home)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ran = sorted(t["label"] for t in json.loads(p.stdout)["tasks"] if t["status"] == "run")
+    assert ran == ["ort-fp32/check:benchmark", "ort-fp32/check:benchmark:reference"]
 
 
 @pytest.mark.parametrize("heads,pruned,width", [
