@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.steps.benchmark import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "deploy-build"
 QUANT_BEFORE = "ort-quantize: {mode: dynamic, weight_type: int8, per_channel: true}"
@@ -83,7 +85,7 @@ def main() -> int:
         after = target_figures(out)["cpu-int8"]
     results = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "cpu": _cpu_model()},
+                    "cpu": cpu_model()},
         "cold_build_s": round(cold_s, 1),
         "cold_build_tasks": len(cold["tasks"]),
         "targets": figures,
@@ -101,16 +103,6 @@ def main() -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

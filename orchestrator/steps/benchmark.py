@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.step import Resources, Step, StepContext
+from orchestrator.steps.engines import engine_toolchain
 
 Positive = Annotated[int, Field(ge=1)]
 
@@ -67,13 +68,7 @@ class Benchmark(Step):
 
     @classmethod
     def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
-        """Only the runtime of the engine under test enters the key (an OpenVINO upgrade does not
-        re-measure ONNX Runtime targets); the reference task runs PyTorch."""
-        from orchestrator.steps.engines import toolchain_for_file
-
-        if reference:
-            return ("torch", "transformers")
-        return toolchain_for_file(inputs.get("model", ""))
+        return engine_toolchain(inputs, reference)
     gate_fields = ("min_speedup",)
     # Profiling and the OpenVINO hint do not apply to PyTorch: fixing them lets every target share
     # one reference task.

@@ -97,6 +97,12 @@ def toolchain_for_file(filename: str) -> tuple[str, ...]:
     return RUNTIME_TOOLCHAIN[kind]
 
 
+def engine_toolchain(inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
+    """A check's toolchain: only the runtime of the engine under test enters its key (an OpenVINO
+    upgrade does not re-measure ONNX Runtime targets); a reference task runs PyTorch."""
+    return ("torch", "transformers") if reference else toolchain_for_file(inputs.get("model", ""))
+
+
 def _one_file(path: Path, pattern: str, preferred: str) -> Path:
     if not path.is_dir():
         return path

@@ -59,7 +59,7 @@ class ExportOnnx(Step):
         outs = hf.output_names(ctx.model.task)
         enc = tokenizer(hf.read_samples(None)[:2], padding=True, return_tensors="pt")
         args = tuple(enc[n] for n in names)
-        wrapper = _Wrapper.create(model, names, outs)
+        wrapper = hf.positional_wrapper(model, names, outs)
         with tempfile.TemporaryDirectory(prefix="export-onnx-") as tmp:
             raw = Path(tmp) / "model.onnx"
             with torch.no_grad():
@@ -128,23 +128,3 @@ def normalize(proto: Any) -> None:
 
 def _opset(proto: Any) -> int:
     return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-class _Wrapper:
-    """Positional (input_ids, attention_mask[, token_type_ids]) -> the task's output tensors."""
-
-    @staticmethod
-    def create(model: Any, names: list[str], outs: list[str]) -> Any:
-        import torch
-
-        class Wrapper(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, *args: Any) -> Any:
-                result = self.model(**dict(zip(names, args, strict=True)), return_dict=True)
-                tensors = tuple(result[o] for o in outs)
-                return tensors[0] if len(tensors) == 1 else tensors
-
-        return Wrapper().eval()

@@ -72,3 +72,21 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
     emb = summed / counts
     norm = np.linalg.norm(emb, axis=1, keepdims=True)
     return emb / np.clip(norm, 1e-12, None)
+
+
+def positional_wrapper(model: Any, names: list[str], outs: list[str], always_tuple: bool = False) -> Any:
+    """A module taking the inputs ``names`` positionally and returning the outputs ``outs`` (one
+    tensor when there is one, unless always_tuple): what exporters and converters trace."""
+    import torch
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: Any) -> Any:
+            result = self.model(**dict(zip(names, args, strict=True)), return_dict=True)
+            tensors = tuple(result[o] for o in outs)
+            return tensors[0] if len(tensors) == 1 and not always_tuple else tensors
+
+    return Wrapper().eval()

@@ -107,17 +107,9 @@ def _from_pytorch(ctx: StepContext) -> Any:
     names = [n for n in hf.input_names() if n in enc]
     outs = hf.output_names(ctx.model.task)
 
-    class Wrapper(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *args: Any) -> Any:
-            result = self.model(**dict(zip(names, args, strict=True)), return_dict=True)
-            return tuple(result[o] for o in outs)
-
+    wrapper = hf.positional_wrapper(model, names, outs, always_tuple=True)
     with torch.no_grad():
-        converted = ov.convert_model(Wrapper().eval(), example_input=tuple(enc[n] for n in names))
+        converted = ov.convert_model(wrapper, example_input=tuple(enc[n] for n in names))
     for port, name in zip(converted.inputs, names, strict=True):
         port.get_tensor().set_names({name})
     for port, name in zip(converted.outputs, outs, strict=True):

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.step import Resources, Step, StepContext
 from orchestrator.steps import hf
+from orchestrator.steps.engines import engine_toolchain
 
 # Defaults per engine precision, from all-MiniLM-L6-v2 (64 samples, 2 threads) vs PyTorch fp32:
 # legacy ONNX export 3.1e-6 max abs diff; OpenVINO IR with f32 weights 3.9e-6, with fp16-stored
@@ -65,13 +66,7 @@ class Parity(Step):
 
     @classmethod
     def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
-        """Only the runtime of the engine under test enters the key (an OpenVINO upgrade does not
-        re-measure ONNX Runtime targets); the reference task runs PyTorch."""
-        from orchestrator.steps.engines import toolchain_for_file
-
-        if reference:
-            return ("torch", "transformers")
-        return toolchain_for_file(inputs.get("model", ""))
+        return engine_toolchain(inputs, reference)
     gate_fields = GATES
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
