@@ -79,3 +79,18 @@ def test_cuda_target_is_skipped_with_why_on_a_cpu_machine(project: Project, caps
     assert s["by_label"]["b/3:gpu-only"]["status"] == "skip"
     assert s["by_label"]["b/3:gpu-only"]["reasons"] == ["needs 1 CUDA device(s); this executor has 0"]
     assert s["targets"]["demo/b"]["status"] == "failed" and s["rc"] == 2
+
+
+def test_internal_error_exits_3_with_a_log(monkeypatch, capsys) -> None:
+    import orchestrator.commands.info as info
+    from orchestrator.cli import main
+
+    def broken(args: object) -> int:
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(info, "steps", broken)
+    assert main(["steps"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("internal error: ZeroDivisionError: oops (traceback in ")
+    log = err.split("traceback in ")[1].split(")")[0]
+    assert "ZeroDivisionError" in open(log).read()
