@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from orchestrator import __version__
 
@@ -28,6 +29,14 @@ exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 1 on a usage error, like every other user error of this tool."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAML file(s)")
     p.add_argument("-t", "--target", action="append", dest="targets", metavar="TARGET",
@@ -39,13 +48,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="deploy-build",
         description="Compile YAML deployment recipes into cached, verified, benchmarked engines.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_argument("--version", action="version", version=f"deploy-build {__version__}")
-    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     b = sub.add_parser("build", help="build recipes (the default command)")
     _common(b)
@@ -97,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "build")
     args = parser().parse_args(args_list)
     if not getattr(args, "func", None):
-        parser().print_help()
-        return 0
+        parser().print_help(sys.stderr)
+        return 1
     from orchestrator.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USER_ERROR, FatalError
 
     module, _, name = args.func.partition(":")

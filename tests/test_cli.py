@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import FAKE_RECIPE, Project
 
@@ -93,4 +94,26 @@ def test_internal_error_exits_3_with_a_log(monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("internal error: ZeroDivisionError: oops (traceback in ")
     log = err.split("traceback in ")[1].split(")")[0]
-    assert "ZeroDivisionError" in open(log).read()
+    assert "ZeroDivisionError" in Path(log).read_text()
+
+
+def test_usage_errors_exit_1(capsys) -> None:
+    import pytest
+
+    from orchestrator.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["build", "r.yaml", "--jobz", "2"])
+    assert e.value.code == 1
+    assert "error: unrecognized arguments: --jobz 2; see `deploy-build --help`" in capsys.readouterr().err
+    assert main([]) == 1
+
+
+def test_unusable_cache_is_a_user_error(project: Project, capsys) -> None:
+    blocker = project.root / "file"
+    blocker.write_text("not a folder")
+    r = project.recipe(FAKE_RECIPE)
+    from orchestrator.cli import main
+
+    assert main([str(r), "--cache", str(blocker / "cache")]) == 1
+    assert "cannot use the cache folder" in capsys.readouterr().err

@@ -57,6 +57,11 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
     cache = Path(args.cache or os.environ.get("DEPLOY_BUILD_CACHE") or root / "cache")
     out = Path(args.out) if args.out else root / "build"
     store = LocalStore(cache)
+    try:
+        store.index  # noqa: B018 - opens (and creates) the cache now, to report problems early
+    except OSError as e:
+        raise FatalError(f"cannot use the cache folder {cache}: {e.strerror or e}; "
+                         "choose another with --cache or DEPLOY_BUILD_CACHE") from None
     graph = compile_graph(recipes, args.targets)
     only = getattr(args, "only", None)
     if only:
