@@ -65,14 +65,14 @@ class Benchmark(Step):
     inputs = ("model", "source")
     resources = Resources(cpu=64)  # clamped to all the executor's cpus: a benchmark runs alone
     toolchain = ("torch", "transformers", "onnxruntime", "openvino")
-
-    @classmethod
-    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
-        return engine_toolchain(inputs, reference)
     gate_fields = ("min_speedup",)
     # Profiling and the OpenVINO hint do not apply to PyTorch: fixing them lets every target share
     # one reference task.
     reference = {"profile": False, "precision_hint": "f32"}
+
+    @classmethod
+    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
+        return engine_toolchain(inputs, reference)
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         from orchestrator.steps.engines import detect_precision, open_engine

@@ -63,11 +63,11 @@ class Parity(Step):
     reference = {"precision_hint": "f32"}
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers", "onnxruntime", "openvino")
+    gate_fields = GATES
 
     @classmethod
     def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
         return engine_toolchain(inputs, reference)
-    gate_fields = GATES
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         if ctx.reference:
