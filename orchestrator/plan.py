@@ -56,18 +56,35 @@ def resolve_sources(graph: BuildGraph, stats: StatCache) -> dict[str, ResolvedSo
         recipe = by_name[src.recipe]
         if src.what == "model":
             m = recipe.model.model
-            where = f"{recipe.path}: model.source"
-            path = resolve_model_path(m.source, recipe.base_dir, m.revision, where)
+            path = resolve_model_path(m.source, recipe.base_dir, m.revision,
+                                      recipe.where("model", "source"))
         else:
             samples = recipe.model.inputs.samples
             assert samples is not None
             path = recipe.resolve(samples)
-            if not path.is_file():
-                from orchestrator.errors import FatalError
-
-                raise FatalError(f"samples file {path} (inputs.samples in {recipe.path}) not found")
+            check_samples(path, recipe.where("inputs", "samples"))
         out[node] = ResolvedSource(path, stats.blob(path))
     return out
+
+
+def check_samples(path: Path, where: str) -> None:
+    """A samples file must be UTF-8 text with at least one non-empty line."""
+    from orchestrator.errors import FatalError
+
+    try:
+        text = path.read_bytes().decode()
+    except FileNotFoundError:
+        raise FatalError(f"samples file {path} (inputs.samples at {where}) not found; fix the path "
+                         "(relative to the recipe)") from None
+    except IsADirectoryError:
+        raise FatalError(f"samples {path} (inputs.samples at {where}) is a folder; give a text "
+                         "file with one sample per line") from None
+    except UnicodeDecodeError as e:
+        raise FatalError(f"samples file {path} (inputs.samples at {where}) is not UTF-8 text "
+                         f"(byte {e.start}); save it as UTF-8") from None
+    if not any(line.strip() for line in text.splitlines()):
+        raise FatalError(f"samples file {path} (inputs.samples at {where}) is empty; give one "
+                         "sample text per line")
 
 
 def document(task: Task, input_digests: dict[str, str]) -> dict[str, Any]:

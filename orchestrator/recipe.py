@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from orchestrator import yamlpos
 from orchestrator.errors import FatalError
-from orchestrator.hashing import sha256_bytes
+from orchestrator.hashing import canonical_json, sha256_bytes
 from orchestrator.registry import Registry, StepInfo
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -40,8 +40,10 @@ class ModelSource(_Strict):
 
 
 class Shapes(_Strict):
-    batch: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    sequence: list[int] = Field(default_factory=lambda: [128], min_length=1)
+    batch: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1,
+                                     description="Batch sizes (the default benchmark grid).")
+    sequence: list[PositiveInt] = Field(default_factory=lambda: [128], min_length=1,
+                                        description="Sequence lengths (the default benchmark grid).")
 
 
 class Inputs(_Strict):
@@ -90,6 +92,11 @@ class Recipe:
     steps: dict[str, tuple[StepUse, ...]]
     checks: dict[str, tuple[StepUse, ...]]
     registry: Registry
+    positions: yamlpos.Positions
+
+    def where(self, *path: str | int) -> str:
+        """file:line:col of a value of the recipe, e.g. where("inputs", "samples")."""
+        return str(self.positions.at(path))
 
     @property
     def base_dir(self) -> Path:
@@ -149,7 +156,11 @@ def load_recipe(path: str | Path, registry: Registry | None = None) -> Recipe:
     name = model.name or path.stem
     if not _valid_name(name):
         raise FatalError(f"recipe name {name!r} from {display} is not a valid name; set 'name:'")
-    return Recipe(path, name, sha256_bytes(raw), model, steps, checks, registry)
+    m = model.model
+    if m.revision is not None and (m.source.startswith("package:") or (path.parent / m.source).exists()):
+        raise FatalError(f"model.revision at {pos.at(('model', 'revision'))} only applies to hub ids; "
+                         "remove it (a local or package source is pinned by its content digest)")
+    return Recipe(path, name, sha256_bytes(raw), model, steps, checks, registry, pos)
 
 
 def _valid_name(name: str) -> bool:
@@ -176,7 +187,11 @@ def _use(
     info = registry.get(name)
     try:
         validated = info.cls.Params.model_validate(params or {})
-    except ValidationError as e:
+        canonical_json(validated.model_dump(mode="json"))
+    except ValueError as e:
+        if not isinstance(e, ValidationError):
+            raise FatalError(f"{noun} {name!r} at {where}: NaN and infinity are not allowed in "
+                             "params; give finite numbers") from None
         raise FatalError(
             _format_errors(e, pos, info.cls.Params, key_path, context=f"{noun} {name!r}")
         ) from None

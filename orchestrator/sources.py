@@ -84,6 +84,8 @@ def resolve_model_path(source: str, base_dir: Path, revision: str | None, where:
                 f"model source {source!r} at {where}: {local} is not a folder; give a Hugging Face "
                 "model folder (config.json, weights, tokenizer)"
             )
+        if next(walk_files(local), None) is None:
+            raise FatalError(f"model source {source!r} at {where}: {local} holds no files")
         return local
     if source.count("/") == 1:
         return _hub_snapshot(source, revision, where)

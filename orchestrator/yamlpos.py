@@ -38,43 +38,86 @@ class Positions:
         return Location(self.file, line, col)
 
 
+MAX_VALUES = 100_000  # values after alias expansion: a recipe is small; a YAML bomb is not
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def load(text: str, file: str) -> tuple[Any, Positions]:
     pos = Positions(file)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
+        if node is None:
+            raise FatalError(f"empty recipe at {file}:1:1; see `deploy-build schema` for the format")
+        return _Builder(pos).build(node, ()), pos
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
-        raise FatalError(f"invalid YAML at {where}: {e.problem or e}; fix the syntax there") from None
+        problem = e.problem or str(e).splitlines()[0]
+        hint = ("recipes are plain YAML: remove the tag" if "constructor for the tag" in problem
+                else "fix the syntax there")
+        raise FatalError(f"invalid YAML at {where}: {problem}; {hint}") from None
+    except yaml.YAMLError as e:  # e.g. a control character the reader refuses
+        at = getattr(e, "position", None)
+        place = file if at is None else str(
+            Location(file, text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)))
+        what = getattr(e, "reason", None) or str(e).splitlines()[0]
+        raise FatalError(f"invalid YAML at {place}: {what}; remove the character there") from None
     finally:
         loader.dispose()
-    if node is None:
-        raise FatalError(f"empty recipe at {file}:1:1; see `deploy-build schema` for the format")
-    constructor = yaml.SafeLoader("")
-    return _build(node, (), pos, constructor), pos
 
 
 def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _build(node: yaml.Node, path: Path_, pos: Positions, ctor: yaml.SafeLoader) -> Any:
-    pos.values[path] = _mark(node)
-    if isinstance(node, yaml.MappingNode):
+class _Builder:
+    """Node tree -> Python values, recording positions; merge keys (<<) as PyYAML does them."""
+
+    def __init__(self, pos: Positions) -> None:
+        self.pos = pos
+        self.ctor = yaml.SafeLoader("")
+        self.count = 0
+
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise FatalError(f"recipe {self.pos.file} expands to more than {MAX_VALUES} values "
+                             "(through aliases?); a recipe should be a few hundred lines")
+        self.pos.values.setdefault(path, _mark(node))
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        value = self.ctor.construct_object(node, deep=True)
+        if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+            loc = Location(self.pos.file, *_mark(node))
+            raise FatalError(f"{node.value} at {loc} is not allowed; give a finite number")
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
+        merged: dict[Any, Any] = {}
         for knode, vnode in node.value:
-            key = ctor.construct_object(knode, deep=True)
+            if knode.tag == MERGE_TAG:
+                sources = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
+                for src in sources:
+                    if not isinstance(src, yaml.MappingNode):
+                        loc = Location(self.pos.file, *_mark(src))
+                        raise FatalError(f"merge key '<<' at {loc} needs a mapping (an &anchor)")
+                    for k, v in self._mapping(src, path).items():
+                        merged.setdefault(k, v)
+                continue
+            key = self.ctor.construct_object(knode, deep=True)
             if not isinstance(key, str | int | float | bool) or key is None:
-                loc = Location(pos.file, *_mark(knode))
+                loc = Location(self.pos.file, *_mark(knode))
                 raise FatalError(f"mapping key at {loc} must be a plain string")
             key = str(key) if not isinstance(key, str) else key
             if key in out:
-                loc = Location(pos.file, *_mark(knode))
+                loc = Location(self.pos.file, *_mark(knode))
                 raise FatalError(f"duplicate key {key!r} at {loc}; remove one of them")
-            pos.keys[path + (key,)] = _mark(knode)
-            out[key] = _build(vnode, path + (key,), pos, ctor)
+            self.pos.keys[path + (key,)] = _mark(knode)
+            out[key] = self.build(vnode, path + (key,))
+        for k, v in merged.items():
+            out.setdefault(k, v)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, path + (i,), pos, ctor) for i, item in enumerate(node.value)]
-    return ctor.construct_object(node, deep=True)

@@ -117,3 +117,24 @@ def test_unusable_cache_is_a_user_error(project: Project, capsys) -> None:
 
     assert main([str(r), "--cache", str(blocker / "cache")]) == 1
     assert "cannot use the cache folder" in capsys.readouterr().err
+
+
+def test_out_is_a_file_and_corrupt_index(project: Project, capsys) -> None:
+    from orchestrator.cli import main
+
+    r = project.recipe(FAKE_RECIPE)
+    f = project.root / "out.txt"
+    f.write_text("x")
+    assert main([str(r), "--out", str(f), "--cache", str(project.cache)]) == 1
+    assert f"--out {f} is a file" in capsys.readouterr().err
+    assert project.run(str(r)) == 0
+    (project.cache / "index" / "cache.db").write_bytes(b"garbage" * 1000)
+    assert project.run(str(r)) == 1
+    assert "is unreadable (file is not a database); delete that folder" in capsys.readouterr().err
+
+
+def test_broken_pipe_is_quiet(project: Project) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    p = subprocess.run(f"{sys.executable} -m orchestrator {r} --dry-run --cache {project.cache} | head -1",
+                       shell=True, capture_output=True, text=True)
+    assert p.stdout.startswith("plan: 4 tasks") and "Traceback" not in p.stderr

@@ -35,7 +35,7 @@ def test_diff_reports_changes_and_fails_on_rules(tmp_path: Path, capsys) -> None
     out = capsys.readouterr().out
     assert out.splitlines() == [
         "bert-edge/cpu-int8:",
-        "  step ort-quantize: params.per_channel true -> false",
+        "  step 1:ort-quantize: params.per_channel true -> false",
         "  artifact model.onnx: size 1000 -> 1100 (+10.0%), digest changed",
         "  checks.parity.mean_cosine: 0.994 -> 0.967 (-2.7%)",
         "  benchmark.grid.b1_s128.median_ms: 8 -> 9 (+12.5%)",
@@ -59,3 +59,13 @@ def test_bad_rule_is_a_user_error(tmp_path: Path, capsys) -> None:
     a = write(tmp_path, "old", OLD)
     assert main(["diff", str(a), str(a), "--fail-on", "faster please"]) == 1
     assert "cannot read --fail-on rule 'faster please'" in capsys.readouterr().err
+
+
+def test_not_a_manifest_and_bad_numbers(tmp_path: Path, capsys) -> None:
+    a = write(tmp_path, "old", OLD)
+    log = tmp_path / "run-log.json"
+    log.write_text('{"host": "x", "tasks": []}')
+    assert main(["diff", str(log), str(a / "bert-edge/cpu-int8/manifest.json")]) == 1
+    assert "is not a deploy-build manifest" in capsys.readouterr().err
+    assert main(["diff", str(a), str(a), "--fail-on", "x>1.2.3"]) == 1
+    assert "cannot read --fail-on rule 'x>1.2.3'" in capsys.readouterr().err

@@ -47,6 +47,32 @@ CASES = [
     ("two keys in one step",
      GOOD.replace('- fake-upper: {suffix: "!"}', '- fake-upper: {}\n        fake-tree: {}'),
      "step at {f}:8:9 must be one 'name: {{params}}' pair, got 2 keys"),
+    ("custom tag",
+     GOOD.replace("./model", "!env MODEL"),
+     "invalid YAML at {f}:4:11: could not determine a constructor for the tag '!env'; "
+     "recipes are plain YAML: remove the tag"),
+    ("NaN param",
+     GOOD.replace('suffix: "!"', "sleep: .nan"),
+     ".nan at {f}:8:29 is not allowed; give a finite number"),
+    ("NUL byte",
+     GOOD.replace("name: demo", "name: de\x00mo"),
+     "invalid YAML at {f}:1:9: control characters are not allowed; remove the character there"),
+    ("alias bomb",
+     "a: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+     "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+     "e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",
+     "recipe {f} expands to more than 100000 values (through aliases?); a recipe should be a few "
+     "hundred lines"),
+    ("revision on a local source",
+     GOOD.replace("  source: ./model", "  source: ./model\n  revision: abc123"),
+     "model.revision at {f}:5:13 only applies to hub ids; remove it (a local or package source is "
+     "pinned by its content digest)"),
+    ("zero batch",
+     GOOD.replace("targets:", "inputs: {shapes: {batch: [0]}}\ntargets:"),
+     "invalid inputs.shapes.batch.0 at {f}:5:27: Input should be greater than 0"),
+    ("cosine out of range",
+     GOOD + "    checks:\n      fake-length: {max_bytes: 10}\n      parity: {mean_cosine: 1.5}\n",
+     "invalid mean_cosine in check 'parity' at {f}:11:29: Input should be less than or equal to 1"),
     ("missing model",
      GOOD.replace("model:\n  source: ./model\n", ""),
      "missing key 'model' at {f}:1:1; add it (see `deploy-build schema`)"),
@@ -132,3 +158,52 @@ def test_broken_plugin_is_named(project: Project, capsys) -> None:
     assert f"step class Bad from plugin {Path(project.root / 'bad_plugin.py')} is not a valid step" in err
     assert "'name' must be lowercase" in err and "'version' must be a non-empty string" in err
     assert "it must implement run(self, ctx)" in err
+
+
+@pytest.mark.parametrize("content,expected", [
+    (None, "not found; fix the path (relative to the recipe)"),
+    (b"\xff\xfe bad", "is not UTF-8 text (byte 0); save it as UTF-8"),
+    (b"\n  \n", "is empty; give one sample text per line"),
+])
+def test_bad_samples_file(project: Project, capsys, content: bytes | None, expected: str) -> None:
+    samples = project.root / "samples.txt"
+    if content is not None:
+        samples.write_bytes(content)
+    text = GOOD.replace("targets:", "inputs:\n  samples: samples.txt\ntargets:")
+    text = text.replace("    steps:", "    checks:\n      fake-samples: {}\n    steps:")
+    (project.root / "samples_check.py").write_text(
+        "from orchestrator.step import Step\n"
+        "class UsesSamples(Step):\n    name = 'fake-samples'\n    version = '1'\n    kind = 'check'\n"
+        "    inputs = ('model', 'samples')\n"
+        "    def run(self, ctx):\n        return {}\n")
+    text = text.replace("[fake_steps.py]", "[fake_steps.py, samples_check.py]")
+    f = project.recipe(text)
+    assert project.run(str(f), "--dry-run") == 1
+    where = f"samples file {samples} (inputs.samples at {f}:6:12) "
+    assert capsys.readouterr().err == "error: " + where + expected + "\n"
+
+
+def test_hub_source_downloads_when_reachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub
+
+    from orchestrator import sources
+    from orchestrator.registry import Registry
+
+    Registry().get("export-onnx")  # importing the model steps must not switch the hub off
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    calls = []
+
+    def fake_download(repo_id: str, revision: str | None = None, local_files_only: bool = False,
+                      **kw: object) -> str:
+        calls.append((repo_id, revision, local_files_only))
+        if local_files_only:
+            raise FileNotFoundError("not in the local cache")
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(sources, "_reachable", lambda host, timeout=3.0: True)
+    path = sources.resolve_model_path("org/model", tmp_path, "abc123", "r.yaml:4:11")
+    assert path == snapshot
+    assert calls == [("org/model", "abc123", True), ("org/model", "abc123", False)]

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shlex
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +57,17 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
     root = project_root(recipes[0].path.parent)
     cache = Path(args.cache or os.environ.get("DEPLOY_BUILD_CACHE") or root / "cache")
     out = Path(args.out) if args.out else root / "build"
+    if out.exists() and not out.is_dir():
+        raise FatalError(f"--out {out} is a file; give a folder for the built targets")
     store = LocalStore(cache)
     try:
         store.index  # noqa: B018 - opens (and creates) the cache now, to report problems early
     except OSError as e:
         raise FatalError(f"cannot use the cache folder {cache}: {e.strerror or e}; "
                          "choose another with --cache or DEPLOY_BUILD_CACHE") from None
+    except sqlite3.DatabaseError as e:
+        raise FatalError(f"the cache index {cache / 'index'} is unreadable ({e}); delete that "
+                         "folder: blobs are kept, re-verified and reused") from None
     graph = compile_graph(recipes, args.targets)
     only = getattr(args, "only", None)
     if only:

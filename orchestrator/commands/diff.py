@@ -14,8 +14,8 @@ from typing import Any
 
 from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK, FatalError
 
-RULE = re.compile(r"^(?P<path>[\w.\-]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>-?[\d.]+)$")
-GROWTH = re.compile(r"^(?P<what>latency|size)\s*\+\s*(?P<pct>[\d.]+)%$")
+RULE = re.compile(r"^(?P<path>[\w.\-]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>-?\d+(\.\d+)?)$")
+GROWTH = re.compile(r"^(?P<what>latency|size)\s*\+\s*(?P<pct>\d+(\.\d+)?)%$")
 
 
 def load_manifests(path: Path) -> dict[str, dict[str, Any]]:
@@ -31,9 +31,11 @@ def load_manifests(path: Path) -> dict[str, dict[str, Any]]:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise FatalError(f"cannot read manifest {path}: {e}") from None
+    if not isinstance(data, dict) or not {"schema", "target", "steps"} <= set(data):
+        raise FatalError(f"{path} is not a deploy-build manifest (manifest.json)")
     return data
 
 
@@ -67,9 +69,9 @@ def diff_manifest(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         lines.append(f"status: {old.get('status')} -> {new.get('status')}")
     if old.get("model", {}).get("digest") != new.get("model", {}).get("digest"):
         lines.append("model source changed (digest)")
-    osteps = {s["step"]: s for s in old.get("steps", [])}
-    nsteps = {s["step"]: s for s in new.get("steps", [])}
-    for name in [s["step"] for s in new.get("steps", [])] + [n for n in osteps if n not in nsteps]:
+    osteps = {f"{i + 1}:{s['step']}": s for i, s in enumerate(old.get("steps", []))}
+    nsteps = {f"{i + 1}:{s['step']}": s for i, s in enumerate(new.get("steps", []))}
+    for name in list(nsteps) + [n for n in osteps if n not in nsteps]:
         a, b = osteps.get(name), nsteps.get(name)
         if a is None:
             lines.append(f"step {name}: added")

@@ -76,6 +76,9 @@ class LocalExecutor:
             # no telemetry or phone-home from OpenVINO, NNCF or the hub during a build
             "CI": "true", "NNCF_CI": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
             "DO_NOT_TRACK": "1", "OPENVINO_NO_TELEMETRY": "1",
+            # sources are resolved (and downloaded, for hub ids) while planning: a step
+            # reads local folders only and never reaches the network
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
         })
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(

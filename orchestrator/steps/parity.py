@@ -41,12 +41,13 @@ class ParityParams(BaseModel):
     precision_hint: Literal["f32", "bf16", "f16"] = Field(
         "f32", description="OpenVINO INFERENCE_PRECISION_HINT (set explicitly: bf16 CPUs default "
         "to bf16).")
-    min_cosine: float | None = Field(None, description="Lowest per-sample cosine allowed "
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="Lowest per-sample cosine allowed "
                                      "(None: the default for the engine's precision).")
-    mean_cosine: float | None = Field(None, description="Lowest mean cosine allowed (None: default).")
-    max_abs_diff: float | None = Field(None, description="Largest abs diff of the output over real "
+    mean_cosine: float | None = Field(None, ge=-1, le=1,
+                                      description="Lowest mean cosine allowed (None: default).")
+    max_abs_diff: float | None = Field(None, ge=0, description="Largest abs diff of the output over real "
                                        "tokens (None: default; fp32 only).")
-    min_top1: float | None = Field(None, description="Lowest top-1 agreement, classification "
+    min_top1: float | None = Field(None, ge=0, le=1, description="Lowest top-1 agreement, classification "
                                    "tasks (None: default).")
 
 
