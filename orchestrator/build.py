@@ -32,7 +32,19 @@ class Options:
 
 
 class Interrupted(Exception):
-    pass
+    """The build was stopped by a signal; `code` is the exit code (130 SIGINT, 143 SIGTERM)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cancelled CI job), handled like Ctrl-C."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
@@ -116,11 +128,11 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
         for tid in order:
             if tid not in outcomes:
                 finish(tid, TaskOutcome("skip", reasons=["stopped by --fail-fast"]))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         executor.cancel_all()
         for job in started.values():
             shutil.rmtree(job.scratch, ignore_errors=True)
-        raise Interrupted() from None
+        raise Interrupted(143 if isinstance(e, Terminated) else 130) from None
     return outcomes
 
 

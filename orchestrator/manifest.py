@@ -55,17 +55,20 @@ def _step_record(task: Task, entry: dict[str, Any], key: str,
 
 
 def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
-                   sources: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The manifest of one target and the reasons it failed (empty when ok)."""
+                   sources: dict[str, Any]) -> tuple[dict[str, Any], list[str], bool]:
+    """The manifest of one target, the reasons it failed (empty when ok) and whether every task
+    of the target finished (False: a task failed or was skipped, so there is nothing to judge)."""
     recipe = tp.recipe
     target = recipe.model.targets[tp.name]
     src = sources.get(f"src:{recipe.name}:model")
     failures: list[str] = []
+    complete = True
     steps = []
     for tid in tp.steps:
         o = outcomes.get(tid)
         task = graph.task(tid)
         if o is None or o.entry is None:
+            complete = False
             failures.append(f"step {task.label} {'failed' if o and o.status == 'fail' else 'did not run'}"
                             + (f": {o.reasons[0]}" if o and o.status == "skip" and o.reasons else ""))
             continue
@@ -78,6 +81,7 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
         ro = outcomes.get(rid) if rid else None
         if o is None or o.entry is None or (rid and (ro is None or ro.entry is None)):
             failures.append(f"check {name} did not complete")
+            complete = False
             continue
         cls = task.info.cls
         ref_metrics = ro.entry["metrics"] if ro is not None and ro.entry is not None else None
@@ -119,7 +123,7 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
     }
     if failures:
         manifest["failures"] = failures
-    return manifest, failures
+    return manifest, failures, complete
 
 
 def write_target(out_root: Path, tp: TargetPlan, manifest: dict[str, Any], store: LocalStore,
@@ -143,7 +147,7 @@ def write_target(out_root: Path, tp: TargetPlan, manifest: dict[str, Any], store
     text = dumps(manifest)
     path = tdir / MANIFEST
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(".json.tmp")
+        tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
     run_log = {
@@ -155,5 +159,7 @@ def write_target(out_root: Path, tp: TargetPlan, manifest: dict[str, Any], store
             if t in outcomes
         ],
     }
-    (tdir / RUN_LOG).write_text(dumps(run_log))
+    tmp_log = tdir / f".{RUN_LOG}.{os.getpid()}.tmp"
+    tmp_log.write_text(dumps(run_log))
+    os.replace(tmp_log, tdir / RUN_LOG)
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -63,8 +64,13 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return {"outputs": outputs, "metrics": metrics, "warnings": ctx.warnings}
 
 
+def _stop(signum: int, frame: Any) -> None:
+    sys.exit(128 + signum)  # unwinds: temp files of a half-written blob are removed
+
+
 def main(argv: list[str]) -> int:
     faulthandler.enable()
+    signal.signal(signal.SIGTERM, _stop)
     spec_path = Path(argv[0])
     spec = json.loads(spec_path.read_text())
     try:

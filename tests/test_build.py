@@ -40,9 +40,20 @@ def test_noop_build_is_all_hits_and_manifest_is_byte_identical(project: Project,
 
 
 def test_materialized_outputs_are_hard_links_into_the_cache(project: Project, capsys) -> None:
-    project.build_json(project.recipe(FAKE_RECIPE), capsys)
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
     f = project.out / "demo/b/model.txt"
     assert f.stat().st_nlink >= 2  # linked, not copied
+    part = project.out / "demo/a/ir/part0.bin"
+    before = part.stat().st_ino, part.stat().st_mtime_ns
+    project.build_json(r, capsys)  # a no-op leaves folder outputs in place (no delete + relink)
+    assert (part.stat().st_ino, part.stat().st_mtime_ns) == before
+    # a deleted output comes back; a stray file in an output folder goes
+    part.unlink()
+    (project.out / "demo/a/ir/stray.bin").write_text("x")
+    s = project.build_json(r, capsys)
+    assert {t["status"] for t in s["tasks"]} == {"hit"}
+    assert part.exists() and not (project.out / "demo/a/ir/stray.bin").exists()
 
 
 def test_param_change_reruns_only_that_task_with_reason(project: Project, capsys) -> None:
@@ -138,17 +149,38 @@ def test_failed_step_fails_only_its_target(project: Project, capsys, how: str, w
     s2 = project.build_json(r, capsys)
     assert s2["by_label"]["a/2:fake-fail"]["status"] == "fail"
     assert s2["by_label"]["b/2:fake-const"]["status"] == "hit"
-    manifest = json.loads((project.out / "demo/a/manifest.json").read_text())
-    assert manifest["status"] == "failed" and manifest["artifacts"] == []
+    # an unfinished target writes nothing (there is nothing to judge)
+    assert not (project.out / "demo/a").exists()
+    assert s2["targets"]["demo/a"] == {"status": "failed", "manifest": None}
 
 
-def test_fail_fast_stops(project: Project, capsys) -> None:
+def test_a_failed_task_keeps_the_last_good_engine(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    good = (project.out / "demo/a/manifest.json").read_bytes()
+    tree = sorted(p.name for p in (project.out / "demo/a/ir").iterdir())
+    project.recipe(FAKE_RECIPE.replace("fake-tree: {files: 2}", "fake-fail: {how: exit}"))
+    s = project.build_json(r, capsys)
+    assert s["rc"] == 2 and "left as it was" in s["err"]
+    assert (project.out / "demo/a/manifest.json").read_bytes() == good
+    assert sorted(p.name for p in (project.out / "demo/a/ir").iterdir()) == tree
+
+
+def test_fail_fast_stops_and_leaves_other_targets_alone(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    b_manifest = (project.out / "demo/b/manifest.json").read_bytes()
     recipe = FAKE_RECIPE.replace("fake-upper: {suffix: \"!\"}\n      - fake-tree",
                                  "fake-fail: {how: raise}\n      - fake-tree")
-    r = project.recipe(recipe)
+    project.recipe(recipe.replace("text: hello", "text: changed"))
     s = project.build_json(r, capsys, "--fail-fast", "--jobs", "1")
     assert s["rc"] == 2
-    assert "run" not in {t["status"] for t in s["tasks"] if t["label"].startswith("b/")}
+    b_tasks = {t["label"]: t for t in s["tasks"] if t["label"].startswith("b/")}
+    assert b_tasks["b/2:fake-const"]["status"] == "skip"
+    assert b_tasks["b/2:fake-const"]["reasons"] == ["stopped by --fail-fast"]
+    # b was stopped, not judged: its last good outputs stay
+    assert (project.out / "demo/b/manifest.json").read_bytes() == b_manifest
+    assert (project.out / "demo/b/model.txt").read_text() == "hello"
 
 
 def test_only_runs_one_task(project: Project, capsys) -> None:
@@ -192,7 +224,8 @@ def test_corrupt_blob_is_a_miss_and_is_repaired(project: Project, capsys) -> Non
     assert (project.out / "demo/b/model.txt").read_text() == "hello"
 
 
-def test_interrupt_leaves_no_partial_state(project: Project, capsys, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_interrupt_leaves_no_partial_state(project: Project, capsys, sig: str, code: int) -> None:
     import signal
     import subprocess
     import sys
@@ -212,16 +245,18 @@ def test_interrupt_leaves_no_partial_state(project: Project, capsys, tmp_path: P
         if "RUN   b/2:fake-upper" in line:
             break
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     rc = proc.wait(30)
-    assert rc == 130, "".join(lines) + proc.stderr.read()
+    assert rc == code, "".join(lines) + proc.stderr.read()
+    time.sleep(0.5)
+    workers = subprocess.run(["pgrep", "-f", f"orchestrator.worker.*{project.cache}"],
+                             capture_output=True, text=True).stdout
+    assert workers == ""  # no worker left behind
     assert not list((project.cache / "tmp").iterdir())  # scratch folders removed
     assert not [p for p in (project.cache / "cas").rglob(".*") if p.is_file()]  # no temp blobs
     # the finished shared task is reused, the interrupted one runs again
-    s = project.build_json(r, capsys, "--dry-run") if False else None
     capsys.readouterr()
     project.run(str(r), "--dry-run")
     plan = capsys.readouterr().out
     assert "HIT   a/1:fake-upper" in plan
     assert "RUN   b/2:fake-upper" in plan
-    assert s is None

@@ -7,13 +7,14 @@ import glob
 import json
 import os
 import shlex
+import signal
 import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_INTERRUPTED, EXIT_OK, FatalError
+from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK, FatalError
 from orchestrator.graph import BuildGraph, compile_graph
 from orchestrator.plan import Plan, make_plan, resolve_sources
 from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
@@ -123,7 +124,7 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.build import Interrupted, Options, execute, remember_hits
+    from orchestrator.build import Interrupted, Options, execute, raise_terminated, remember_hits
     from orchestrator.manifest import build_manifest, write_target
     from orchestrator.report import LiveReporter, PlainReporter
 
@@ -138,13 +139,16 @@ def run(args: argparse.Namespace) -> int:
     live = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
     reporter = LiveReporter(sys.stderr, total) if live else PlainReporter(sys.stderr)
     repro = {t.id: _repro(args, t.label) for t in s.graph.tasks()}
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         outcomes = execute(s.plan, s.store, Options(args.jobs, args.fail_fast), reporter, repro)
-    except Interrupted:
+    except Interrupted as e:
         reporter.close()
         print("interrupted: running tasks stopped; finished tasks are cached", file=sys.stderr)
         s.store.close()
-        return EXIT_INTERRUPTED
+        return e.code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     reporter.close()
     remember_hits(s.plan, outcomes, s.store)
     failed = False
@@ -154,13 +158,17 @@ def run(args: argparse.Namespace) -> int:
             failed = True
             print(f"\nFAILED {o.error}", file=sys.stderr)
     for tp in s.graph.targets:
-        manifest, failures = build_manifest(tp, s.graph, outcomes, s.plan.sources)
-        path = write_target(s.out, tp, manifest, s.store, outcomes, s.graph)
+        manifest, failures, complete = build_manifest(tp, s.graph, outcomes, s.plan.sources)
         label = f"{tp.recipe.name}/{tp.name}"
-        targets[label] = {"status": manifest["status"], "manifest": str(path)}
+        if complete:  # judged: ok, or failed a gate (then the manifest says why, with no engine)
+            path = write_target(s.out, tp, manifest, s.store, outcomes, s.graph)
+            targets[label] = {"status": manifest["status"], "manifest": str(path)}
+        else:  # not finished: whatever an earlier build left there stays as it was
+            targets[label] = {"status": "failed", "manifest": None}
         if failures:
             failed = True
-            print(f"target {label} FAILED:", file=sys.stderr)
+            kept = "" if complete else f" (not finished; {s.out / tp.recipe.name / tp.name} left as it was)"
+            print(f"target {label} FAILED{kept}:", file=sys.stderr)
             for f in failures:
                 print(f"  - {f}", file=sys.stderr)
         for step in manifest["steps"]:

@@ -148,13 +148,21 @@ class LocalStore:
         if blob.kind == "file":
             self._place(blob.digest, dest)
             return
-        if dest.exists() or dest.is_symlink():
+        if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
             _remove(dest)
-        dest.mkdir(parents=True)
-        for rel, (d, _) in self.tree_files(blob.digest).items():
+        dest.mkdir(parents=True, exist_ok=True)
+        files = self.tree_files(blob.digest)
+        for rel, (d, _) in files.items():  # files already linked to their blob are left alone
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             self._place(d, target)
+        for p in sorted(dest.rglob("*"), reverse=True):  # what the tree no longer holds
+            rel = p.relative_to(dest).as_posix()
+            if p.is_dir() and not p.is_symlink():
+                if not any(p.iterdir()):
+                    p.rmdir()
+            elif rel not in files and not p.name.startswith("."):
+                p.unlink()
 
     # ---- internals ------------------------------------------------------------------------
     def _check_file(self, digest: str) -> str | None:
@@ -175,8 +183,9 @@ class LocalStore:
             if os.path.samefile(src, dest):
                 return
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.exists() or dest.is_symlink():
+        if dest.is_dir() and not dest.is_symlink():
             _remove(dest)
+        # link beside it, then rename over it: readers never see the file missing
         tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
         try:
             os.link(src, tmp)
