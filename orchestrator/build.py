@@ -97,8 +97,8 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
                         continue
                     d.reasons = d.reasons if d.reasons != ["not in this cache"] else ["input changed"]
                     decisions[tid] = d
-                cpu = task.info.cls.resources.cpu
-                if not executor.can_start(cpu):
+                res = task.info.cls.resources
+                if not executor.can_start(res.cpu, res.memory_gb, res.cuda):
                     continue
                 job = _job(task, d, plan, store, outputs, opts)
                 started[tid] = job
@@ -168,8 +168,8 @@ def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
         "store": str(store.root),
         "reference": task.reference,
     }
-    cpu = task.info.cls.resources.cpu
-    return Job(task.id, spec, scratch, cpu, task.label)
+    res = task.info.cls.resources
+    return Job(task.id, spec, scratch, res.cpu, task.label, res.memory_gb, res.cuda)
 
 
 def _record(task: Task, d: Decision, fin: Finished, store: LocalStore, repro: str) -> TaskOutcome:

@@ -103,10 +103,11 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
         elif name == "reference" and reference_task is not None:
             inputs[name] = (reference_task, "reference")
     hw_used = {k: at.hardware.get(k) for k in cls.hardware_keys}
+    model = at.model if cls.uses_shapes else {k: v for k, v in at.model.items() if k != "shapes"}
     identity = {
         "step": use.info.name, "plugin": use.info.dist, "params": pjson,
         "inputs": {k: list(v) for k, v in inputs.items()}, "hw": hw_used,
-        "model": at.model, "device": at.hardware["device"],
+        "model": model, "device": at.hardware["device"],
     }
     tid = "t:" + sha256_json(identity)[:20]
     if tid not in dag:
@@ -114,7 +115,7 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
         for name, (node, out) in inputs.items():
             up = dag.nodes[node]["obj"]
             files[name] = up.info.cls.outputs.get(out, out) if isinstance(up, Task) else "<source>"
-        task = Task(tid, use.info, pjson, use, inputs, hw_used, at.hardware["device"], at.model,
+        task = Task(tid, use.info, pjson, use, inputs, hw_used, at.hardware["device"], model,
                     files, reference=overrides is not None)
         dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
         for up, _ in inputs.values():

@@ -24,6 +24,26 @@ def dist_version(name: str) -> str:
         return "not-installed"
 
 
+@cache
+def machine_fact(name: str) -> str:
+    """Facts about this machine that a measurement depends on (never a host name)."""
+    import os
+    import platform
+
+    if name == "cpu_count":
+        return str(os.cpu_count())
+    if name == "cpu_model":
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return platform.processor() or platform.machine()
+    raise KeyError(f"unknown machine fact {name!r}; known: cpu_model, cpu_count")
+
+
 def toolchain(packages: tuple[str, ...]) -> dict[str, str]:
     return {p: dist_version(p) for p in packages}
 
@@ -76,6 +96,10 @@ def diff_documents(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for k in sorted(set(oi) | set(ni)):
         if oi.get(k) != ni.get(k):
             reasons.append(f"input changed: {k}")
+    om, nm = old.get("machine", {}), new.get("machine", {})
+    for k in sorted(set(om) | set(nm)):
+        if om.get(k) != nm.get(k):
+            reasons.append(f"machine changed: {k} {om.get(k, '-')} -> {nm.get(k, '-')}")
     ot, nt = old.get("toolchain", {}), new.get("toolchain", {})
     for k in sorted(set(ot) | set(nt)):
         if ot.get(k) != nt.get(k):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator.graph import BuildGraph, Source, Task
-from orchestrator.keys import diff_documents, key_document, task_key, toolchain
+from orchestrator.keys import diff_documents, key_document, machine_fact, task_key, toolchain
 from orchestrator.sources import ResolvedSource, StatCache, resolve_model_path
 from orchestrator.store.base import Blob
 
@@ -101,6 +101,8 @@ def document(task: Task, input_digests: dict[str, str]) -> dict[str, Any]:
     )
     if task.reference:
         doc["role"] = "reference"
+    if info.cls.machine_keys:  # measurements: a cache shared across machines must not mix them
+        doc["machine"] = {k: machine_fact(k) for k in info.cls.machine_keys}
     return doc
 
 
@@ -153,6 +155,24 @@ def decide(task: Task, store: Any, digests: dict[str, str], forced: bool) -> Dec
     return Decision("RUN", diff_documents(last, doc), key, doc)
 
 
+def pending_reasons(task: Task, graph: BuildGraph, decisions: dict[str, Decision], store: Any,
+                    forced: bool) -> list[str]:
+    """Why a task whose inputs are not built yet runs: what changed in the task itself (compared
+    without inputs), then the upstream that runs first."""
+    running = [graph.task(u).label for u in graph.dag.predecessors(task.id)
+               if u in decisions and decisions[u].status == "RUN"]
+    upstream = (f"input changes: upstream {', '.join(running)} runs first "
+                "(a hit after all if it rebuilds identical bytes)")
+    if forced:
+        return ["forced", upstream]
+    last = store.get_meta(last_key(task))
+    if last is None:
+        return ["new"]
+    own = [r for r in diff_documents({**last, "inputs": {}}, {**document(task, {}), "inputs": {}})
+           if r != "key changed"]
+    return own + [upstream]
+
+
 def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
               force: bool = False, rebench: bool = False, cuda_devices: int = 0) -> Plan:
     decisions: dict[str, Decision] = {}
@@ -168,14 +188,11 @@ def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
             decisions[task.id] = Decision("SKIP", [
                 f"needs {need} CUDA device(s); this executor has {cuda_devices}"])
             continue
+        forced = force or (rebench and task.step == "benchmark")
         digests = input_digests(task, sources, outputs)
         if digests is None:
-            running = [graph.task(u).label for u in ups if decisions[u].status == "RUN"]
-            decisions[task.id] = Decision("RUN", [
-                f"input changes: upstream {', '.join(running)} runs first "
-                "(a hit after all if it rebuilds identical bytes)"])
+            decisions[task.id] = Decision("RUN", pending_reasons(task, graph, decisions, store, forced))
             continue
-        forced = force or (rebench and task.step == "benchmark")
         d = decide(task, store, digests, forced)
         decisions[task.id] = d
         if d.status == "HIT" and d.entry is not None:

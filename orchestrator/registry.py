@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 from dataclasses import dataclass
@@ -204,6 +205,20 @@ def _validate(cls: Any) -> list[str]:
         problems.append("'resources' must be an orchestrator.step.Resources")
     if cls.run is Step.run:
         problems.append("it must implement run(self, ctx)")
+    for attr in ("toolchain", "hardware_keys", "gate_fields", "inputs", "machine_keys"):
+        value = getattr(cls, attr)
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            problems.append(f"'{attr}' must be a tuple of strings, got {value!r}")
+    from orchestrator.recipe import Hardware
+
+    unknown_hw = [k for k in cls.hardware_keys if k not in Hardware.model_fields]
+    if unknown_hw:
+        problems.append(f"unknown hardware_keys {unknown_hw}; known: {sorted(Hardware.model_fields)}")
+    unknown_machine = [k for k in cls.machine_keys if k not in ("cpu_model", "cpu_count")]
+    if unknown_machine:
+        problems.append(f"unknown machine_keys {unknown_machine}; known: ['cpu_count', 'cpu_model']")
+    if cls.run is not Step.run and len(inspect.signature(cls.run).parameters) != 2:
+        problems.append("run must take exactly (self, ctx)")
     for f in cls.gate_fields:
         if isinstance(params, type) and issubclass(params, BaseModel) and f not in params.model_fields:
             problems.append(f"gate field {f!r} is not a field of Params")

@@ -50,7 +50,8 @@ class NoParams(BaseModel):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Recipe-level facts about the model that every step may use (they enter every key)."""
+    """Recipe-level facts about the model. task and trust_remote_code enter every key; shapes only
+    the keys of steps with ``uses_shapes`` (for the others they are empty)."""
 
     task: str = "feature-extraction"
     trust_remote_code: bool = False
@@ -108,6 +109,11 @@ class Step:
     toolchain: ClassVar[tuple[str, ...]] = ()
     hardware_keys: ClassVar[tuple[str, ...]] = ()
     gate_fields: ClassVar[tuple[str, ...]] = ()
+    # Steps that read ctx.model.shapes (the recipe's inputs.shapes) get them in their key; for
+    # every other step they are left out, so editing them rebuilds nothing else.
+    uses_shapes: ClassVar[bool] = False
+    # Facts of the machine a measuring step's result depends on ("cpu_model", "cpu_count").
+    machine_keys: ClassVar[tuple[str, ...]] = ()
     # A check that also measures the untouched model source (e.g. the PyTorch reference benchmark)
     # gets one shared extra task with ``model`` = the source, these param overrides and
     # ``ctx.reference = True``. Its metrics reach gate()/summarize(); a check that declares the

@@ -71,6 +71,19 @@ def test_param_change_reruns_only_that_task_with_reason(project: Project, capsys
                       "a/check:fake-length": "run", "b/2:fake-const": "hit"}
 
 
+def test_reasons_below_a_running_task_name_their_own_changes(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    project.recipe(FAKE_RECIPE.replace('suffix: "!"', 'suffix: "?"').replace("files: 2", "files: 4"))
+    capsys.readouterr()
+    project.run(str(r), "--dry-run")
+    plan = capsys.readouterr().out
+    assert ("RUN   a/2:fake-tree  (param changed: files 2 -> 4; input changes: upstream "
+            "a/1:fake-upper runs first") in plan
+    project.run(str(r), "--dry-run", "--force")
+    assert "RUN   a/2:fake-tree  (forced; input changes:" in capsys.readouterr().out
+
+
 def test_source_change_is_an_input_change(project: Project, capsys) -> None:
     r = project.recipe(FAKE_RECIPE)
     project.build_json(r, capsys)
@@ -260,3 +273,11 @@ def test_interrupt_leaves_no_partial_state(project: Project, capsys, sig: str, c
     plan = capsys.readouterr().out
     assert "HIT   a/1:fake-upper" in plan
     assert "RUN   b/2:fake-upper" in plan
+
+
+def test_shapes_only_key_the_steps_that_use_them(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    project.recipe(FAKE_RECIPE.replace("targets:", "inputs: {shapes: {batch: [1, 4]}}\ntargets:"))
+    s = project.build_json(r, capsys)
+    assert {t["status"] for t in s["tasks"]} == {"hit"}

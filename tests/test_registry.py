@@ -75,3 +75,18 @@ def test_broken_entry_point_is_named(project: Project) -> None:
     assert p.returncode == 1
     assert "step plugin entry point team-sign of team-steps 2.1.0 failed to load: " \
            "ImportError: no such lib; fix or uninstall team-steps" in p.stderr
+
+
+def test_plugin_attributes_are_validated(project: Project, capsys) -> None:
+    (project.root / "odd.py").write_text(
+        "from orchestrator.step import Step\n"
+        "class Odd(Step):\n    name = 'odd'\n    version = '1'\n    toolchain = 'torch'\n"
+        "    hardware_keys = ('gpu_model',)\n    outputs = {'model': 'm.bin'}\n"
+        "    def run(self):\n        return {}\n")
+    recipe = project.recipe("plugins: [odd.py]\nmodel: {source: ./model}\n"
+                            "targets:\n  t:\n    steps: [{odd: {}}]\n")
+    assert project.run(str(recipe)) == 1
+    err = capsys.readouterr().err
+    assert "'toolchain' must be a tuple of strings, got 'torch'" in err
+    assert "unknown hardware_keys ['gpu_model']; known: ['accelerator', 'device']" in err
+    assert "run must take exactly (self, ctx)" in err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import shlex
@@ -40,7 +39,9 @@ def project_root(start: Path) -> Path:
 
 
 def cuda_devices() -> int:
-    return len(glob.glob("/dev/nvidia[0-9]*"))
+    from orchestrator.executors.local import cuda_device_ids
+
+    return len(cuda_device_ids())
 
 
 def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = False) -> Session:

@@ -7,6 +7,7 @@ the worker dies, its task fails, everything else goes on.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import signal
@@ -27,6 +28,9 @@ class Job:
     scratch: Path
     cpu: int
     label: str = ""
+    memory_gb: float = 0.0
+    cuda: int = 0
+    devices: list[int] = field(default_factory=list)  # CUDA devices given to the task
 
 
 @dataclass
@@ -50,17 +54,38 @@ class _Running:
     log_path: Path
 
 
+def total_memory_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not on Linux
+        return float("inf")
+
+
+def cuda_device_ids() -> list[int]:
+    return sorted(int(p.removeprefix("/dev/nvidia")) for p in glob.glob("/dev/nvidia[0-9]*"))
+
+
 @dataclass
 class LocalExecutor:
+    """Runs jobs within `jobs` cpu tokens, the machine's memory and its CUDA devices. A job that
+    asks for more than the machine has still runs, alone."""
+
     jobs: int
     running: dict[str, _Running] = field(default_factory=dict)
+    memory_gb: float = field(default_factory=total_memory_gb)
+    devices: list[int] = field(default_factory=cuda_device_ids)
 
     @property
     def free_cpu(self) -> int:
         return self.jobs - sum(r.job.cpu for r in self.running.values())
 
-    def can_start(self, cpu: int) -> bool:
-        return not self.running or min(cpu, self.jobs) <= self.free_cpu
+    def can_start(self, cpu: int, memory_gb: float = 0.0, cuda: int = 0) -> bool:
+        if not self.running:
+            return True
+        jobs = [r.job for r in self.running.values()]
+        return (min(cpu, self.jobs) <= self.free_cpu
+                and sum(j.memory_gb for j in jobs) + memory_gb <= self.memory_gb
+                and sum(j.cuda for j in jobs) + cuda <= len(self.devices))
 
     def start(self, job: Job) -> None:
         job.scratch.mkdir(parents=True, exist_ok=True)
@@ -69,6 +94,10 @@ class LocalExecutor:
         spec_path.write_text(json.dumps(job.spec, indent=1))
         log_path = job.scratch / "log.txt"
         env = dict(os.environ)
+        if job.cuda:
+            busy = {d for r in self.running.values() for d in r.job.devices}
+            job.devices = [d for d in self.devices if d not in busy][:job.cuda]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.devices))
         threads = str(job.spec.get("threads", 1))
         env.update({
             "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,

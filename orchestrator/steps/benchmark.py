@@ -29,10 +29,10 @@ Positive = Annotated[int, Field(ge=1)]
 class BenchmarkParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batch: list[Positive] = Field(default_factory=lambda: [1], min_length=1,
-                                  description="Batch sizes of the grid.")
-    sequence: list[Positive] = Field(default_factory=lambda: [128], min_length=1,
-                                     description="Sequence lengths of the grid.")
+    batch: list[Positive] | None = Field(None, min_length=1, description="Batch sizes of the "
+                                         "grid (default: the recipe's inputs.shapes.batch).")
+    sequence: list[Positive] | None = Field(None, min_length=1, description="Sequence lengths of "
+                                            "the grid (default: the recipe's inputs.shapes.sequence).")
     threads: int = Field(2, ge=1, description="Intra-op threads of the engine.")
     warmup: int = Field(5, ge=0, description="Untimed runs before measuring each grid point.")
     min_runs: int = Field(20, ge=1, description="Timed runs before a point may count as stable.")
@@ -66,6 +66,8 @@ class Benchmark(Step):
     resources = Resources(cpu=64)  # clamped to all the executor's cpus: a benchmark runs alone
     toolchain = ("torch", "transformers", "onnxruntime", "openvino")
     gate_fields = ("min_speedup",)
+    uses_shapes = True  # the recipe's inputs.shapes are the default grid
+    machine_keys = ("cpu_model", "cpu_count")  # latency from another machine is not this one's
     # Profiling and the OpenVINO hint do not apply to PyTorch: fixing them lets every target share
     # one reference task.
     reference = {"profile": False, "precision_hint": "f32"}
@@ -83,8 +85,10 @@ class Benchmark(Step):
         engine = open_engine(model, p.threads, p.precision_hint, task=ctx.model.task,
                              trust_remote_code=trc)
         results: dict[str, Any] = {}
-        for b in p.batch:
-            for s in p.sequence:
+        batches = p.batch or ctx.model.shapes.get("batch") or [1]
+        sequences = p.sequence or ctx.model.shapes.get("sequence") or [128]
+        for b in batches:
+            for s in sequences:
                 ctx.log(f"benchmark {engine.runtime} batch {b} sequence {s}")
                 results[point_key(b, s)] = measure(engine.run, synthetic(b, s, vocab), p)
         metrics: dict[str, Any] = {
@@ -98,8 +102,8 @@ class Benchmark(Step):
         }
         if p.profile and engine.runtime == "onnxruntime":
             metrics["profile"] = {}
-            for b in p.batch:
-                for s in p.sequence:
+            for b in batches:
+                for s in sequences:
                     with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
                         prof = open_engine(model, p.threads, profile_dir=Path(tmp),
                                            task=ctx.model.task, trust_remote_code=trc)
