@@ -93,7 +93,7 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
     params = use.params.model_copy(update=overrides) if overrides else use.params
     pjson = params.model_dump(mode="json", exclude=set(cls.gate_fields))
     inputs: dict[str, tuple[str, str]] = {}
-    for name in cls.inputs:
+    for name in cls.inputs_for(params):
         if name == "model":
             inputs[name] = upstream
         elif name == "source":

@@ -107,7 +107,8 @@ class Registry:
         """Register every Step subclass defined in a plugin file."""
         at = f" (listed at {where})" if where else ""
         if not path.is_file():
-            raise FatalError(f"plugin file {path} not found{at}; fix the path in 'plugins:'")
+            fix = "fix the path" if where == "--plugins" else "fix the path in 'plugins:'"
+            raise FatalError(f"plugin file {path} not found{at}; {fix}")
         digest = sha256_file(path)
         modname = f"deploy_build_plugin_{path.stem}_{digest[:12]}"
         module = sys.modules.get(modname)

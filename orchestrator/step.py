@@ -125,6 +125,12 @@ class Step:
         raise NotImplementedError
 
     @classmethod
+    def inputs_for(cls, params: Any) -> tuple[str, ...]:
+        """The inputs one task reads, given its params (default: all of ``inputs``). An input
+        left out here stays out of the key: editing it rebuilds nothing."""
+        return cls.inputs
+
+    @classmethod
     def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
         """The toolchain of one task, knowing the file name each input arrives as (the
         upstream step's declared output name, or "<source>" for the model source). A check

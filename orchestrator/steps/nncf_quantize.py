@@ -49,6 +49,11 @@ class NncfQuantize(Step):
                    "samples) or weight-only int8/int4 compression.")
     Params = NncfQuantizeParams
     inputs = ("model", "source", "samples")
+
+    @classmethod
+    def inputs_for(cls, params: Any) -> tuple[str, ...]:
+        """Weight-only compression does not calibrate: it does not depend on the samples."""
+        return cls.inputs if params.mode == "int8" else ("model",)
     outputs = {"model": "ir/"}
     resources = Resources(cpu=2, memory_gb=6)
     toolchain = ("openvino", "nncf")

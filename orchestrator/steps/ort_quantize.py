@@ -54,6 +54,11 @@ class OrtQuantize(Step):
     description = "Quantize an ONNX model with ONNX Runtime (dynamic or static int8, or fp16)."
     Params = OrtQuantizeParams
     inputs = ("model", "source", "samples")
+
+    @classmethod
+    def inputs_for(cls, params: Any) -> tuple[str, ...]:
+        """Only static quantization calibrates: the others do not depend on the samples."""
+        return cls.inputs if params.mode == "static" else ("model",)
     outputs = {"model": "model.onnx"}
     resources = Resources(cpu=1, memory_gb=4)
     toolchain = ("onnxruntime", "onnx", "onnxconverter-common")
