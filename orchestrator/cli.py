@@ -25,7 +25,8 @@ commands:
   deploy-build diff OLD NEW          compare two manifests (exit 2 on a broken --fail-on rule)
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
-3 internal error (traceback in the cache's logs/), 130 interrupted.
+3 internal error (the traceback goes to a deploy-build-crash-*.log file in the temp folder),
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,13 +36,14 @@ def test_bert_edge_from_empty_cache_then_noop(tmp_path: Path) -> None:
     assert int8["checks"]["parity"]["mean_cosine"] >= 0.99
     fused = next(s for s in int8["steps"] if s["step"] == "ort-optimize")["metrics"]
     assert fused["fused"]["Attention"] == 6
-    assert tasks  # labels are reported
+    assert tasks["cpu-int8/3:ort-quantize"]["status"] == "run"
+    ov8 = json.loads((out / "bert-edge/openvino-int8/manifest.json").read_text())
+    assert ov8["checks"]["parity"]["mean_cosine"] >= 0.99 and ov8["checks"]["parity"]["min_cosine"] >= 0.97
+    assert ov8["benchmark"]["runtime"]["precision_hint"] == "f32"
+    manifests = {t: (out / "bert-edge" / t / "manifest.json").read_bytes() for t in targets}
 
-    t0 = time.monotonic()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    noop_s = time.monotonic() - t0
     assert second.returncode == 0, second.stderr[-4000:]
     assert {t["status"] for t in json.loads(second.stdout)["tasks"]} == {"hit"}
-    assert noop_s < 5  # generous: the benchmark records the real figure (well under 0.3 s)
     for target in targets:  # a no-op leaves the reviewed manifests byte-identical
-        assert (out / "bert-edge" / target / "manifest.json").exists()
+        assert (out / "bert-edge" / target / "manifest.json").read_bytes() == manifests[target]

@@ -138,3 +138,14 @@ def test_broken_pipe_is_quiet(project: Project) -> None:
     p = subprocess.run(f"{sys.executable} -m orchestrator {r} --dry-run --cache {project.cache} | head -1",
                        shell=True, capture_output=True, text=True)
     assert p.stdout.startswith("plan: 4 tasks") and "Traceback" not in p.stderr
+
+
+def test_dry_run_json(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    capsys.readouterr()
+    assert project.run(str(r), "--dry-run", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    first = plan["tasks"][0]
+    assert first["label"] == "a/1:fake-upper" and first["status"] == "RUN"
+    assert first["reasons"] == ["new"] and first["targets"] == ["demo/a", "demo/b"]
+    assert len(first["key"]) == 64

@@ -36,9 +36,39 @@ def test_key_changes_with_each_field() -> None:
         assert task_key({**DOC, field: value}) != base, field
 
 
-def test_key_has_no_paths_or_hosts() -> None:
-    text = canonical_json(DOC)
-    assert "/" not in text.replace("trust_remote_code", "")
+class _Index(dict):  # the stat cache needs get/set only
+    def set(self, key, value) -> None:
+        self[key] = value
+
+
+def test_real_key_documents_hold_no_paths_hosts_or_threads(tmp_path) -> None:
+    """Key documents built from a real recipe, in two different folders: identical keys."""
+    import platform
+    import shutil
+
+    from conftest import FAKE_RECIPE, FIXTURES
+
+    from orchestrator.graph import compile_graph
+    from orchestrator.plan import document, resolve_sources
+    from orchestrator.recipe import load_recipe
+    from orchestrator.sources import StatCache
+
+    keys = []
+    for where in ("one", "two with space"):
+        root = tmp_path / where
+        (root / "model").mkdir(parents=True)
+        (root / "model" / "w.bin").write_bytes(b"w")
+        shutil.copy(FIXTURES / "fake_steps.py", root)
+        (root / "r.yaml").write_text(FAKE_RECIPE)
+        graph = compile_graph([load_recipe(root / "r.yaml")])
+        sources = resolve_sources(graph, StatCache(_Index()))
+        task = graph.tasks()[0]
+        doc = document(task, {"model": sources[task.inputs["model"][0]].blob.digest})
+        text = canonical_json(doc)
+        for leak in (str(tmp_path), where, platform.node(), "threads"):
+            assert leak not in text
+        keys.append(task_key(doc))
+    assert keys[0] == keys[1]
 
 
 def test_diff_documents_names_what_changed() -> None:

@@ -133,7 +133,14 @@ def run(args: argparse.Namespace) -> int:
         raise FatalError(f"--jobs must be at least 1, got {args.jobs}")
     s = open_session(args, force=args.force, rebench=args.rebench)
     if args.dry_run:
-        print_plan(s.plan)
+        if args.json:
+            print(json.dumps({"tasks": [
+                {"id": t.id, "label": t.label, "step": t.step, "status": s.plan.decisions[t.id].status,
+                 "key": s.plan.decisions[t.id].key, "reasons": s.plan.decisions[t.id].reasons,
+                 "targets": sorted({f"{r}/{tg}" for r, tg, _ in t.labels})}
+                for t in s.graph.tasks()]}, indent=2, sort_keys=True))
+        else:
+            print_plan(s.plan)
         s.store.close()
         return EXIT_OK
     total = len(s.plan.decisions)
