@@ -24,6 +24,20 @@ class Blob:
 
 
 class Store(Protocol):
+    """What the planner and the build loop use. The worker process writes output blobs into the
+    local store it is given; a remote store (a later issue) uploads them from there, blobs first
+    and the action entry last, and verifies digests on download."""
+
+    root: Path
+
+    def get_meta(self, key: str) -> Any:
+        """Small index values: stat caches and the last key document per task position."""
+
+    def set_meta(self, key: str, value: Any) -> None: ...
+
+    def scratch(self, prefix: str) -> Path:
+        """A fresh folder on the store's file system for one task's work."""
+
     def get_action(self, key: str) -> dict[str, Any] | None:
         """The action entry for key, or None."""
 
