@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -151,7 +150,7 @@ def write_target(out_root: Path, tp: TargetPlan, manifest: dict[str, Any], store
         tmp.write_text(text)
         os.replace(tmp, path)
     run_log = {
-        "host": platform.node(),
+        "host": os.uname().nodename,
         "tasks": [
             {"label": graph.task(t).label, "status": outcomes[t].status,
              "duration_s": round(outcomes[t].duration, 3), "key": outcomes[t].key}

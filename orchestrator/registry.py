@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import re
 import sys
 from dataclasses import dataclass
@@ -59,12 +58,16 @@ class Registry:
         self._lazy: dict[str, str] = {n: r for n, r in BUILTINS.items() if _module_exists(r)}
         self._kinds: dict[str, str] = {n: BUILTIN_KINDS.get(n, "transform") for n in self._lazy}
         self._entry_points_loaded = not entry_points
+        self._names: dict[str | None, list[str]] = {}
+        self._files: dict[tuple[Path, int, int, int], list[StepInfo]] = {}
 
     # ---- lookup -------------------------------------------------------------------------
     def names(self, kind: str | None = None) -> list[str]:
         self._load_entry_points()
-        names = set(self._steps) | set(self._lazy)
-        return sorted(n for n in names if kind is None or self._kind(n) == kind)
+        if kind not in self._names:
+            names = set(self._steps) | set(self._lazy)
+            self._names[kind] = sorted(n for n in names if kind is None or self._kind(n) == kind)
+        return self._names[kind]
 
     def _kind(self, name: str) -> str:
         if name in self._steps:
@@ -101,14 +104,22 @@ class Registry:
                              f"from {first}; rename one of them")
         info = StepInfo(name, cls, origin, dist, dist_version, ref)
         self._steps[name] = info
+        self._names.clear()
         return info
 
     def load_file(self, path: Path, where: str = "") -> list[StepInfo]:
         """Register every Step subclass defined in a plugin file."""
         at = f" (listed at {where})" if where else ""
-        if not path.is_file():
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        if st is None or not path.is_file():
             fix = "fix the path" if where == "--plugins" else "fix the path in 'plugins:'"
             raise FatalError(f"plugin file {path} not found{at}; {fix}")
+        seen = (path, st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen in self._files:  # several recipes of one build list the same plugin
+            return self._files[seen]
         digest = sha256_file(path)
         modname = f"deploy_build_plugin_{path.stem}_{digest[:12]}"
         module = sys.modules.get(modname)
@@ -130,12 +141,14 @@ class Registry:
         ]
         if not found:
             raise FatalError(f"plugin {path}{at} defines no Step subclass with a 'name'")
-        return [
+        infos = [
             self.register(cls, origin=f"plugin {path}", dist=f"file:{path.name}",
                           dist_version=digest,
                           ref={"file": str(path), "class": cls.__name__})
             for cls in found
         ]
+        self._files[seen] = infos
+        return infos
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:
@@ -218,7 +231,8 @@ def _validate(cls: Any) -> list[str]:
     unknown_machine = [k for k in cls.machine_keys if k not in ("cpu_model", "cpu_count")]
     if unknown_machine:
         problems.append(f"unknown machine_keys {unknown_machine}; known: ['cpu_count', 'cpu_model']")
-    if cls.run is not Step.run and len(inspect.signature(cls.run).parameters) != 2:
+    if cls.run is not Step.run and getattr(cls.run, "__code__", None) is not None \
+            and cls.run.__code__.co_argcount != 2:
         problems.append("run must take exactly (self, ctx)")
     for f in cls.gate_fields:
         if isinstance(params, type) and issubclass(params, BaseModel) and f not in params.model_fields:

@@ -40,6 +40,9 @@ class Positions:
 
 MAX_VALUES = 100_000  # values after alias expansion: a recipe is small; a YAML bomb is not
 MERGE_TAG = "tag:yaml.org,2002:merge"
+STR_TAG = "tag:yaml.org,2002:str"
+_KEY_TYPES = (str, int, float, bool)
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 def load(text: str, file: str) -> tuple[Any, Positions]:
@@ -89,8 +92,10 @@ class _Builder:
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        if node.tag == STR_TAG:
+            return node.value
         value = self.ctor.construct_object(node, deep=True)
-        if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        if isinstance(value, float) and (value != value or value in _INFINITIES):
             loc = Location(self.pos.file, *_mark(node))
             raise FatalError(f"{node.value} at {loc} is not allowed; give a finite number")
         return value
@@ -108,8 +113,11 @@ class _Builder:
                     for k, v in self._mapping(src, path).items():
                         merged.setdefault(k, v)
                 continue
-            key = self.ctor.construct_object(knode, deep=True)
-            if not isinstance(key, str | int | float | bool) or key is None:
+            if knode.tag == STR_TAG:  # the usual case, without the constructor's machinery
+                key = knode.value
+            else:
+                key = self.ctor.construct_object(knode, deep=True)
+            if not isinstance(key, _KEY_TYPES) or key is None:
                 loc = Location(self.pos.file, *_mark(knode))
                 raise FatalError(f"mapping key at {loc} must be a plain string")
             key = str(key) if not isinstance(key, str) else key
