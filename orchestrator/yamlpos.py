@@ -113,10 +113,8 @@ class _Builder:
                     for k, v in self._mapping(src, path).items():
                         merged.setdefault(k, v)
                 continue
-            if knode.tag == STR_TAG:  # the usual case, without the constructor's machinery
-                key = knode.value
-            else:
-                key = self.ctor.construct_object(knode, deep=True)
+            # a plain string key (the usual case) needs none of the constructor's machinery
+            key = knode.value if knode.tag == STR_TAG else self.ctor.construct_object(knode, deep=True)
             if not isinstance(key, _KEY_TYPES) or key is None:
                 loc = Location(self.pos.file, *_mark(knode))
                 raise FatalError(f"mapping key at {loc} must be a plain string")
