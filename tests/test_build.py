@@ -281,3 +281,12 @@ def test_shapes_only_key_the_steps_that_use_them(project: Project, capsys) -> No
     project.recipe(FAKE_RECIPE.replace("targets:", "inputs: {shapes: {batch: [1, 4]}}\ntargets:"))
     s = project.build_json(r, capsys)
     assert {t["status"] for t in s["tasks"]} == {"hit"}
+
+
+def test_removed_target_folder_is_pointed_out(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    project.recipe(FAKE_RECIPE.split("  b:\n")[0])
+    s = project.build_json(r, capsys)
+    assert f"note: {project.out / 'demo' / 'b'} belongs to no target of {r} any more" in s["err"]
+    assert (project.out / "demo/b/manifest.json").exists()  # pointed out, never deleted

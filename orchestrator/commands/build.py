@@ -182,6 +182,14 @@ def run(args: argparse.Namespace) -> int:
         for step in manifest["steps"]:
             for w in step["warnings"]:
                 print(f"warning: {label} {step['step']}: {w}", file=sys.stderr)
+    if not args.targets and not getattr(args, "only", None):
+        for recipe in s.recipes:
+            folder = s.out / recipe.name
+            stale = sorted(d.name for d in folder.glob("*/")
+                           if (d / "manifest.json").exists() and d.name not in recipe.model.targets)
+            for name in stale:
+                print(f"note: {folder / name} belongs to no target of {recipe.path} any more; "
+                      "delete it if it is not needed", file=sys.stderr)
     counts = {k: sum(1 for o in outcomes.values() if o.status == k)
               for k in ("hit", "run", "skip", "fail")}
     print(f"{len(outcomes)} tasks: {counts['hit']} hit, {counts['run']} run, {counts['skip']} skipped, "
