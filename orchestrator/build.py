@@ -11,7 +11,7 @@ from orchestrator.executors.local import Finished, Job, LocalExecutor, describe_
 from orchestrator.graph import Task
 from orchestrator.plan import Decision, Plan, decide, input_digests
 from orchestrator.report import Reporter
-from orchestrator.store.base import Blob
+from orchestrator.store.base import Blob, BlobError
 from orchestrator.store.local import LocalStore
 
 
@@ -100,7 +100,15 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
                 res = task.info.cls.resources
                 if not executor.can_start(res.cpu, res.memory_gb, res.cuda):
                     continue
-                job = _job(task, d, plan, store, outputs, opts)
+                try:
+                    job = _job(task, d, plan, store, outputs, opts)
+                except BlobError as e:  # an input blob went missing or bad since planning
+                    msg = (f"{task.label} could not start: an input in the cache is {e} "
+                           "(removed or changed during the build); run the build again: the "
+                           "task that made it is rebuilt")
+                    finish(tid, TaskOutcome("fail", d.key, reasons=d.reasons, error=msg))
+                    skip_descendants(tid, f"upstream {task.label} failed")
+                    continue
                 started[tid] = job
                 executor.start(job)
                 reporter.task_start(task, d.reasons)
@@ -129,10 +137,11 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
             if tid not in outcomes:
                 finish(tid, TaskOutcome("skip", reasons=["stopped by --fail-fast"]))
     except KeyboardInterrupt as e:
+        raise Interrupted(143 if isinstance(e, Terminated) else 130) from None
+    finally:  # whatever stops the loop, no worker outlives it and no scratch is left
         executor.cancel_all()
         for job in started.values():
             shutil.rmtree(job.scratch, ignore_errors=True)
-        raise Interrupted(143 if isinstance(e, Terminated) else 130) from None
     return outcomes
 
 
@@ -152,7 +161,11 @@ def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
             continue
         ref = outputs[node][out]
         dest = scratch / "in" / name / ref["filename"].rstrip("/")
-        store.materialize(Blob.from_json(ref), dest)
+        try:
+            store.materialize(Blob.from_json(ref), dest)
+        except BlobError:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         inputs[name] = str(dest)
     params = task.use.params.model_dump(mode="json")
     params.update(task.params)  # reference tasks carry their overrides in task.params

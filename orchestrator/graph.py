@@ -37,6 +37,7 @@ class Task:
     input_files: dict[str, str] = field(default_factory=dict)  # input -> declared file name
     labels: list[tuple[str, str, str]] = field(default_factory=list)  # (recipe, target, position)
     reference: bool = False
+    qualified: bool = False  # several recipes in one build: labels name the recipe too
 
     @property
     def step(self) -> str:
@@ -45,7 +46,7 @@ class Task:
     @property
     def label(self) -> str:
         recipe, target, pos = self.labels[0]
-        return f"{target}/{pos}"
+        return f"{recipe}/{target}/{pos}" if self.qualified else f"{target}/{pos}"
 
 
 @dataclass
@@ -91,6 +92,7 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
     """Add (or reuse) the task for one use of a step; identical tasks are one node."""
     cls = use.info.cls
     params = use.params.model_copy(update=overrides) if overrides else use.params
+    params = cls.complete_params(params, at.model)
     pjson = params.model_dump(mode="json", exclude=set(cls.gate_fields))
     inputs: dict[str, tuple[str, str]] = {}
     for name in cls.inputs_for(params):
@@ -160,4 +162,9 @@ def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) 
                 cid = _add_task(dag, at, use, upstream, f"check:{use.info.name}", reference_task=ref)
                 checks[use.info.name] = (cid, ref)
             plans.append(TargetPlan(recipe, tname, ids, checks))
+    if len(recipes) > 1:
+        for node in dag.nodes:
+            obj = dag.nodes[node]["obj"]
+            if isinstance(obj, Task):
+                obj.qualified = True
     return BuildGraph(dag, plans, recipes)

@@ -84,8 +84,9 @@ def diff_documents(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("version") != new.get("version"):
         reasons.append(f"step version changed ({old.get('version')} -> {new.get('version')})")
     if old.get("plugin") != new.get("plugin"):
-        reasons.append("plugin changed ({} -> {})".format(
-            _short(old.get("plugin", {}).get("version")), _short(new["plugin"].get("version"))))
+        o, n = old.get("plugin", {}), new.get("plugin", {})
+        reasons.append(f"plugin changed ({o.get('dist')} {_short(o.get('version'))} -> "
+                       f"{n.get('dist')} {_short(n.get('version'))})")
     for field, label in (("params", "param"), ("hardware", "hardware"), ("model", "model option")):
         o, n = old.get(field, {}), new.get(field, {})
         for k in sorted(set(o) | set(n)):

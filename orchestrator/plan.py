@@ -156,7 +156,7 @@ def decide(task: Task, store: Any, digests: dict[str, str], forced: bool) -> Dec
 
 
 def pending_reasons(task: Task, graph: BuildGraph, decisions: dict[str, Decision], store: Any,
-                    forced: bool) -> list[str]:
+                    forced: bool, sources: dict[str, ResolvedSource]) -> list[str]:
     """Why a task whose inputs are not built yet runs: what changed in the task itself (compared
     without inputs), then the upstream that runs first."""
     running = [graph.task(u).label for u in graph.dag.predecessors(task.id)
@@ -170,6 +170,10 @@ def pending_reasons(task: Task, graph: BuildGraph, decisions: dict[str, Decision
         return ["new"]
     own = [r for r in diff_documents({**last, "inputs": {}}, {**document(task, {}), "inputs": {}})
            if r != "key changed"]
+    known = {name: sources[node].blob.digest for name, (node, _) in task.inputs.items()
+             if node in sources}  # the source and samples are hashed already
+    own += [f"input changed: {name}" for name, digest in sorted(known.items())
+            if last.get("inputs", {}).get(name) != digest]
     return own + [upstream]
 
 
@@ -191,7 +195,8 @@ def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
         forced = force or (rebench and task.step == "benchmark")
         digests = input_digests(task, sources, outputs)
         if digests is None:
-            decisions[task.id] = Decision("RUN", pending_reasons(task, graph, decisions, store, forced))
+            decisions[task.id] = Decision("RUN", pending_reasons(task, graph, decisions, store, forced,
+                                                                 sources))
             continue
         d = decide(task, store, digests, forced)
         decisions[task.id] = d

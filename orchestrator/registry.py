@@ -5,6 +5,7 @@ Each step is validated when registered; a bad plugin gets a message naming it an
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import re
@@ -124,13 +125,15 @@ class Registry:
         modname = f"deploy_build_plugin_{path.stem}_{digest[:12]}"
         module = sys.modules.get(modname)
         if module is None:
+            if path.suffix != ".py":
+                raise FatalError(f"plugin {path}{at} is not a Python file (.py)")
             spec = importlib.util.spec_from_file_location(modname, path)
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             sys.modules[modname] = module
             try:
                 spec.loader.exec_module(module)
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # a plugin that exits while importing, too
                 del sys.modules[modname]
                 raise FatalError(f"plugin {path}{at} failed to import: "
                                  f"{type(e).__name__}: {e}") from None
@@ -144,7 +147,7 @@ class Registry:
         infos = [
             self.register(cls, origin=f"plugin {path}", dist=f"file:{path.name}",
                           dist_version=digest,
-                          ref={"file": str(path), "class": cls.__name__})
+                          ref={"file": str(path), "class": cls.__name__, "digest": digest})
             for cls in found
         ]
         self._files[seen] = infos
@@ -154,9 +157,7 @@ class Registry:
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep in _entry_points():
             dist = ep.dist.name if ep.dist else "unknown"
             version = ep.dist.version if ep.dist else "0"
             origin = f"entry point {ep.name} of {dist} {version}"
@@ -170,9 +171,21 @@ class Registry:
                           ref={"module": module, "class": attr})
 
 
+@functools.cache
+def _entry_points() -> tuple[Any, ...]:
+    """The installed `deploy_build.steps` entry points (scanned once per process)."""
+    from importlib.metadata import entry_points
+
+    return tuple(entry_points(group=ENTRY_POINT_GROUP))
+
+
 def load_step(ref: dict[str, str]) -> type[Step]:
     """Load a step class in a worker process from a StepInfo.ref."""
     if "file" in ref:
+        if "digest" in ref and sha256_file(ref["file"]) != ref["digest"]:
+            # the task's key holds the digest planned with: other code must not run under it
+            raise FatalError(f"plugin {ref['file']} changed while the build was running; "
+                             "run the build again")
         reg = Registry(entry_points=False)
         for info in reg.load_file(Path(ref["file"])):
             if info.cls.__name__ == ref["class"]:
@@ -182,6 +195,7 @@ def load_step(ref: dict[str, str]) -> type[Step]:
     return cls
 
 
+@functools.cache
 def _module_exists(ref: str) -> bool:
     module = ref.partition(":")[0]
     try:
@@ -215,6 +229,11 @@ def _validate(cls: Any) -> list[str]:
         problems.append("'outputs' must map output names to file names")
     elif cls.kind == "transform" and "model" not in cls.outputs:
         problems.append("a transform step must declare a 'model' output")
+    else:
+        bad = [v for v in cls.outputs.values()
+               if v.startswith(("/", "\\")) or ".." in v.replace("\\", "/").split("/")]
+        if bad:
+            problems.append(f"output file names must stay inside the task's folder: {bad}")
     if not isinstance(cls.resources, Resources):
         problems.append("'resources' must be an orchestrator.step.Resources")
     if cls.run is Step.run:

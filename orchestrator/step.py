@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 StepKind = Literal["transform", "check"]
 KNOWN_INPUTS = ("model", "source", "samples", "reference")
@@ -39,9 +39,9 @@ KNOWN_INPUTS = ("model", "source", "samples", "reference")
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cpu: int = 1
-    cuda: int = 0
-    memory_gb: float = 1.0
+    cpu: int = Field(1, ge=1)
+    cuda: int = Field(0, ge=0)
+    memory_gb: float = Field(1.0, ge=0)
 
 
 class NoParams(BaseModel):
@@ -123,6 +123,12 @@ class Step:
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         raise NotImplementedError
+
+    @classmethod
+    def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
+        """Params with recipe-level defaults filled in (e.g. the benchmark grid from
+        inputs.shapes), so the key holds the values used, not where they came from."""
+        return params
 
     @classmethod
     def inputs_for(cls, params: Any) -> tuple[str, ...]:

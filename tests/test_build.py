@@ -290,3 +290,71 @@ def test_removed_target_folder_is_pointed_out(project: Project, capsys) -> None:
     s = project.build_json(r, capsys)
     assert f"note: {project.out / 'demo' / 'b'} belongs to no target of {r} any more" in s["err"]
     assert (project.out / "demo/b/manifest.json").exists()  # pointed out, never deleted
+
+
+def test_blob_going_bad_during_a_build_fails_that_task_cleanly(project: Project, capsys) -> None:
+    from orchestrator.store.local import LocalStore
+
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    # the plan sees a hit for a/1 and a RUN for a/2; between the two, a/1's blob disappears
+    project.recipe(FAKE_RECIPE.replace("files: 2", "files: 5"))
+    import orchestrator.build as build_module
+
+    real_job = build_module._job
+
+    def job_after_damage(task, d, plan, store, outputs, opts):  # type: ignore[no-untyped-def]
+        if task.step == "fake-tree":
+            blob = LocalStore(project.cache).blob_path(outputs[next(iter(task.inputs.values()))[0]]
+                                                       ["model"]["digest"])
+            blob.chmod(0o644)
+            blob.write_text("damaged")
+        return real_job(task, d, plan, store, outputs, opts)
+
+    build_module._job = job_after_damage
+    try:
+        s = project.build_json(r, capsys)
+    finally:
+        build_module._job = real_job
+    assert s["rc"] == 2
+    assert s["by_label"]["a/2:fake-tree"]["status"] == "fail"
+    assert "could not start: an input in the cache is" in s["err"]
+    assert not list((project.cache / "tmp").iterdir())
+    s = project.build_json(r, capsys)  # the damaged blob's task is rebuilt, then all is well
+    assert s["rc"] == 0 and s["by_label"]["a/1:fake-upper"]["status"] == "run"
+
+
+def test_several_recipes_in_one_build(project: Project, capsys) -> None:
+    import shutil
+
+    for name in ("x", "y"):
+        d = project.root / name
+        d.mkdir()
+        shutil.copy(project.root / "fake_steps.py", d / "fake_steps.py")
+        shutil.copytree(project.root / "model", d / "model")
+        (d / "r.yaml").write_text(FAKE_RECIPE.replace("name: demo", f"name: {name}")
+                                  .replace("fake-tree: {files: 2}", "fake-fail: {how: raise}"))
+    # the two plugin files differ: each recipe keeps its own step of that name
+    with open(project.root / "y" / "fake_steps.py", "a") as f:
+        f.write("\n# y's copy\n")
+    capsys.readouterr()
+    rc = project.run(str(project.root / "x/r.yaml"), str(project.root / "y/r.yaml"), "--json")
+    out = capsys.readouterr()
+    s = json.loads(out.out)
+    assert rc == 2
+    labels = [t["label"] for t in s["tasks"]]
+    assert "x/a/2:fake-fail" in labels and "y/a/2:fake-fail" in labels
+    assert "--only x/a/2:fake-fail" in out.err and "--only y/a/2:fake-fail" in out.err
+    assert s["targets"]["x/b"]["status"] == s["targets"]["y/b"]["status"] == "ok"
+
+
+def test_pending_reasons_include_changed_source(project: Project, capsys) -> None:
+    recipe = FAKE_RECIPE.replace("fake-tree: {files: 2}", "fake-const: {text: t}")
+    r = project.recipe(recipe)
+    project.build_json(r, capsys)
+    (project.root / "model/weights.bin").write_bytes(b"weights-v9")
+    capsys.readouterr()
+    project.run(str(r), "--dry-run")
+    plan = capsys.readouterr().out
+    # fake-length reads the source itself: its own input changed, whatever its upstream rebuilds
+    assert "RUN   a/check:fake-length  (input changed: source; input changes: upstream" in plan

@@ -280,3 +280,31 @@ def test_only_the_engines_runtime_enters_a_checks_key() -> None:
         assert cls.toolchain_for({"model": "model.pt"}, False) == ("torch",)
         assert cls.toolchain_for({"model": "<source>"}, True) == ("torch", "transformers")
         assert set(cls.toolchain_for({"model": "odd.bin"}, False)) >= {"onnxruntime", "openvino"}
+
+
+def test_benchmark_grid_comes_from_shapes_only_when_unset(tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import FIXTURES
+
+    from orchestrator.graph import compile_graph
+    from orchestrator.recipe import load_recipe
+
+    shutil.copy(FIXTURES / "fake_steps.py", tmp_path)
+    (tmp_path / "model").mkdir()
+
+    def bench_params(shapes: str, grid: str) -> dict[str, Any]:
+        path = tmp_path / "r.yaml"
+        path.write_text(f"plugins: [fake_steps.py]\nmodel: {{source: ./model}}\n"
+                        f"inputs: {{shapes: {shapes}}}\ntargets:\n  t:\n"
+                        f"    steps: [{{fake-upper: {{}}}}]\n    checks: {{benchmark: {grid}}}\n")
+        graph = compile_graph([load_recipe(path)])
+        task = next(t for t in graph.tasks() if t.step == "benchmark" and not t.reference)
+        assert "shapes" not in task.model
+        return task.params
+
+    unset = bench_params("{batch: [2], sequence: [32]}", "{}")
+    assert (unset["batch"], unset["sequence"]) == ([2], [32])
+    explicit = [bench_params(s, "{batch: [1], sequence: [16]}")
+                for s in ("{batch: [2]}", "{batch: [4], sequence: [64]}")]
+    assert explicit[0] == explicit[1]  # shapes changed, the grid did not: same task

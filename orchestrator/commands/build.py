@@ -45,8 +45,8 @@ def cuda_devices() -> int:
 
 
 def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = False) -> Session:
-    registry = Registry()
-    recipes = [load_recipe(p, registry) for p in args.recipes]
+    # one registry per recipe: two recipes may bring different plugins with the same step name
+    recipes = [load_recipe(p, Registry()) for p in args.recipes]
     names = [r.name for r in recipes]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -83,8 +83,12 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
 def _restrict(graph: BuildGraph, only: str) -> BuildGraph:
     import networkx as nx
 
-    labels = {f"{t}/{p}": tid for tid in graph.dag.nodes for (_, t, p) in
-              getattr(graph.dag.nodes[tid]["obj"], "labels", [])}
+    labels = {}
+    for tid in graph.dag.nodes:
+        for r, t, p in getattr(graph.dag.nodes[tid]["obj"], "labels", []):
+            labels[f"{r}/{t}/{p}"] = tid
+            if len(graph.recipes) == 1:
+                labels[f"{t}/{p}"] = tid
     if only not in labels:
         hint = _did_you_mean(only, labels) or "use TARGET/POSITION as printed by --dry-run"
         raise FatalError(f"no task {only!r} (--only); {hint}")

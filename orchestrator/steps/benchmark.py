@@ -66,7 +66,6 @@ class Benchmark(Step):
     resources = Resources(cpu=64)  # clamped to all the executor's cpus: a benchmark runs alone
     toolchain = ("torch", "transformers", "onnxruntime", "openvino")
     gate_fields = ("min_speedup",)
-    uses_shapes = True  # the recipe's inputs.shapes are the default grid
     machine_keys = ("cpu_model", "cpu_count")  # latency from another machine is not this one's
     # Profiling and the OpenVINO hint do not apply to PyTorch: fixing them lets every target share
     # one reference task.
@@ -75,6 +74,14 @@ class Benchmark(Step):
     @classmethod
     def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
         return engine_toolchain(inputs, reference)
+
+    @classmethod
+    def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
+        """An unset grid is the recipe's inputs.shapes."""
+        shapes = model.get("shapes", {})
+        return params.model_copy(update={
+            "batch": params.batch or shapes.get("batch") or [1],
+            "sequence": params.sequence or shapes.get("sequence") or [128]})
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         from orchestrator.steps.engines import detect_precision, open_engine
@@ -85,8 +92,7 @@ class Benchmark(Step):
         engine = open_engine(model, p.threads, p.precision_hint, task=ctx.model.task,
                              trust_remote_code=trc)
         results: dict[str, Any] = {}
-        batches = p.batch or ctx.model.shapes.get("batch") or [1]
-        sequences = p.sequence or ctx.model.shapes.get("sequence") or [128]
+        batches, sequences = p.batch or [1], p.sequence or [128]
         for b in batches:
             for s in sequences:
                 ctx.log(f"benchmark {engine.runtime} batch {b} sequence {s}")

@@ -158,11 +158,13 @@ class LocalStore:
             self._place(d, target)
         for p in sorted(dest.rglob("*"), reverse=True):  # what the tree no longer holds
             rel = p.relative_to(dest).as_posix()
-            if p.is_dir() and not p.is_symlink():
-                if not any(p.iterdir()):
-                    p.rmdir()
-            elif rel not in files and not p.name.startswith("."):
-                p.unlink()
+            # another build may be tidying the same folder: what is gone already is fine
+            with contextlib.suppress(FileNotFoundError, OSError):
+                if p.is_dir() and not p.is_symlink():
+                    if not any(p.iterdir()):
+                        p.rmdir()
+                elif rel not in files and not p.name.startswith("."):
+                    p.unlink(missing_ok=True)
 
     # ---- internals ------------------------------------------------------------------------
     def _check_file(self, digest: str) -> str | None:
