@@ -97,7 +97,7 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
                         continue
                     d.reasons = d.reasons if d.reasons != ["not in this cache"] else ["input changed"]
                     decisions[tid] = d
-                res = task.info.cls.resources
+                res = task.resources
                 if not executor.can_start(res.cpu, res.memory_gb, res.cuda):
                     continue
                 try:
@@ -177,11 +177,11 @@ def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
         "out_dir": str(scratch / "out"),
         "hardware": task.hardware,
         "model": task.model,
-        "threads": max(1, min(task.info.cls.resources.cpu, opts.jobs)),
+        "threads": max(1, min(task.resources.cpu, opts.jobs)),
         "store": str(store.root),
         "reference": task.reference,
     }
-    res = task.info.cls.resources
+    res = task.resources
     return Job(task.id, spec, scratch, res.cpu, task.label, res.memory_gb, res.cuda)
 
 

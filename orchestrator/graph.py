@@ -11,6 +11,7 @@ import networkx as nx
 from orchestrator.hashing import sha256_json
 from orchestrator.recipe import Recipe, StepUse
 from orchestrator.registry import StepInfo
+from orchestrator.step import Resources
 
 SOURCE_OUTPUT = "model"
 
@@ -38,6 +39,7 @@ class Task:
     labels: list[tuple[str, str, str]] = field(default_factory=list)  # (recipe, target, position)
     reference: bool = False
     qualified: bool = False  # several recipes in one build: labels name the recipe too
+    resources: Resources = field(default_factory=Resources)
 
     @property
     def step(self) -> str:
@@ -109,7 +111,7 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
     identity = {
         "step": use.info.name, "plugin": use.info.dist, "params": pjson,
         "inputs": {k: list(v) for k, v in inputs.items()}, "hw": hw_used,
-        "model": model, "device": at.hardware["device"],
+        "model": model,
     }
     tid = "t:" + sha256_json(identity)[:20]
     if tid not in dag:
@@ -118,7 +120,8 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
             up = dag.nodes[node]["obj"]
             files[name] = up.info.cls.outputs.get(out, out) if isinstance(up, Task) else "<source>"
         task = Task(tid, use.info, pjson, use, inputs, hw_used, at.hardware["device"], model,
-                    files, reference=overrides is not None)
+                    files, reference=overrides is not None,
+                    resources=cls.resources_for(at.hardware))
         dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
         for up, _ in inputs.values():
             dag.add_edge(up, tid)

@@ -187,8 +187,8 @@ def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
         if skipped:
             decisions[task.id] = Decision("SKIP", [f"upstream {graph.task(skipped[0]).label} is skipped"])
             continue
-        need = task.info.cls.resources.cuda
-        if task.device == "cuda" and need > cuda_devices:
+        need = task.resources.cuda
+        if need > cuda_devices:
             decisions[task.id] = Decision("SKIP", [
                 f"needs {need} CUDA device(s); this executor has {cuda_devices}"])
             continue

@@ -125,6 +125,11 @@ class Step:
         raise NotImplementedError
 
     @classmethod
+    def resources_for(cls, hardware: dict[str, Any]) -> Resources:
+        """What one task needs on the target's hardware (default: ``resources``)."""
+        return cls.resources
+
+    @classmethod
     def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
         """Params with recipe-level defaults filled in (e.g. the benchmark grid from
         inputs.shapes), so the key holds the values used, not where they came from."""

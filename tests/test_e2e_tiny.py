@@ -168,3 +168,36 @@ targets:
     else:
         assert "Attention" not in optimize["metrics"]["fused"]
         assert "Attention fusion changed the model's outputs" in optimize["warnings"][0]
+
+
+def test_cuda_target_checks_need_a_gpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from orchestrator.executors.local import cuda_device_ids
+
+    if cuda_device_ids():
+        pytest.skip("this machine has a GPU")
+    recipe = tmp_path / "gpu.yaml"
+    recipe.write_text(f"""\
+name: gpu
+model: {{source: {tiny_model_dir}}}
+targets:
+  cpu:
+    steps: [{{export-onnx: {{}}}}]
+    checks: {{parity: {{}}}}
+  edge-gpu:
+    hardware: {{device: cuda, accelerator: orin}}
+    steps: [{{export-onnx: {{}}}}]
+    checks: {{parity: {{}}}}
+""")
+    p = run_cli([str(recipe), "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--json"],
+                tmp_path)
+    assert p.returncode == 2, p.stderr[-3000:]
+    s = json.loads(p.stdout)
+    tasks = {t["label"]: t for t in s["tasks"]}
+    # the export is the same work for both targets: one task
+    assert sum(1 for t in s["tasks"] if t["step"] == "export-onnx") == 1
+    ref = tasks["edge-gpu/check:parity:reference"]
+    assert ref["status"] == "skip" and ref["reasons"] == ["needs 1 CUDA device(s); this executor has 0"]
+    assert tasks["edge-gpu/check:parity"]["status"] == "skip"
+    assert tasks["cpu/check:parity"]["status"] == "run"
+    assert s["targets"]["gpu/cpu"]["status"] == "ok"
+    assert s["targets"]["gpu/edge-gpu"] == {"status": "failed", "manifest": None}

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.step import Resources, Step, StepContext
-from orchestrator.steps.engines import engine_toolchain
+from orchestrator.steps.engines import engine_toolchain, on_device, require_cpu
 
 Positive = Annotated[int, Field(ge=1)]
 
@@ -71,9 +71,16 @@ class Benchmark(Step):
     # one reference task.
     reference = {"profile": False, "precision_hint": "f32"}
 
+    # measured on the target's hardware: a cuda target's check is its own task, needs a GPU
+    hardware_keys = ("device", "accelerator")
+
     @classmethod
     def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
         return engine_toolchain(inputs, reference)
+
+    @classmethod
+    def resources_for(cls, hardware: dict[str, Any]) -> Resources:
+        return on_device(cls.resources, hardware)
 
     @classmethod
     def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
@@ -84,6 +91,7 @@ class Benchmark(Step):
             "sequence": params.sequence or shapes.get("sequence") or [128]})
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
+        require_cpu(ctx.hardware, "benchmark")
         from orchestrator.steps.engines import detect_precision, open_engine
 
         p: BenchmarkParams = ctx.params

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.step import Resources
 from orchestrator.steps import hf
 
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
@@ -95,6 +96,20 @@ def toolchain_for_file(filename: str) -> tuple[str, ...]:
     else:
         return tuple(sorted({p for v in RUNTIME_TOOLCHAIN.values() for p in v}))
     return RUNTIME_TOOLCHAIN[kind]
+
+
+def on_device(resources: Resources, hardware: dict[str, Any]) -> Resources:
+    """A check on a cuda target runs where the engine will: it needs a CUDA device."""
+    if hardware.get("device") == "cuda":
+        return resources.model_copy(update={"cuda": max(1, resources.cuda)})
+    return resources
+
+
+def require_cpu(hardware: dict[str, Any], what: str) -> None:
+    if hardware.get("device", "cpu") != "cpu":
+        raise RuntimeError(f"{what} measures on the CPU only (ONNX Runtime CPU provider, OpenVINO "
+                           f"CPU, PyTorch CPU); a {hardware.get('device')} target needs a "
+                           "GPU runtime this version does not have")
 
 
 def engine_toolchain(inputs: dict[str, str], reference: bool) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.step import Resources, Step, StepContext
 from orchestrator.steps import hf
-from orchestrator.steps.engines import engine_toolchain
+from orchestrator.steps.engines import engine_toolchain, on_device, require_cpu
 
 # Defaults per engine precision, from all-MiniLM-L6-v2 (64 samples, 2 threads) vs PyTorch fp32:
 # legacy ONNX export 3.1e-6 max abs diff; OpenVINO IR with f32 weights 3.9e-6, with fp16-stored
@@ -66,11 +66,19 @@ class Parity(Step):
     toolchain = ("torch", "transformers", "onnxruntime", "openvino")
     gate_fields = GATES
 
+    # measured on the target's hardware: a cuda target's check is its own task, needs a GPU
+    hardware_keys = ("device", "accelerator")
+
     @classmethod
     def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
         return engine_toolchain(inputs, reference)
 
+    @classmethod
+    def resources_for(cls, hardware: dict[str, Any]) -> Resources:
+        return on_device(cls.resources, hardware)
+
     def run(self, ctx: StepContext) -> dict[str, Any]:
+        require_cpu(ctx.hardware, "parity")
         if ctx.reference:
             return self._reference(ctx)
         import numpy as np
