@@ -87,6 +87,9 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
         section = dict(cls.summarize(task.use.params, o.entry["metrics"], ref_metrics))
         problems = cls.gate(task.use.params, o.entry["metrics"], ref_metrics)
         section["key"] = o.key
+        warnings = sorted(set(o.entry["warnings"]) | set(ro.entry["warnings"] if ro and ro.entry else []))
+        if warnings:
+            section["warnings"] = warnings
         if cls.gate_fields:
             section["gate"] = task.use.params.model_dump(mode="json", include=set(cls.gate_fields))
             section["passed"] = not problems

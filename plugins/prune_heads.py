@@ -121,7 +121,7 @@ class PruneHeads(Step):
         model = hf.load_model(folder, ctx.model.task, ctx.model.trust_remote_code)
         tokenizer = hf.load_tokenizer(folder, ctx.model.trust_remote_code)
         counts = _head_counts(model)
-        samples = hf.read_samples(ctx.inputs.get("samples"), limit=p.max_samples)
+        samples = hf.samples_for(ctx, "head importance", limit=p.max_samples)
         enc = tokenizer(samples, padding=True, truncation=True, max_length=128,
                         return_tensors="pt")
         before = _embed(model, enc)

@@ -146,6 +146,6 @@ def test_dry_run_json(project: Project, capsys) -> None:
     assert project.run(str(r), "--dry-run", "--json") == 0
     plan = json.loads(capsys.readouterr().out)
     first = plan["tasks"][0]
-    assert first["label"] == "a/1:fake-upper" and first["status"] == "RUN"
+    assert first["label"] == "a/1:fake-upper" and first["status"] == "run"
     assert first["reasons"] == ["new"] and first["targets"] == ["demo/a", "demo/b"]
     assert len(first["key"]) == 64

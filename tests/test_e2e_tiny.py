@@ -200,4 +200,8 @@ targets:
     assert tasks["edge-gpu/check:parity"]["status"] == "skip"
     assert tasks["cpu/check:parity"]["status"] == "run"
     assert s["targets"]["gpu/cpu"]["status"] == "ok"
+    # no samples in the recipe: parity says what it compared on
+    assert "warning: gpu/cpu parity: the recipe has no inputs.samples: parity uses 4 built-in" in p.stderr
+    m = json.loads((tmp_path / "o/gpu/cpu/manifest.json").read_text())
+    assert "4 built-in sentences" in m["checks"]["parity"]["warnings"][0]
     assert s["targets"]["gpu/edge-gpu"] == {"status": "failed", "manifest": None}

@@ -115,3 +115,22 @@ def test_concurrent_writers_of_the_same_key(store: LocalStore) -> None:
     assert store.read_bytes(b.digest) == b"same content " * 100_000
     leftovers = [p for p in store.cas.rglob(".*")]
     assert leftovers == []
+
+
+def test_copies_across_file_systems_are_not_redone(store: LocalStore, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    b = store.put_bytes(b"engine")
+    dest = tmp_path / "out" / "model.onnx"
+    store.materialize(b, dest)
+    before = dest.stat().st_ino, dest.stat().st_mtime_ns
+    store.materialize(b, dest)
+    assert (dest.stat().st_ino, dest.stat().st_mtime_ns) == before
+    dest.write_bytes(b"edited")  # touched by someone: replaced again
+    store.materialize(b, dest)
+    assert dest.read_bytes() == b"engine"

@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         if args.json:
             print(json.dumps({"tasks": [
-                {"id": t.id, "label": t.label, "step": t.step, "status": s.plan.decisions[t.id].status,
+                {"id": t.id, "label": t.label, "step": t.step,
+                 "status": s.plan.decisions[t.id].status.lower(),
                  "key": s.plan.decisions[t.id].key, "reasons": s.plan.decisions[t.id].reasons,
                  "targets": sorted({f"{r}/{tg}" for r, tg, _ in t.labels})}
                 for t in s.graph.tasks()]}, indent=2, sort_keys=True))
@@ -186,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
         for step in manifest["steps"]:
             for w in step["warnings"]:
                 print(f"warning: {label} {step['step']}: {w}", file=sys.stderr)
+        for name, section in [*manifest["checks"].items(), ("benchmark", manifest["benchmark"])]:
+            for w in section.get("warnings", []):
+                print(f"warning: {label} {name}: {w}", file=sys.stderr)
     if not args.targets and not getattr(args, "only", None):
         for recipe in s.recipes:
             folder = s.out / recipe.name

@@ -140,6 +140,9 @@ def broken_rules(old: dict[str, Any], new: dict[str, Any], rules: list[str]) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    if Path(args.old).is_file() != Path(args.new).is_file():
+        raise FatalError("compare a manifest with a manifest, or a folder with a folder "
+                         f"({args.old} and {args.new} are one of each)")
     old = load_manifests(Path(args.old))
     new = load_manifests(Path(args.new))
     failed: list[str] = []

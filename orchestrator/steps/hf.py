@@ -34,6 +34,16 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
 
 
+def samples_for(ctx: Any, what: str, limit: int | None = None) -> list[str]:
+    """The recipe's sample texts for a step; without inputs.samples, 4 built-in sentences and a
+    warning (calibration and parity on 4 sentences say little)."""
+    path = ctx.inputs.get("samples")
+    if path is None:
+        ctx.warn(f"the recipe has no inputs.samples: {what} uses 4 built-in sentences; give a file "
+                 "of real texts (one per line) for meaningful results")
+    return read_samples(path, limit)
+
+
 def read_samples(path: Path | None, limit: int | None = None) -> list[str]:
     """Non-empty lines of the samples file (a few built-in sentences when there is none)."""
     if path is None:

@@ -106,7 +106,7 @@ def calibration_data(ctx: StepContext, model: Any) -> list[dict[str, Any]]:
     """One feed dict per sample (batch 1, truncated to max_length), keyed by the IR's inputs."""
     p: NncfQuantizeParams = ctx.params
     tokenizer = hf.load_tokenizer(ctx.input("source"), ctx.model.trust_remote_code)
-    samples = hf.read_samples(ctx.inputs.get("samples"), limit=p.samples)
+    samples = hf.samples_for(ctx, "calibration", limit=p.samples)
     if not samples:
         raise ValueError("the samples file has no non-empty lines; int8 calibration needs text "
                          "(add sentences to it, or use mode: weights-int8)")

@@ -109,7 +109,7 @@ def _static(p: OrtQuantizeParams, src: Path, out: Path, ctx: StepContext) -> Non
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    samples = hf.read_samples(ctx.inputs.get("samples"), limit=p.calibration_samples)
+    samples = hf.samples_for(ctx, "calibration", limit=p.calibration_samples)
     names = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
     reader = _Reader(hf.load_tokenizer(ctx.input("source"), ctx.model.trust_remote_code),
                      samples, names)

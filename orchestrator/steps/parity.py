@@ -187,7 +187,7 @@ def _reference_batches(ctx: StepContext) -> tuple[list[tuple[dict[str, Any], Any
 
     p: ParityParams = ctx.params
     task, trc = ctx.model.task, ctx.model.trust_remote_code
-    texts = hf.read_samples(ctx.inputs.get("samples"), limit=p.max_samples)
+    texts = hf.samples_for(ctx, "parity", limit=p.max_samples)
     if not texts:
         raise ValueError("parity has no sample texts to compare (the samples file is empty)")
     source = ctx.input("source")

@@ -184,6 +184,9 @@ class LocalStore:
         with contextlib.suppress(FileNotFoundError):
             if os.path.samefile(src, dest):
                 return
+            st = dest.stat()  # a copy this store made earlier (another file system) and untouched
+            if self.index.get("m:" + str(dest)) == [digest, st.st_ino, st.st_mtime_ns, st.st_size]:
+                return
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.is_dir() and not dest.is_symlink():
             _remove(dest)
@@ -191,9 +194,14 @@ class LocalStore:
         tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
         try:
             os.link(src, tmp)
+            copied = False
         except OSError:
             shutil.copyfile(src, tmp)
+            copied = True
         os.replace(tmp, dest)
+        if copied:
+            st = dest.stat()
+            self.index.set("m:" + str(dest), [digest, st.st_ino, st.st_mtime_ns, st.st_size])
 
     def _intact(self, path: Path, digest: str) -> bool:
         """True when path holds digest; uses the stat cache to avoid re-hashing."""
