@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.step import Resources, Step, StepContext
-from orchestrator.steps.engines import engine_toolchain, on_device, require_cpu
+from orchestrator.step import Resources, StepContext
+from orchestrator.steps.engines import EngineCheck, require_cpu
 
 Positive = Annotated[int, Field(ge=1)]
 
@@ -56,31 +56,18 @@ class BenchmarkParams(BaseModel):
         return self
 
 
-class Benchmark(Step):
+class Benchmark(EngineCheck):
     name = "benchmark"
     version = "1"
-    kind = "check"
     description = "Median/p90/p99 latency and throughput over a batch x sequence grid."
     Params = BenchmarkParams
     inputs = ("model", "source")
     resources = Resources(cpu=64)  # clamped to all the executor's cpus: a benchmark runs alone
-    toolchain = ("torch", "transformers", "onnxruntime", "openvino")
     gate_fields = ("min_speedup",)
     machine_keys = ("cpu_model", "cpu_count")  # latency from another machine is not this one's
     # Profiling and the OpenVINO hint do not apply to PyTorch: fixing them lets every target share
     # one reference task.
     reference = {"profile": False, "precision_hint": "f32"}
-
-    # measured on the target's hardware: a cuda target's check is its own task, needs a GPU
-    hardware_keys = ("device", "accelerator")
-
-    @classmethod
-    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
-        return engine_toolchain(inputs, reference)
-
-    @classmethod
-    def resources_for(cls, hardware: dict[str, Any]) -> Resources:
-        return on_device(cls.resources, hardware)
 
     @classmethod
     def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:

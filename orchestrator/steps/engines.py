@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.step import Resources
+from orchestrator.step import Resources, Step
 from orchestrator.steps import hf
 
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
@@ -96,6 +96,24 @@ def toolchain_for_file(filename: str) -> tuple[str, ...]:
     else:
         return tuple(sorted({p for v in RUNTIME_TOOLCHAIN.values() for p in v}))
     return RUNTIME_TOOLCHAIN[kind]
+
+
+class EngineCheck(Step):
+    """Base of the checks that run an engine (parity, benchmark): measured on the target's
+    hardware (keyed by device and accelerator; a cuda target's check needs a CUDA device), keyed
+    by the runtime of the engine under test only."""
+
+    kind = "check"
+    toolchain = ("torch", "transformers", "onnxruntime", "openvino")
+    hardware_keys = ("device", "accelerator")
+
+    @classmethod
+    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
+        return engine_toolchain(inputs, reference)
+
+    @classmethod
+    def resources_for(cls, hardware: dict[str, Any]) -> Resources:
+        return on_device(cls.resources, hardware)
 
 
 def on_device(resources: Resources, hardware: dict[str, Any]) -> Resources:

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.step import Resources, Step, StepContext
+from orchestrator.step import Resources, StepContext
 from orchestrator.steps import hf
-from orchestrator.steps.engines import engine_toolchain, on_device, require_cpu
+from orchestrator.steps.engines import EngineCheck, require_cpu
 
 # Defaults per engine precision, from all-MiniLM-L6-v2 (64 samples, 2 threads) vs PyTorch fp32:
 # legacy ONNX export 3.1e-6 max abs diff; OpenVINO IR with f32 weights 3.9e-6, with fp16-stored
@@ -51,10 +51,9 @@ class ParityParams(BaseModel):
                                    "tasks (None: default).")
 
 
-class Parity(Step):
+class Parity(EngineCheck):
     name = "parity"
     version = "1"
-    kind = "check"
     description = "Compare the engine's outputs with the PyTorch reference on the sample texts."
     Params = ParityParams
     inputs = ("model", "source", "samples", "reference")
@@ -63,19 +62,7 @@ class Parity(Step):
     # engine are normalized so that every target shares it.
     reference = {"precision_hint": "f32"}
     resources = Resources(cpu=2, memory_gb=4)
-    toolchain = ("torch", "transformers", "onnxruntime", "openvino")
     gate_fields = GATES
-
-    # measured on the target's hardware: a cuda target's check is its own task, needs a GPU
-    hardware_keys = ("device", "accelerator")
-
-    @classmethod
-    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
-        return engine_toolchain(inputs, reference)
-
-    @classmethod
-    def resources_for(cls, hardware: dict[str, Any]) -> Resources:
-        return on_device(cls.resources, hardware)
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         require_cpu(ctx.hardware, "parity")
