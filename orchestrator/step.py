@@ -125,6 +125,14 @@ class Step:
         raise NotImplementedError
 
     @classmethod
+    def unused_params(cls, params: Any, fields: tuple[str, ...]) -> Any:
+        """params with ``fields`` back at their defaults: for fields that do not apply to this
+        task's mode, so that setting them changes neither the key nor the work."""
+        defaults = {f: cls.Params.model_fields[f].get_default(call_default_factory=True)
+                    for f in fields}
+        return params.model_copy(update=defaults)
+
+    @classmethod
     def resources_for(cls, hardware: dict[str, Any]) -> Resources:
         """What one task needs on the target's hardware (default: ``resources``)."""
         return cls.resources

@@ -308,3 +308,20 @@ def test_benchmark_grid_comes_from_shapes_only_when_unset(tmp_path: Path) -> Non
     explicit = [bench_params(s, "{batch: [1], sequence: [16]}")
                 for s in ("{batch: [2]}", "{batch: [4], sequence: [64]}")]
     assert explicit[0] == explicit[1]  # shapes changed, the grid did not: same task
+
+
+def test_params_that_do_not_apply_to_a_mode_stay_out_of_the_key() -> None:
+    from orchestrator.steps.nncf_quantize import NncfQuantize
+    from orchestrator.steps.ort_quantize import OrtQuantize
+
+    def keyed(cls: Any, **params: Any) -> dict[str, Any]:
+        return cls.complete_params(cls.Params(**params), {}).model_dump()
+
+    assert keyed(OrtQuantize, mode="dynamic", calibrate_method="entropy") == keyed(OrtQuantize)
+    assert keyed(OrtQuantize, mode="static", calibrate_method="entropy") != \
+        keyed(OrtQuantize, mode="static")
+    assert keyed(OrtQuantize, mode="fp16", per_channel=False) == keyed(OrtQuantize, mode="fp16")
+    assert keyed(NncfQuantize, mode="weights-int8", preset="mixed", group_size=64) == \
+        keyed(NncfQuantize, mode="weights-int8")
+    assert keyed(NncfQuantize, mode="weights-int4", group_size=64) != \
+        keyed(NncfQuantize, mode="weights-int4")

@@ -42,6 +42,10 @@ class NncfQuantizeParams(BaseModel):
                             "truncated to this many tokens.")
 
 
+CALIBRATION = ("preset", "samples", "fast_bias_correction", "max_length")
+INT4_ONLY = ("group_size", "ratio")
+
+
 class NncfQuantize(Step):
     name = "nncf-quantize"
     version = "1"
@@ -49,6 +53,14 @@ class NncfQuantize(Step):
                    "samples) or weight-only int8/int4 compression.")
     Params = NncfQuantizeParams
     inputs = ("model", "source", "samples")
+
+    @classmethod
+    def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
+        """Calibration params only matter to int8; group size and ratio only to int4."""
+        unused: tuple[str, ...] = () if params.mode == "int8" else CALIBRATION
+        if not params.mode.startswith("weights-int4"):
+            unused += INT4_ONLY
+        return cls.unused_params(params, unused)
 
     @classmethod
     def inputs_for(cls, params: Any) -> tuple[str, ...]:

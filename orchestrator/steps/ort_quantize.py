@@ -48,12 +48,23 @@ class OrtQuantizeParams(BaseModel):
         "can for dynamic, MatMul and Attention for static).")
 
 
+STATIC_ONLY = ("activation_type", "calibration_samples", "calibrate_method", "exclude_ffn_output")
+WEIGHT_ONLY = ("weight_type", "per_channel", "reduce_range", "op_types")
+
+
 class OrtQuantize(Step):
     name = "ort-quantize"
     version = "1"
     description = "Quantize an ONNX model with ONNX Runtime (dynamic or static int8, or fp16)."
     Params = OrtQuantizeParams
     inputs = ("model", "source", "samples")
+
+    @classmethod
+    def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
+        """Calibration params only matter to static mode; weight params not to fp16."""
+        if params.mode == "fp16":
+            return cls.unused_params(params, STATIC_ONLY + WEIGHT_ONLY)
+        return params if params.mode == "static" else cls.unused_params(params, STATIC_ONLY)
 
     @classmethod
     def inputs_for(cls, params: Any) -> tuple[str, ...]:
