@@ -107,7 +107,7 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
         elif name == "reference" and reference_task is not None:
             inputs[name] = (reference_task, "reference")
     hw_used = {k: at.hardware.get(k) for k in cls.hardware_keys}
-    model = at.model if cls.uses_shapes else {k: v for k, v in at.model.items() if k != "shapes"}
+    model = {k: v for k, v in at.model.items() if k != "shapes"}  # shapes only via complete_params
     identity = {
         "step": use.info.name, "plugin": use.info.dist, "params": pjson,
         "inputs": {k: list(v) for k, v in inputs.items()}, "hw": hw_used,

@@ -50,12 +50,11 @@ class NoParams(BaseModel):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Recipe-level facts about the model. task and trust_remote_code enter every key; shapes only
-    the keys of steps with ``uses_shapes`` (for the others they are empty)."""
+    """Recipe-level facts about the model; both enter every key. (inputs.shapes reach a step only
+    through ``complete_params``, as param values.)"""
 
     task: str = "feature-extraction"
     trust_remote_code: bool = False
-    shapes: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,9 +108,6 @@ class Step:
     toolchain: ClassVar[tuple[str, ...]] = ()
     hardware_keys: ClassVar[tuple[str, ...]] = ()
     gate_fields: ClassVar[tuple[str, ...]] = ()
-    # Steps that read ctx.model.shapes (the recipe's inputs.shapes) get them in their key; for
-    # every other step they are left out, so editing them rebuilds nothing else.
-    uses_shapes: ClassVar[bool] = False
     # Facts of the machine a measuring step's result depends on ("cpu_model", "cpu_count").
     machine_keys: ClassVar[tuple[str, ...]] = ()
     # A check that also measures the untouched model source (e.g. the PyTorch reference benchmark)
