@@ -167,12 +167,10 @@ def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         inputs[name] = str(dest)
-    params = task.use.params.model_dump(mode="json")
-    params.update(task.params)  # reference tasks carry their overrides in task.params
     spec = {
         "ref": task.info.ref,
         "step": task.step,
-        "params": params,
+        "params": task.params,  # what was keyed: completed, unused params at their defaults
         "inputs": inputs,
         "out_dir": str(scratch / "out"),
         "hardware": task.hardware,

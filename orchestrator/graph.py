@@ -8,6 +8,7 @@ from typing import Any
 
 import networkx as nx
 
+from orchestrator import formats
 from orchestrator.hashing import sha256_json
 from orchestrator.recipe import Recipe, StepUse
 from orchestrator.registry import StepInfo
@@ -29,13 +30,12 @@ class Source:
 class Task:
     id: str
     info: StepInfo
-    params: dict[str, Any]  # validated, defaults filled, JSON mode; gate fields removed
-    use: StepUse
+    params: dict[str, Any]  # validated, completed, JSON mode; gate fields removed: what is keyed and run
     inputs: dict[str, tuple[str, str]]  # input name -> (node id, output name)
     hardware: dict[str, Any]
     device: str
     model: dict[str, Any]
-    input_files: dict[str, str] = field(default_factory=dict)  # input -> declared file name
+    input_formats: dict[str, str] = field(default_factory=dict)  # input -> format it arrives in
     labels: list[tuple[str, str, str]] = field(default_factory=list)  # (recipe, target, position)
     reference: bool = False
     qualified: bool = False  # several recipes in one build: labels name the recipe too
@@ -51,12 +51,28 @@ class Task:
         return f"{recipe}/{target}/{pos}" if self.qualified else f"{target}/{pos}"
 
 
+@dataclass(frozen=True)
+class CheckPlan:
+    """One check of one target: its task, its reference task, and this target's own use of it
+    (the gates). Targets with the same chain share the check's task, never its gates."""
+
+    task: str
+    reference: str | None
+    use: StepUse
+
+    def ids(self) -> list[str]:
+        return [self.task] + ([self.reference] if self.reference else [])
+
+
 @dataclass
 class TargetPlan:
     recipe: Recipe
     name: str
     steps: list[str]  # task ids, in order
-    checks: dict[str, tuple[str, str | None]]  # check name -> (task id, reference task id)
+    checks: dict[str, CheckPlan]
+
+    def task_ids(self) -> list[str]:
+        return self.steps + [i for c in self.checks.values() for i in c.ids()]
 
 
 @dataclass
@@ -118,8 +134,9 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
         files = {}
         for name, (node, out) in inputs.items():
             up = dag.nodes[node]["obj"]
-            files[name] = up.info.cls.outputs.get(out, out) if isinstance(up, Task) else "<source>"
-        task = Task(tid, use.info, pjson, use, inputs, hw_used, at.hardware["device"], model,
+            files[name] = (up.info.cls.output_formats.get(out, formats.ANY) if isinstance(up, Task)
+                           else formats.HF_MODEL if up.what == "model" else formats.TEXT)
+        task = Task(tid, use.info, pjson, inputs, hw_used, at.hardware["device"], model,
                     files, reference=overrides is not None,
                     resources=cls.resources_for(at.hardware))
         dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
@@ -156,14 +173,14 @@ def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) 
                 tid = _add_task(dag, at, use, upstream, f"{i + 1}:{use.info.name}")
                 ids.append(tid)
                 upstream = (tid, "model")
-            checks: dict[str, tuple[str, str | None]] = {}
+            checks: dict[str, CheckPlan] = {}
             for use in recipe.checks[tname]:
                 ref = None
                 if use.info.cls.reference is not None:
                     ref = _add_task(dag, at, use, (src_model.id, SOURCE_OUTPUT),
                                     f"check:{use.info.name}:reference", use.info.cls.reference)
                 cid = _add_task(dag, at, use, upstream, f"check:{use.info.name}", reference_task=ref)
-                checks[use.info.name] = (cid, ref)
+                checks[use.info.name] = CheckPlan(cid, ref, use)
             plans.append(TargetPlan(recipe, tname, ids, checks))
     if len(recipes) > 1:
         for node in dag.nodes:

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from orchestrator.graph import BuildGraph, TargetPlan, Task
+from orchestrator.graph import BuildGraph, CheckPlan, TargetPlan, Task
 from orchestrator.store.base import Blob
 from orchestrator.store.local import LocalStore
 
@@ -43,7 +43,7 @@ def _step_record(task: Task, entry: dict[str, Any], key: str,
         "version": doc["version"],
         "plugin": doc["plugin"],
         "key": key,
-        "params": task.use.params.model_dump(mode="json"),
+        "params": task.params,  # what was keyed and ran (completed; unused params at defaults)
         "inputs": {k: {"digest": v, "size": sizes.get(k)} for k, v in doc["inputs"].items()},
         "outputs": {k: {"digest": o["digest"], "size": o["size"], "kind": o["kind"]}
                     for k, o in entry["outputs"].items()},
@@ -51,6 +51,14 @@ def _step_record(task: Task, entry: dict[str, Any], key: str,
         "metrics": entry["metrics"],
         "warnings": entry["warnings"],
     }
+
+
+def target_params(task: Task, cp: CheckPlan) -> Any:
+    """The params a target judges its check with: the shared task's keyed params plus this
+    target's own gates (another target sharing the task may gate it differently)."""
+    cls = task.info.cls
+    gates = cp.use.params.model_dump(include=set(cls.gate_fields))
+    return cls.Params.model_validate({**task.params, **gates})
 
 
 def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
@@ -74,7 +82,8 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
         steps.append(_step_record(task, o.entry, o.key, _input_sizes(task, outcomes, sources)))
     checks: dict[str, Any] = {}
     benchmark: dict[str, Any] = {}
-    for name, (cid, rid) in sorted(tp.checks.items()):
+    for name, cp in sorted(tp.checks.items()):
+        cid, rid = cp.task, cp.reference
         task = graph.task(cid)
         o = outcomes.get(cid)
         ro = outcomes.get(rid) if rid else None
@@ -83,15 +92,16 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
             complete = False
             continue
         cls = task.info.cls
+        params = target_params(task, cp)
         ref_metrics = ro.entry["metrics"] if ro is not None and ro.entry is not None else None
-        section = dict(cls.summarize(task.use.params, o.entry["metrics"], ref_metrics))
-        problems = cls.gate(task.use.params, o.entry["metrics"], ref_metrics)
+        section = dict(cls.summarize(params, o.entry["metrics"], ref_metrics))
+        problems = cls.gate(params, o.entry["metrics"], ref_metrics)
         section["key"] = o.key
         warnings = sorted(set(o.entry["warnings"]) | set(ro.entry["warnings"] if ro and ro.entry else []))
         if warnings:
             section["warnings"] = warnings
         if cls.gate_fields:
-            section["gate"] = task.use.params.model_dump(mode="json", include=set(cls.gate_fields))
+            section["gate"] = params.model_dump(mode="json", include=set(cls.gate_fields))
             section["passed"] = not problems
         failures.extend(f"check {name}: {p}" for p in problems)
         if name == "benchmark":
@@ -157,7 +167,7 @@ def write_target(out_root: Path, tp: TargetPlan, manifest: dict[str, Any], store
         "tasks": [
             {"label": graph.task(t).label, "status": outcomes[t].status,
              "duration_s": round(outcomes[t].duration, 3), "key": outcomes[t].key}
-            for t in tp.steps + [c for pair in tp.checks.values() for c in pair if c]
+            for t in tp.task_ids()
             if t in outcomes
         ],
     }

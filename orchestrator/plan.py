@@ -95,7 +95,7 @@ def document(task: Task, input_digests: dict[str, str]) -> dict[str, Any]:
         plugin={"dist": info.dist, "version": info.dist_version},
         params=task.params,
         inputs=input_digests,
-        toolchain=toolchain(info.cls.toolchain_for(task.input_files, task.reference)),
+        toolchain=toolchain(info.cls.toolchain_for(task.input_formats, task.reference)),
         hardware=task.hardware,
         model=task.model,
     )

@@ -153,6 +153,7 @@ def load_recipe(path: str | Path, registry: Registry | None = None) -> Recipe:
             _use(registry, cname, cparams, pos, base + ("checks",), "check")
             for cname, cparams in sorted(target.checks.items())
         )
+        check_chain(steps[tname], checks[tname], registry)
     name = model.name or path.stem
     if not _valid_name(name):
         raise FatalError(f"recipe name {name!r} from {display} is not a valid name; set 'name:'")
@@ -161,6 +162,46 @@ def load_recipe(path: str | Path, registry: Registry | None = None) -> Recipe:
         raise FatalError(f"model.revision at {pos.at(('model', 'revision'))} only applies to hub ids; "
                          "remove it (a local or package source is pinned by its content digest)")
     return Recipe(path, name, sha256_bytes(raw), model, steps, checks, registry, pos)
+
+
+def check_chain(steps: tuple[StepUse, ...], checks: tuple[StepUse, ...], registry: Registry) -> None:
+    """Each step must accept the format the step before it gives (the first one: the model
+    source, a Hugging Face folder), and each check the format of the last step's output."""
+    from orchestrator import formats
+
+    given, prev = formats.HF_MODEL, None
+    for use in (*steps, *checks):
+        cls = use.info.cls
+        if "model" in cls.inputs:
+            accepted = cls.input_formats.get("model", (formats.ANY,))
+            if not formats.accepts(accepted, given):
+                noun = "check" if cls.kind == "check" else "step"
+                takes = " or ".join(accepted)
+                if prev is None:
+                    came = f"the first step of a target gets the model source ({given})"
+                else:
+                    came = f"{prev.info.name!r} before it (at {prev.where}) gives {given}"
+                fix = _converters(registry, given, accepted)
+                hint = (f"put {fix} {'before it' if prev is None else 'between them'}" if fix
+                        else "change the order of the steps or the step")
+                raise FatalError(f"{noun} {use.info.name!r} at {use.where} takes {takes}, but "
+                                 f"{came}; {hint}")
+        if cls.kind == "transform":
+            given, prev = cls.output_formats.get("model", formats.ANY), use
+
+
+def _converters(registry: Registry, given: str, accepted: tuple[str, ...]) -> str:
+    """Steps that turn ``given`` into one of ``accepted`` (for the hint of a chain error)."""
+    from orchestrator import formats
+
+    found = []
+    for name in registry.names("transform"):
+        cls = registry.get(name).cls
+        out = cls.output_formats.get("model", "")
+        if formats.accepts(cls.input_formats.get("model", ()), given) and out in accepted \
+                and formats.ANY not in cls.input_formats.get("model", ()):
+            found.append(repr(name))
+    return " or ".join(found[:3])
 
 
 def _valid_name(name: str) -> bool:

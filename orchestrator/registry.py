@@ -234,6 +234,7 @@ def _validate(cls: Any) -> list[str]:
                if v.startswith(("/", "\\")) or ".." in v.replace("\\", "/").split("/")]
         if bad:
             problems.append(f"output file names must stay inside the task's folder: {bad}")
+    problems += _format_problems(cls)
     if not isinstance(cls.resources, Resources):
         problems.append("'resources' must be an orchestrator.step.Resources")
     if cls.run is Step.run:
@@ -256,4 +257,42 @@ def _validate(cls: Any) -> list[str]:
     for f in cls.gate_fields:
         if isinstance(params, type) and issubclass(params, BaseModel) and f not in params.model_fields:
             problems.append(f"gate field {f!r} is not a field of Params")
+    return problems
+
+
+def _format_problems(cls: Any) -> list[str]:
+    """Every output has a format, and a step that reads ``model`` says which formats it takes."""
+    from orchestrator.formats import FIXED_INPUTS
+
+    problems: list[str] = []
+    ins, outs = cls.input_formats, cls.output_formats
+    if not isinstance(ins, dict) or not all(
+            isinstance(k, str) and isinstance(v, tuple) and v and all(isinstance(f, str) for f in v)
+            for k, v in ins.items()):
+        return ["'input_formats' must map input names to tuples of format names, e.g. "
+                "{'model': ('onnx',)}"]
+    if not isinstance(outs, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                             for k, v in outs.items()):
+        return ["'output_formats' must map output names to format names, e.g. {'model': 'onnx'}"]
+    inputs = cls.inputs if isinstance(cls.inputs, tuple) else ()
+    if "model" in inputs and "model" not in ins:
+        problems.append("it reads 'model' but does not say in which formats: add input_formats = "
+                        "{'model': ('onnx',)} (or 'hf-model', 'openvino-ir', 'torchscript', 'any', "
+                        "or a format of your own)")
+    fixed = sorted(set(ins) & set(FIXED_INPUTS))
+    extra = sorted(set(ins) - set(inputs) - set(FIXED_INPUTS))
+    if fixed:
+        problems.append(f"input_formats names {fixed}, whose formats are fixed; declare only 'model'")
+    if extra:
+        problems.append(f"input_formats names {extra}, which are not among its inputs")
+    declared = cls.outputs if isinstance(cls.outputs, dict) else {}
+    missing = sorted(set(declared) - set(outs))
+    if missing:
+        problems.append(f"outputs {missing} have no format: add output_formats = "
+                        f"{{{', '.join(repr(m) + ': ...' for m in missing)}}} (e.g. 'onnx')")
+    unknown = sorted(set(outs) - set(declared))
+    if unknown:
+        problems.append(f"output_formats names {unknown}, which are not among its outputs")
+    if "any" in outs.values():
+        problems.append("an output's format cannot be 'any': name what it holds")
     return problems

@@ -10,6 +10,10 @@ A step is a class with:
   text file, absent from ``ctx.inputs`` when the recipe has none; ``reference``: for a check
   with ``reference`` set, the ``reference`` output of its reference task),
 - ``outputs``: output name -> file name; a name ending in ``/`` is a folder (stored as a tree),
+- ``input_formats``: the formats the ``model`` input may have (``("onnx",)``; see
+  ``orchestrator.formats``), checked against the step before it when the recipe loads,
+- ``output_formats``: output name -> format; each output is validated by its format right after
+  ``run``, before anything is cached,
 - ``resources``: what one run needs (cpu cores, cuda devices, memory),
 - ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``),
 - ``hardware_keys``: the target hardware properties that change its output,
@@ -104,6 +108,8 @@ class Step:
     Params: ClassVar[type[BaseModel]] = NoParams
     inputs: ClassVar[tuple[str, ...]] = ("model",)
     outputs: ClassVar[dict[str, str]] = {}
+    input_formats: ClassVar[dict[str, tuple[str, ...]]] = {}
+    output_formats: ClassVar[dict[str, str]] = {}
     resources: ClassVar[Resources] = Resources()
     toolchain: ClassVar[tuple[str, ...]] = ()
     hardware_keys: ClassVar[tuple[str, ...]] = ()
@@ -147,8 +153,8 @@ class Step:
 
     @classmethod
     def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
-        """The toolchain of one task, knowing the file name each input arrives as (the
-        upstream step's declared output name, or "<source>" for the model source). A check
+        """The toolchain of one task, knowing the format each input arrives in (the upstream
+        step's declared output format; ``hf-model`` for the model source). A check
         that runs whatever engine it is given narrows it to that engine's runtime."""
         return cls.toolchain
 

@@ -20,7 +20,12 @@ from typing import Any
 from orchestrator.hashing import canonical_json
 
 
+class InvalidOutput(Exception):
+    """A step's output is not what its format says (checked before anything is stored)."""
+
+
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    from orchestrator.formats import validate_output
     from orchestrator.registry import load_step
     from orchestrator.step import ModelInfo, StepContext
     from orchestrator.store.local import LocalStore
@@ -43,6 +48,15 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         raise TypeError(f"{cls.__name__}.run must return a dict of metrics, got {type(metrics)}")
     canonical_json(metrics)  # fails early on NaN or values JSON cannot hold
+    for name, filename in cls.outputs.items():
+        path = out_dir / filename.rstrip("/")
+        if cls.kind == "check" and not path.exists():
+            continue  # a check's outputs are optional
+        fmt = cls.output_formats.get(name, "")
+        problem = validate_output(fmt, path)
+        if problem:
+            raise InvalidOutput(f"step {cls.name!r} wrote an invalid {fmt} output {name!r} "
+                                f"({filename}): {problem}; nothing was cached")
     store = LocalStore(spec["store"])
     outputs: dict[str, Any] = {}
     try:
@@ -75,6 +89,9 @@ def main(argv: list[str]) -> int:
     spec = json.loads(spec_path.read_text())
     try:
         result = run_spec(spec)
+    except InvalidOutput as e:
+        print(f"error: {e}", flush=True)
+        return 1
     except Exception:
         traceback.print_exc()
         return 1

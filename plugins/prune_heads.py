@@ -13,6 +13,9 @@ the recipe. The registry imports the file and registers every ``Step`` subclass 
   source for the first step), ``source``, ``samples`` (absent when the recipe has none).
 - ``outputs``: name -> file name; a trailing '/' makes a folder, stored as a tree. A transform
   declares ``model``: the next step's ``model`` input.
+- ``input_formats`` / ``output_formats``: the formats (``hf-model``, ``onnx``, ``openvino-ir``,
+  ``torchscript``, ... or one of your own) of the ``model`` input and of each output. A recipe
+  whose chain does not fit is refused when it loads; an output is validated before it is cached.
 - ``resources`` (what one run needs) and ``toolchain`` (distributions whose versions enter the key).
 - ``run(ctx)``: writes each output at ``ctx.output(name)``, returns JSON-able metrics.
 
@@ -105,6 +108,8 @@ class PruneHeads(Step):
     Params = PruneHeadsParams
     inputs = ("model", "samples")
     outputs = {"model": "hf/"}
+    input_formats = {"model": ("hf-model",)}  # what the previous step (or the source) must give
+    output_formats = {"model": "hf-model"}  # validated after run, checked against the next step
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers")
 

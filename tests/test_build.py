@@ -358,3 +358,56 @@ def test_pending_reasons_include_changed_source(project: Project, capsys) -> Non
     plan = capsys.readouterr().out
     # fake-length reads the source itself: its own input changed, whatever its upstream rebuilds
     assert "RUN   a/check:fake-length  (input changed: source; input changes: upstream" in plan
+
+
+GATES_RECIPE = """\
+name: gates
+plugins: [fake_steps.py]
+model:
+  source: ./model
+targets:
+  {first}:
+    steps:
+      - fake-upper: {{suffix: "!"}}
+    checks:
+      fake-length: {{max_bytes: 1000}}
+  {second}:
+    steps:
+      - fake-upper: {{suffix: "!"}}
+    checks:
+      fake-length: {{max_bytes: 3}}
+"""
+
+
+@pytest.mark.parametrize("first,second", [("a-loose", "b-strict"), ("b-loose", "a-strict")])
+def test_targets_sharing_a_check_are_each_judged_by_their_own_gate(
+        project: Project, capsys, first: str, second: str) -> None:
+    r = project.recipe(GATES_RECIPE.format(first=first, second=second))
+    s = project.build_json(r, capsys)
+    checks = [t for t in s["tasks"] if t["step"] == "fake-length"]
+    assert len(checks) == 1  # the measurement is shared ...
+    assert s["targets"][f"gates/{first}"]["status"] == "ok"  # ... the judgement is not
+    assert s["targets"][f"gates/{second}"]["status"] == "failed"
+    loose = json.loads((project.out / f"gates/{first}/manifest.json").read_text())
+    strict = json.loads((project.out / f"gates/{second}/manifest.json").read_text())
+    assert loose["checks"]["fake-length"]["gate"] == {"max_bytes": 1000}
+    assert strict["checks"]["fake-length"]["gate"] == {"max_bytes": 3}
+    assert strict["failures"] == ["check fake-length: 24 bytes > max_bytes 3 (over by 21)"]
+
+
+def test_manifest_records_the_params_that_were_keyed_and_ran(project: Project, capsys) -> None:
+    """Not the raw recipe params, nor another target's: completed, with unused ones dropped."""
+    r = project.recipe("""\
+name: p
+plugins: [fake_steps.py]
+model: {source: ./model}
+targets:
+  x: {steps: [fake-mode: {salt: 5}]}
+  y: {steps: [fake-mode: {salt: 7}]}
+""")
+    s = project.build_json(r, capsys)
+    assert len(s["tasks"]) == 1  # salt does not apply to mode plain: one task
+    for target in ("x", "y"):
+        m = json.loads((project.out / f"p/{target}/manifest.json").read_text())
+        assert m["steps"][0]["params"] == {"mode": "plain", "salt": 0}
+        assert m["steps"][0]["metrics"] == {"salt": 0}  # what ran is what is recorded

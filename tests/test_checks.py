@@ -275,11 +275,11 @@ def test_measure_stabilization() -> None:
 
 def test_only_the_engines_runtime_enters_a_checks_key() -> None:
     for cls in (Parity, Benchmark):
-        assert cls.toolchain_for({"model": "model.onnx"}, False) == ("onnxruntime",)
-        assert cls.toolchain_for({"model": "ir/"}, False) == ("openvino",)
-        assert cls.toolchain_for({"model": "model.pt"}, False) == ("torch",)
-        assert cls.toolchain_for({"model": "<source>"}, True) == ("torch", "transformers")
-        assert set(cls.toolchain_for({"model": "odd.bin"}, False)) >= {"onnxruntime", "openvino"}
+        assert cls.toolchain_for({"model": "onnx"}, False) == ("onnxruntime",)
+        assert cls.toolchain_for({"model": "openvino-ir"}, False) == ("openvino",)
+        assert cls.toolchain_for({"model": "torchscript"}, False) == ("torch",)
+        assert cls.toolchain_for({"model": "hf-model"}, True) == ("torch", "transformers")
+        assert set(cls.toolchain_for({"model": "odd-format"}, False)) >= {"onnxruntime", "openvino"}
 
 
 def test_benchmark_grid_comes_from_shapes_only_when_unset(tmp_path: Path) -> None:
@@ -297,7 +297,7 @@ def test_benchmark_grid_comes_from_shapes_only_when_unset(tmp_path: Path) -> Non
         path = tmp_path / "r.yaml"
         path.write_text(f"plugins: [fake_steps.py]\nmodel: {{source: ./model}}\n"
                         f"inputs: {{shapes: {shapes}}}\ntargets:\n  t:\n"
-                        f"    steps: [{{fake-upper: {{}}}}]\n    checks: {{benchmark: {grid}}}\n")
+                        f"    steps: [{{fake-bad-onnx: {{}}}}]\n    checks: {{benchmark: {grid}}}\n")
         graph = compile_graph([load_recipe(path)])
         task = next(t for t in graph.tasks() if t.step == "benchmark" and not t.reference)
         assert "shapes" not in task.model

@@ -74,6 +74,7 @@ def test_cuda_target_is_skipped_with_why_on_a_cpu_machine(project: Project, caps
         "from orchestrator.step import Resources, Step\n"
         "class GpuOnly(Step):\n    name = 'gpu-only'\n    version = '1'\n"
         "    outputs = {'model': 'm.bin'}\n    resources = Resources(cuda=1)\n"
+        "    input_formats = {'model': ('any',)}\n    output_formats = {'model': 'bin'}\n"
         "    def run(self, ctx):\n        raise RuntimeError('must not run')\n")
     text = text.replace("[fake_steps.py]", "[fake_steps.py, gpu_step.py]")
     s = project.build_json(project.recipe(text), capsys)

@@ -174,7 +174,7 @@ def test_bad_samples_file(project: Project, capsys, content: bytes | None, expec
     (project.root / "samples_check.py").write_text(
         "from orchestrator.step import Step\n"
         "class UsesSamples(Step):\n    name = 'fake-samples'\n    version = '1'\n    kind = 'check'\n"
-        "    inputs = ('model', 'samples')\n"
+        "    inputs = ('model', 'samples')\n    input_formats = {'model': ('any',)}\n"
         "    def run(self, ctx):\n        return {}\n")
     text = text.replace("[fake_steps.py]", "[fake_steps.py, samples_check.py]")
     f = project.recipe(text)

@@ -27,6 +27,8 @@ class Sign(Step):
     description = "Appends a signature line (a team's own step, installed as a package)."
     Params = P
     outputs = {"model": "signed.txt"}
+    input_formats = {"model": ("any",)}
+    output_formats = {"model": "text"}
 
     def run(self, ctx):
         src = ctx.input("model")

@@ -116,7 +116,7 @@ def explain(args: argparse.Namespace) -> int:
     s = open_session(args)
     for tp in s.graph.targets:
         print(f"{tp.recipe.name}/{tp.name}:")
-        ids = tp.steps + [c for pair in tp.checks.values() for c in pair if c]
+        ids = tp.task_ids()
         for tid in ids:
             task = s.graph.task(tid)
             d = s.plan.decisions[tid]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator import formats
 from orchestrator.step import Resources, Step
 from orchestrator.steps import hf
 
@@ -82,18 +83,19 @@ RUNTIME_TOOLCHAIN = {
 }
 
 
-def toolchain_for_file(filename: str) -> tuple[str, ...]:
-    """The packages that run an engine arriving under this declared file name (plan time: no
-    file exists yet). Unknown names get every runtime, which is never wrong, only less cached."""
-    if filename in ("<source>", "hf/"):
-        kind = "pytorch"
-    elif filename.endswith(".onnx") or filename == "onnx/":
-        kind = "onnxruntime"
-    elif filename.endswith(".xml") or filename == "ir/":
-        kind = "openvino"
-    elif filename.endswith(".pt"):
-        kind = "torchscript"
-    else:
+RUNTIME_BY_FORMAT = {
+    formats.HF_MODEL: "pytorch",
+    formats.ONNX: "onnxruntime",
+    formats.OPENVINO_IR: "openvino",
+    formats.TORCHSCRIPT: "torchscript",
+}
+
+
+def toolchain_for_format(fmt: str) -> tuple[str, ...]:
+    """The packages that run an engine of this format (plan time: no file exists yet). A format
+    the runtime layer does not know gets every runtime: never wrong, only less cached."""
+    kind = RUNTIME_BY_FORMAT.get(fmt)
+    if kind is None:
         return tuple(sorted({p for v in RUNTIME_TOOLCHAIN.values() for p in v}))
     return RUNTIME_TOOLCHAIN[kind]
 
@@ -104,6 +106,7 @@ class EngineCheck(Step):
     by the runtime of the engine under test only."""
 
     kind = "check"
+    input_formats = {"model": formats.ENGINES}
     toolchain = ("torch", "transformers", "onnxruntime", "openvino")
     hardware_keys = ("device", "accelerator")
 
@@ -133,7 +136,7 @@ def require_cpu(hardware: dict[str, Any], what: str) -> None:
 def engine_toolchain(inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
     """A check's toolchain: only the runtime of the engine under test enters its key (an OpenVINO
     upgrade does not re-measure ONNX Runtime targets); a reference task runs PyTorch."""
-    return ("torch", "transformers") if reference else toolchain_for_file(inputs.get("model", ""))
+    return ("torch", "transformers") if reference else toolchain_for_format(inputs.get("model", ""))
 
 
 def _one_file(path: Path, pattern: str, preferred: str) -> Path:

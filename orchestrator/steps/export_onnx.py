@@ -39,6 +39,8 @@ class ExportOnnx(Step):
     Params = ExportOnnxParams
     inputs = ("model",)
     outputs = {"model": "model.onnx"}
+    input_formats = {"model": ("hf-model",)}
+    output_formats = {"model": "onnx"}
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers", "onnx", "onnxscript")
 

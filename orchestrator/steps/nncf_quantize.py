@@ -67,6 +67,8 @@ class NncfQuantize(Step):
         """Weight-only compression does not calibrate: it does not depend on the samples."""
         return cls.inputs if params.mode == "int8" else ("model",)
     outputs = {"model": "ir/"}
+    input_formats = {"model": ("openvino-ir",)}
+    output_formats = {"model": "openvino-ir"}
     resources = Resources(cpu=2, memory_gb=6)
     toolchain = ("openvino", "nncf")
 

@@ -30,6 +30,8 @@ class OnnxSlim(Step):
     Params = OnnxSlimParams
     inputs = ("model",)
     outputs = {"model": "model.onnx"}
+    input_formats = {"model": ("onnx",)}
+    output_formats = {"model": "onnx"}
     resources = Resources(cpu=1, memory_gb=4)
     toolchain = ("onnxslim", "onnx")
 

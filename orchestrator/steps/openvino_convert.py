@@ -54,6 +54,8 @@ class OpenvinoConvert(Step):
     Params = OpenvinoConvertParams
     inputs = ("model", "source")
     outputs = {"model": "ir/"}
+    input_formats = {"model": ("onnx", "hf-model")}
+    output_formats = {"model": "openvino-ir"}
     resources = Resources(cpu=1, memory_gb=4)
     # One toolchain for both paths (it is per class, not per param): the pytorch path traces the
     # model with torch and runs transformers' modelling code, so their versions change its output.

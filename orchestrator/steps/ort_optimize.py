@@ -39,6 +39,8 @@ class OrtOptimize(Step):
     Params = OrtOptimizeParams
     inputs = ("model",)
     outputs = {"model": "model.onnx"}
+    input_formats = {"model": ("onnx",)}
+    output_formats = {"model": "onnx"}
     resources = Resources(cpu=1, memory_gb=4)
     toolchain = ("onnxruntime", "onnx")
 

@@ -71,6 +71,8 @@ class OrtQuantize(Step):
         """Only static quantization calibrates: the others do not depend on the samples."""
         return cls.inputs if params.mode == "static" else ("model",)
     outputs = {"model": "model.onnx"}
+    input_formats = {"model": ("onnx",)}
+    output_formats = {"model": "onnx"}
     resources = Resources(cpu=1, memory_gb=4)
     toolchain = ("onnxruntime", "onnx", "onnxconverter-common")
 

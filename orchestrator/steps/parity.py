@@ -58,6 +58,7 @@ class Parity(EngineCheck):
     Params = ParityParams
     inputs = ("model", "source", "samples", "reference")
     outputs = {"reference": "reference/"}
+    output_formats = {"reference": "parity-reference"}
     # One shared task runs the PyTorch reference on the samples; params that only concern the
     # engine are normalized so that every target shares it.
     reference = {"precision_hint": "f32"}

@@ -30,6 +30,8 @@ class TorchscriptExport(Step):
     Params = TorchscriptExportParams
     inputs = ("model",)
     outputs = {"model": "model.pt"}
+    input_formats = {"model": ("hf-model",)}
+    output_formats = {"model": "torchscript"}
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers")
 
