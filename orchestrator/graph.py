@@ -38,6 +38,7 @@ class Task:
     input_formats: dict[str, str] = field(default_factory=dict)  # input -> format it arrives in
     labels: list[tuple[str, str, str]] = field(default_factory=list)  # (recipe, target, position)
     reference: bool = False
+    tokenizes: bool = False  # reads the sample texts and tokenizes them (keys the tokenizers)
     qualified: bool = False  # several recipes in one build: labels name the recipe too
     resources: Resources = field(default_factory=Resources)
 
@@ -138,6 +139,8 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
                            else formats.HF_MODEL if up.what == "model" else formats.TEXT)
         task = Task(tid, use.info, pjson, inputs, hw_used, at.hardware["device"], model,
                     files, reference=overrides is not None,
+                    tokenizes="samples" in cls.inputs_for(params)
+                    and (cls.kind == "transform" or overrides is not None),
                     resources=cls.resources_for(at.hardware))
         dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
         for up, _ in inputs.values():

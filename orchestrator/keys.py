@@ -11,7 +11,9 @@ from typing import Any
 
 from orchestrator.hashing import sha256_json
 
-KEY_SCHEMA = 1
+KEY_SCHEMA = 2
+# a task that tokenizes text (calibration, the parity reference) depends on these too
+TOKENIZERS = ("tokenizers", "transformers")
 
 
 @cache
@@ -53,6 +55,7 @@ def key_document(
     step: str,
     version: str,
     plugin: dict[str, str],
+    code: dict[str, str],
     params: dict[str, Any],
     inputs: dict[str, str],
     toolchain: dict[str, str],
@@ -64,6 +67,7 @@ def key_document(
         "step": step,
         "version": version,
         "plugin": plugin,
+        "code": code,
         "params": params,
         "inputs": inputs,
         "toolchain": toolchain,
@@ -87,6 +91,10 @@ def diff_documents(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         o, n = old.get("plugin", {}), new.get("plugin", {})
         reasons.append(f"plugin changed ({o.get('dist')} {_short(o.get('version'))} -> "
                        f"{n.get('dist')} {_short(n.get('version'))})")
+    oc, nc = old.get("code", {}), new.get("code", {})
+    changed = sorted(k for k in set(oc) | set(nc) if oc.get(k) != nc.get(k))
+    if changed:
+        reasons.append(f"code changed: {', '.join(changed)}")
     for field, label in (("params", "param"), ("hardware", "hardware"), ("model", "model option")):
         o, n = old.get(field, {}), new.get(field, {})
         for k in sorted(set(o) | set(n)):

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator.graph import BuildGraph, Source, Task
-from orchestrator.keys import diff_documents, key_document, machine_fact, task_key, toolchain
+from orchestrator.keys import (
+    TOKENIZERS,
+    diff_documents,
+    key_document,
+    machine_fact,
+    task_key,
+    toolchain,
+)
 from orchestrator.sources import ResolvedSource, StatCache, resolve_model_path
 from orchestrator.store.base import Blob
 
@@ -87,15 +94,23 @@ def check_samples(path: Path, where: str) -> None:
                          "sample text per line")
 
 
+def task_toolchain(task: Task) -> tuple[str, ...]:
+    """The step's toolchain for this task, plus the tokenizer libraries for a task that tokenizes
+    the samples (a transform that calibrates on them, or a check's reference task)."""
+    names = task.info.cls.toolchain_for(task.input_formats, task.reference)
+    return tuple(sorted(set(names) | set(TOKENIZERS))) if task.tokenizes else names
+
+
 def document(task: Task, input_digests: dict[str, str]) -> dict[str, Any]:
     info = task.info
     doc = key_document(
         step=info.name,
         version=info.cls.version,
         plugin={"dist": info.dist, "version": info.dist_version},
+        code=info.code,
         params=task.params,
         inputs=input_digests,
-        toolchain=toolchain(info.cls.toolchain_for(task.input_formats, task.reference)),
+        toolchain=toolchain(task_toolchain(task)),
         hardware=task.hardware,
         model=task.model,
     )

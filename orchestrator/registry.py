@@ -10,13 +10,14 @@ import importlib
 import importlib.util
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from orchestrator import __version__
+from orchestrator.code import builtin_code, plugin_code
 from orchestrator.errors import FatalError
 from orchestrator.hashing import sha256_file
 from orchestrator.step import KNOWN_INPUTS, Resources, Step
@@ -47,6 +48,7 @@ class StepInfo:
     dist: str
     dist_version: str
     ref: dict[str, str]  # how a worker process loads the class again
+    code: dict[str, str] = field(default_factory=dict)  # module -> digest of the code it runs
 
     @property
     def kind(self) -> str:
@@ -80,7 +82,7 @@ class Registry:
             module, _, attr = self._lazy.pop(name).partition(":")
             cls = getattr(importlib.import_module(module), attr)
             self.register(cls, origin="built-in", dist="deploy-build", dist_version=__version__,
-                          ref={"module": module, "class": attr})
+                          ref={"module": module, "class": attr}, code=builtin_code(module))
         if name not in self._steps:
             self._load_entry_points()
         if name not in self._steps:
@@ -89,7 +91,7 @@ class Registry:
 
     # ---- registration -------------------------------------------------------------------
     def register(self, cls: Any, origin: str, dist: str, dist_version: str,
-                 ref: dict[str, str]) -> StepInfo:
+                 ref: dict[str, str], code: dict[str, str] | None = None) -> StepInfo:
         problems = _validate(cls)
         label = getattr(cls, "__name__", repr(cls))
         if problems:
@@ -103,7 +105,7 @@ class Registry:
                 return existing
             raise FatalError(f"step {name!r} from {origin} clashes with the step of the same name "
                              f"from {first}; rename one of them")
-        info = StepInfo(name, cls, origin, dist, dist_version, ref)
+        info = StepInfo(name, cls, origin, dist, dist_version, ref, code or {})
         self._steps[name] = info
         self._names.clear()
         return info
@@ -131,6 +133,8 @@ class Registry:
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             sys.modules[modname] = module
+            if str(path.parent) not in sys.path:  # helper modules beside it (keyed below)
+                sys.path.append(str(path.parent))
             try:
                 spec.loader.exec_module(module)
             except (Exception, SystemExit) as e:  # a plugin that exits while importing, too
@@ -146,7 +150,7 @@ class Registry:
             raise FatalError(f"plugin {path}{at} defines no Step subclass with a 'name'")
         infos = [
             self.register(cls, origin=f"plugin {path}", dist=f"file:{path.name}",
-                          dist_version=digest,
+                          dist_version=digest, code=plugin_code(path),
                           ref={"file": str(path), "class": cls.__name__, "digest": digest})
             for cls in found
         ]
@@ -235,6 +239,7 @@ def _validate(cls: Any) -> list[str]:
         if bad:
             problems.append(f"output file names must stay inside the task's folder: {bad}")
     problems += _format_problems(cls)
+    problems += _toolchain_problems(cls)
     if not isinstance(cls.resources, Resources):
         problems.append("'resources' must be an orchestrator.step.Resources")
     if cls.run is Step.run:
@@ -296,3 +301,21 @@ def _format_problems(cls: Any) -> list[str]:
     if "any" in outs.values():
         problems.append("an output's format cannot be 'any': name what it holds")
     return problems
+
+
+def _toolchain_problems(cls: Any) -> list[str]:
+    """A toolchain package must be installed unless the step declares it optional (e.g.
+    tensorrt, which only GPU machines have): otherwise its key would silently say
+    'not-installed'."""
+    from orchestrator.keys import dist_version
+
+    optional = getattr(cls, "optional_toolchain", ())
+    if not isinstance(optional, tuple) or not all(isinstance(o, str) for o in optional):
+        return [f"'optional_toolchain' must be a tuple of strings, got {optional!r}"]
+    toolchain = cls.toolchain if isinstance(cls.toolchain, tuple) else ()
+    missing = [t for t in toolchain if t not in optional and dist_version(t) == "not-installed"]
+    if missing:
+        return [f"its toolchain {missing} is not installed; install it (pip install "
+                f"{' '.join(missing)}) or, if the step can do without it, list it in "
+                "optional_toolchain"]
+    return []

@@ -15,7 +15,8 @@ A step is a class with:
 - ``output_formats``: output name -> format; each output is validated by its format right after
   ``run``, before anything is cached,
 - ``resources``: what one run needs (cpu cores, cuda devices, memory),
-- ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``),
+- ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``);
+  each must be installed when the step is registered unless listed in ``optional_toolchain``,
 - ``hardware_keys``: the target hardware properties that change its output,
 - ``run(ctx)``: does the work, writes each output at ``ctx.output(name)``, returns metrics.
 
@@ -112,6 +113,7 @@ class Step:
     output_formats: ClassVar[dict[str, str]] = {}
     resources: ClassVar[Resources] = Resources()
     toolchain: ClassVar[tuple[str, ...]] = ()
+    optional_toolchain: ClassVar[tuple[str, ...]] = ()
     hardware_keys: ClassVar[tuple[str, ...]] = ()
     gate_fields: ClassVar[tuple[str, ...]] = ()
     # Facts of the machine a measuring step's result depends on ("cpu_model", "cpu_count").

@@ -17,11 +17,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from orchestrator import sandbox
 from orchestrator.hashing import canonical_json
 
 
-class InvalidOutput(Exception):
-    """A step's output is not what its format says (checked before anything is stored)."""
+class ContractError(Exception):
+    """A step broke its contract: an output that is not what its format says, or a write into
+    its inputs. The task fails and nothing is stored."""
 
 
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +46,26 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         threads=int(spec["threads"]),
         reference=bool(spec.get("reference", False)),
     )
-    metrics = cls().run(ctx) or {}
+    guarded = list(ctx.inputs.values())
+    before = sandbox.snapshot(guarded)
+    protected = sandbox.read_only(sorted(before))
+    try:
+        metrics = cls().run(ctx) or {}
+    except OSError as e:
+        target = sandbox.is_write_to(e, ctx.inputs)
+        if target is None:
+            raise
+        raise ContractError(f"step {cls.name!r} tried to write into its input {target!r} "
+                            f"({e.strerror}); inputs are read-only links into the cache: write "
+                            "new files under ctx.output(...) instead") from None
+    touched = sandbox.changed(before, sandbox.snapshot(guarded))
+    if touched:
+        how = "" if protected else " (this machine could not mount them read-only)"
+        raise ContractError(f"step {cls.name!r} wrote into its input "
+                            f"{sandbox.input_of(touched[0], ctx.inputs)!r}{how}; inputs "
+                            "are read-only links into the cache: write new files under "
+                            "ctx.output(...) instead. The cache re-checks that blob before it "
+                            "is used again")
     if not isinstance(metrics, dict):
         raise TypeError(f"{cls.__name__}.run must return a dict of metrics, got {type(metrics)}")
     canonical_json(metrics)  # fails early on NaN or values JSON cannot hold
@@ -55,7 +76,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         fmt = cls.output_formats.get(name, "")
         problem = validate_output(fmt, path)
         if problem:
-            raise InvalidOutput(f"step {cls.name!r} wrote an invalid {fmt} output {name!r} "
+            raise ContractError(f"step {cls.name!r} wrote an invalid {fmt} output {name!r} "
                                 f"({filename}): {problem}; nothing was cached")
     store = LocalStore(spec["store"])
     outputs: dict[str, Any] = {}
@@ -89,7 +110,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(spec_path.read_text())
     try:
         result = run_spec(spec)
-    except InvalidOutput as e:
+    except ContractError as e:
         print(f"error: {e}", flush=True)
         return 1
     except Exception:

@@ -108,3 +108,18 @@ def test_every_builtin_step_declares_its_formats() -> None:
         assert set(cls.output_formats) == set(cls.outputs), name
         if "model" in cls.inputs:
             assert cls.input_formats["model"], name
+
+
+def test_a_step_that_writes_into_its_input_fails_and_the_cache_stays_intact(
+        project: Project, capsys) -> None:
+    r = project.recipe(HEAD + "      - fake-upper: {}\n      - fake-scribble: {}\n"
+                       "  other:\n    steps:\n      - fake-upper: {}\n")
+    s = project.build_json(r, capsys)
+    assert s["rc"] == 2
+    assert s["by_label"]["t/2:fake-scribble"]["status"] == "fail"
+    assert "fake-scribble' tried to write into its input" in s["err"] \
+        or "fake-scribble' wrote into its input" in s["err"]
+    assert (project.out / "f/other/model.txt").read_bytes() == b"{\"HIDDEN\": 4}WEIGHTS-V1"
+    again = project.build_json(r, capsys)  # the shared upstream blob was not damaged
+    assert again["by_label"]["t/1:fake-upper"]["status"] == "hit"
+    assert (project.out / "f/other/model.txt").read_bytes() == b"{\"HIDDEN\": 4}WEIGHTS-V1"

@@ -5,6 +5,7 @@ DOC = key_document(
     step="ort-quantize",
     version="1",
     plugin={"dist": "deploy-build", "version": "0.1.0"},
+    code={"orchestrator.steps.ort_quantize": "0123456789abcdef"},
     params={"mode": "dynamic", "per_channel": True, "weight_type": "int8"},
     inputs={"model": "ab" * 32},
     toolchain={"onnx": "1.23.2", "onnxruntime": "1.32.0"},
@@ -16,8 +17,8 @@ DOC = key_document(
 def test_golden_key() -> None:
     # An accidental change of the key document's shape or of canonical JSON fails here.
     # If the change is deliberate, bump KEY_SCHEMA and update this literal.
-    assert KEY_SCHEMA == 1
-    assert task_key(DOC) == "55003c49e4a93bf2ef71f03038e670b205f53f6d1ee167d3ff2c6f87d66c2718"
+    assert KEY_SCHEMA == 2
+    assert task_key(DOC) == "77d8398890d00f89204b5200cdea76be735d623117057aa875bfb4c18eba6aa4"
 
 
 def test_canonical_json_is_order_independent_and_rejects_nan() -> None:
@@ -32,7 +33,8 @@ def test_key_changes_with_each_field() -> None:
     base = task_key(DOC)
     for field, value in [("version", "2"), ("params", {"mode": "static"}), ("inputs", {"model": "cd" * 32}),
                          ("toolchain", {"onnxruntime": "1.33.0"}), ("hardware", {"device": "cuda"}),
-                         ("plugin", {"dist": "x", "version": "1"})]:
+                         ("plugin", {"dist": "x", "version": "1"}),
+                         ("code", {"orchestrator.steps.ort_quantize": "fedcba9876543210"})]:
         assert task_key({**DOC, field: value}) != base, field
 
 
@@ -81,3 +83,74 @@ def test_diff_documents_names_what_changed() -> None:
         "input changed: model",
         "toolchain changed: onnxruntime 1.32.0 -> 1.33.0",
     ]
+
+
+def test_a_builtin_step_key_covers_its_code_and_the_helpers_it_runs_with() -> None:
+    from orchestrator.code import builtin_code, imported_names
+
+    code = builtin_code("orchestrator.steps.parity")
+    assert {"orchestrator.steps.parity", "orchestrator.steps.engines", "orchestrator.steps.hf"} <= set(code)
+    assert "orchestrator.step" not in code  # the contract itself is not the step's code
+    assert imported_names("from a.b import (c,\n    d as e)\nimport x.y, z\n") == {
+        "a.b", "a.b.c", "a.b.d", "x.y", "z"}
+    old = {**DOC, "code": {"orchestrator.steps.engines": "1" * 16, "orchestrator.steps.hf": "2" * 16}}
+    new = {**DOC, "code": {"orchestrator.steps.engines": "3" * 16, "orchestrator.steps.hf": "2" * 16}}
+    assert diff_documents(old, new) == ["code changed: orchestrator.steps.engines"]
+
+
+def test_editing_a_helper_module_beside_a_plugin_rebuilds(project, capsys) -> None:
+    (project.root / "helper_text.py").write_text("SUFFIX = '?'\n")
+    (project.root / "uses_helper.py").write_text(
+        "from helper_text import SUFFIX\n"
+        "from orchestrator.step import Step\n"
+        "class UsesHelper(Step):\n    name = 'uses-helper'\n    version = '1'\n"
+        "    outputs = {'model': 'm.txt'}\n"
+        "    input_formats = {'model': ('any',)}\n    output_formats = {'model': 'text'}\n"
+        "    def run(self, ctx):\n"
+        "        import helper_text\n"
+        "        ctx.output('model').write_text('x' + helper_text.SUFFIX)\n        return {}\n")
+    r = project.recipe("plugins: [uses_helper.py]\nmodel: {source: ./model}\n"
+                       "targets:\n  t: {steps: [uses-helper: {}]}\n")
+    assert project.build_json(r, capsys)["rc"] == 0
+    assert (project.out / "r/t/m.txt").read_text() == "x?"
+    (project.root / "helper_text.py").write_text("SUFFIX = '!'\n")
+    s = project.build_json(r, capsys)
+    assert s["tasks"][0]["status"] == "run"
+    assert s["tasks"][0]["reasons"] == ["code changed: helper_text"]
+    assert (project.out / "r/t/m.txt").read_text() == "x!"
+
+
+def test_tasks_that_tokenize_key_the_tokenizer_libraries(project) -> None:
+    from orchestrator.graph import compile_graph
+    from orchestrator.plan import task_toolchain
+    from orchestrator.recipe import load_recipe
+
+    (project.root / "s.txt").write_text("hello world\n")
+    r = project.recipe("model: {source: ./model}\ninputs: {samples: s.txt}\ntargets:\n"
+                       "  s: {steps: [export-onnx: {}, ort-quantize: {mode: static}]}\n"
+                       "  d: {steps: [export-onnx: {}, ort-quantize: {mode: dynamic}],"
+                       " checks: {parity: {}}}\n")
+    graph = compile_graph([load_recipe(r)])
+    chains = {(t.step, t.params.get("mode"), t.reference): task_toolchain(t) for t in graph.tasks()}
+    assert {"tokenizers", "transformers"} <= set(chains[("ort-quantize", "static", False)])
+    assert "tokenizers" not in chains[("ort-quantize", "dynamic", False)]
+    assert {"tokenizers", "transformers"} <= set(chains[("parity", None, True)])  # the reference
+    assert chains[("parity", None, False)] == ("onnxruntime",)  # only the engine's runtime
+
+
+def test_a_toolchain_that_is_not_installed_is_refused_unless_optional(project, capsys) -> None:
+    step = ("from orchestrator.step import Step\n"
+            "class NeedsTrt(Step):\n    name = 'needs-trt'\n    version = '1'\n"
+            "    toolchain = ('tensorrt-not-here',)\n{optional}"
+            "    outputs = {{'model': 'm.plan'}}\n"
+            "    input_formats = {{'model': ('any',)}}\n    output_formats = {{'model': 'tensorrt-engine'}}\n"
+            "    def run(self, ctx):\n        return {{}}\n")
+    (project.root / "trt.py").write_text(step.format(optional=""))
+    r = project.recipe("plugins: [trt.py]\nmodel: {source: ./model}\n"
+                       "targets:\n  t: {steps: [needs-trt: {}]}\n")
+    capsys.readouterr()
+    assert project.run(str(r), "--dry-run") == 1
+    assert "its toolchain ['tensorrt-not-here'] is not installed" in capsys.readouterr().err
+    (project.root / "trt.py").write_text(
+        step.format(optional="    optional_toolchain = ('tensorrt-not-here',)\n"))
+    assert project.run(str(r), "--dry-run") == 0

@@ -1,0 +1,86 @@
+"""The code a step runs with, by content: part of every task key.
+
+A built-in step's key holds the digest of its module and of the package modules it imports
+(transitively: e.g. the runtime helpers in ``steps/engines.py`` and ``steps/hf.py``), so editing a
+step without bumping its ``version`` cannot serve a stale artifact. A plugin file's key holds its
+own digest and those of the helper modules beside it that it imports. The engine's own modules
+(the step contract, errors, hashing, formats) are left out: they do not change what a step
+computes. Imports are found by reading the source (never by importing it), which costs well under
+a millisecond per module.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestrator.hashing import sha256_bytes
+
+# engine modules every step imports that do not change its output
+ENGINE = frozenset({"orchestrator", "orchestrator.step", "orchestrator.errors",
+                    "orchestrator.hashing", "orchestrator.formats", "orchestrator.code"})
+_FROM = re.compile(r"^[ \t]*from[ \t]+([\w.]+)[ \t]+import[ \t]+\(?([\w, \t\n]+)\)?", re.M)
+_IMPORT = re.compile(r"^[ \t]*import[ \t]+([\w., \t]+)", re.M)
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def imported_names(text: str) -> set[str]:
+    """Dotted names a module's source imports (``from a.b import c`` gives a.b and a.b.c)."""
+    names: set[str] = set()
+    for mod, items in _FROM.findall(text):
+        names.add(mod)
+        names.update(f"{mod}.{i.strip().split()[0]}" for i in items.split(",") if i.strip())
+    for group in _IMPORT.findall(text):
+        names.update(part.strip().split()[0] for part in group.split(",") if part.strip())
+    return names
+
+
+def _package_file(module: str) -> Path | None:
+    parts = module.split(".")
+    if parts[0] != "orchestrator":
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _walk(start: str, locate: Callable[[str], Path | None]) -> dict[str, str]:
+    digests: dict[str, str] = {}
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        path = locate(name)
+        if name in digests or path is None:
+            continue
+        data = path.read_bytes()
+        digests[name] = sha256_bytes(data)[:16]
+        todo.extend(imported_names(data.decode(errors="replace")))
+    return digests
+
+
+@functools.cache
+def builtin_code(module: str) -> dict[str, str]:
+    """{module: digest} of a built-in step's module and the package modules it imports."""
+    return dict(sorted(_walk(module, lambda m: None if m in ENGINE else _package_file(m)).items()))
+
+
+def plugin_code(path: Path) -> dict[str, str]:
+    """{module: digest} of the helper modules beside a plugin file that it imports (the file's
+    own digest is its version already)."""
+    folder = path.parent
+    locate: dict[str, Path] = {}
+    for p in folder.glob("*.py"):
+        locate[p.stem] = p
+    for p in folder.glob("*/__init__.py"):
+        locate[p.parent.name] = p
+    for p in folder.glob("*/*.py"):
+        locate[f"{p.parent.name}.{p.stem}"] = p
+    locate.pop(path.stem, None)
+    locate["__plugin__"] = path
+    found = _walk("__plugin__", locate.get)
+    found.pop("__plugin__", None)
+    return dict(sorted(found.items()))
