@@ -22,7 +22,10 @@ class TaskOutcome:
     entry: dict[str, Any] | None = None
     duration: float = 0.0
     reasons: list[str] = field(default_factory=list)
-    error: str | None = None
+    error: str | None = None  # the whole message: what failed, the log tail, how to reproduce
+    summary: str | None = None  # one line: what failed and why
+    log_tail: str | None = None
+    reproduce: str | None = None
 
 
 @dataclass
@@ -186,9 +189,10 @@ def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
 def _record(task: Task, d: Decision, fin: Finished, store: LocalStore, repro: str) -> TaskOutcome:
     if not fin.ok or fin.result is None:
         why = describe_exit(fin.returncode) if fin.returncode != 0 else "worker wrote no result"
-        msg = (f"{task.label} failed ({why}) after {fin.duration:.1f}s\n"
-               f"--- log tail ---\n{fin.log_tail()}\n--- reproduce alone: {repro}")
-        return TaskOutcome("fail", d.key, None, fin.duration, d.reasons, msg)
+        summary = f"{task.label} failed ({why}) after {fin.duration:.1f}s"
+        tail = fin.log_tail()
+        msg = f"{summary}\n--- log tail ---\n{tail}\n--- reproduce alone: {repro}"
+        return TaskOutcome("fail", d.key, None, fin.duration, d.reasons, msg, summary, tail, repro)
     assert d.key is not None and d.doc is not None
     log_blob = store.put_bytes(fin.log.encode())
     entry = {

@@ -80,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", help="why each task of a target would run")
     _common(e)
+    e.add_argument("--json", action="store_true", help="print the decisions as JSON")
     e.set_defaults(func="orchestrator.commands.build:explain")
 
     s = sub.add_parser("steps", help="list steps and checks with their params and origin")

@@ -127,6 +127,13 @@ def test_target_filter_and_explain(project: Project, capsys) -> None:
     assert "RUN   a/2:fake-tree" in out and "- new" in out
     assert project.run("explain", str(r)) == 0
     assert "[shared by a, b]" in capsys.readouterr().out
+    assert project.run("explain", str(r), "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert sorted(doc["targets"]) == ["demo/a", "demo/b"]
+    first, tree = doc["targets"]["demo/a"][:2]
+    assert (first["label"], first["status"], first["shared_by"]) == ("a/1:fake-upper", "hit", ["a", "b"])
+    assert len(first["key"]) == 64 and first["reasons"] == []
+    assert (tree["status"], tree["reasons"], len(tree["key"])) == ("run", ["new"], 64)
 
 
 def test_unknown_target_suggests(project: Project, capsys) -> None:
@@ -158,6 +165,11 @@ def test_failed_step_fails_only_its_target(project: Project, capsys, how: str, w
     assert f"a/2:fake-fail failed ({why})" in err
     assert "about to fail" in err  # the log tail
     assert "--only a/2:fake-fail --jobs 1" in err  # the command that reproduces it
+    failed = s["by_label"]["a/2:fake-fail"]  # --json carries the same for machines
+    assert failed["error"].startswith(f"a/2:fake-fail failed ({why})")
+    assert "about to fail" in failed["log_tail"]
+    assert "--only a/2:fake-fail --jobs 1" in failed["reproduce"]
+    assert "error" not in s["by_label"]["b/2:fake-const"]
     # no cache entry for the failed task: it runs again next time
     s2 = project.build_json(r, capsys)
     assert s2["by_label"]["a/2:fake-fail"]["status"] == "fail"

@@ -69,3 +69,15 @@ def test_not_a_manifest_and_bad_numbers(tmp_path: Path, capsys) -> None:
     assert "is not a deploy-build manifest" in capsys.readouterr().err
     assert main(["diff", str(a), str(a), "--fail-on", "x>1.2.3"]) == 1
     assert "cannot read --fail-on rule 'x>1.2.3'" in capsys.readouterr().err
+
+
+def test_a_rule_naming_an_unknown_metric_is_a_user_error_before_any_diff(tmp_path: Path, capsys) -> None:
+    new = copy.deepcopy(OLD)
+    new["checks"]["parity"]["mean_cosine"] = 0.5
+    a, b = write(tmp_path, "old", OLD), write(tmp_path, "new", new)
+    assert main(["diff", str(a), str(b), "--fail-on", "parity.mean_cosin<0.99"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # found before anything is printed
+    assert captured.err == ("error: --fail-on rule 'parity.mean_cosin<0.99' names 'parity.mean_cosin', "
+                            "which no manifest holds as a number; did you mean 'parity.mean_cosine'?\n")
+    assert main(["diff", str(a), str(b), "--fail-on", "parity.runtime<1"]) == 1

@@ -114,6 +114,19 @@ def print_plan(plan: Plan, stream: Any = None) -> None:
 
 def explain(args: argparse.Namespace) -> int:
     s = open_session(args)
+    if getattr(args, "json", False):
+        out: dict[str, Any] = {}
+        for tp in s.graph.targets:
+            rows = []
+            for tid in tp.task_ids():
+                task, d = s.graph.task(tid), s.plan.decisions[tid]
+                rows.append({"label": task.label, "step": task.step, "status": d.status.lower(),
+                             "key": d.key, "reasons": d.reasons,
+                             "shared_by": sorted({t for _, t, _ in task.labels})})
+            out[f"{tp.recipe.name}/{tp.name}"] = rows
+        print(json.dumps({"targets": out}, indent=2, sort_keys=True))
+        s.store.close()
+        return EXIT_OK
     for tp in s.graph.targets:
         print(f"{tp.recipe.name}/{tp.name}:")
         ids = tp.task_ids()
@@ -206,17 +219,20 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         summary = {
             "status": "failed" if failed else "ok",
-            "tasks": [
-                {"id": t.id, "label": t.label, "step": t.step, "key": outcomes[t.id].key,
-                 "status": outcomes[t.id].status, "duration_s": round(outcomes[t.id].duration, 3),
-                 "reasons": outcomes[t.id].reasons}
-                for t in s.graph.tasks()
-            ],
+            "tasks": [_task_json(t, outcomes[t.id]) for t in s.graph.tasks()],
             "targets": targets,
         }
         print(json.dumps(summary, indent=2, sort_keys=True))
     s.store.close()
     return EXIT_BUILD_FAILED if failed else EXIT_OK
+
+
+def _task_json(task: Any, o: Any) -> dict[str, Any]:
+    out = {"id": task.id, "label": task.label, "step": task.step, "key": o.key,
+           "status": o.status, "duration_s": round(o.duration, 3), "reasons": o.reasons}
+    if o.status == "fail":
+        out.update(error=o.summary or o.error, log_tail=o.log_tail, reproduce=o.reproduce)
+    return out
 
 
 def _repro(args: argparse.Namespace, label: str) -> str:

@@ -103,10 +103,39 @@ def diff_manifest(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _metrics(m: dict[str, Any]) -> dict[str, Any]:
+    """The values a --fail-on rule can name: checks.<check>.<metric> (also <check>.<metric>)
+    and benchmark.<...>."""
+    flat = flatten({"checks": m.get("checks", {}), "benchmark": m.get("benchmark", {})})
+    flat.update(flatten(m.get("checks", {})))
+    return flat
+
+
+def check_rules(rules: list[str], manifests: list[dict[str, Any]]) -> None:
+    """Every rule must parse and name a numeric metric that some manifest holds: a typo is a
+    user error before anything is printed, never a silently broken (or passing) gate."""
+    known: set[str] = set()
+    for m in manifests:
+        known.update(k for k, v in _metrics(m).items()
+                     if isinstance(v, int | float) and not isinstance(v, bool))
+    for rule in rules:
+        m = RULE.match(rule.strip())
+        if m is None and GROWTH.match(rule.strip()) is None:
+            raise FatalError(f"cannot read --fail-on rule {rule!r}; write e.g. "
+                             "'parity.mean_cosine<0.99', 'latency+10%' or 'size+5%'")
+        if m is not None and m["path"] not in known:
+            from orchestrator.recipe import _did_you_mean
+
+            hint = _did_you_mean(m["path"], known) or (
+                "metrics: " + ", ".join(sorted(k for k in known if not k.startswith("checks."))[:12])
+                if known else "the manifests hold no numeric metrics")
+            raise FatalError(f"--fail-on rule {rule!r} names {m['path']!r}, which no manifest "
+                             f"holds as a number; {hint}")
+
+
 def broken_rules(old: dict[str, Any], new: dict[str, Any], rules: list[str]) -> list[str]:
     broken: list[str] = []
-    flat_new = flatten({"checks": new.get("checks", {}), "benchmark": new.get("benchmark", {})})
-    flat_new.update(flatten(new.get("checks", {})))
+    flat_new = _metrics(new)
     flat_old = flatten({"benchmark": old.get("benchmark", {})})
     for rule in rules:
         m, g = RULE.match(rule.strip()), GROWTH.match(rule.strip())
@@ -145,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
                          f"({args.old} and {args.new} are one of each)")
     old = load_manifests(Path(args.old))
     new = load_manifests(Path(args.new))
+    check_rules(args.fail_on, [*old.values(), *new.values()])
     failed: list[str] = []
     for name in sorted(set(old) | set(new)):
         label = name or new.get(name, old.get(name, {})).get("target", "")
