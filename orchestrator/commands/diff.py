@@ -119,17 +119,17 @@ def check_rules(rules: list[str], manifests: list[dict[str, Any]]) -> None:
         known.update(k for k, v in _metrics(m).items()
                      if isinstance(v, int | float) and not isinstance(v, bool))
     for rule in rules:
-        m = RULE.match(rule.strip())
-        if m is None and GROWTH.match(rule.strip()) is None:
+        match = RULE.match(rule.strip())
+        if match is None and GROWTH.match(rule.strip()) is None:
             raise FatalError(f"cannot read --fail-on rule {rule!r}; write e.g. "
                              "'parity.mean_cosine<0.99', 'latency+10%' or 'size+5%'")
-        if m is not None and m["path"] not in known:
+        if match is not None and match["path"] not in known:
             from orchestrator.recipe import _did_you_mean
 
-            hint = _did_you_mean(m["path"], known) or (
+            hint = _did_you_mean(match["path"], known) or (
                 "metrics: " + ", ".join(sorted(k for k in known if not k.startswith("checks."))[:12])
                 if known else "the manifests hold no numeric metrics")
-            raise FatalError(f"--fail-on rule {rule!r} names {m['path']!r}, which no manifest "
+            raise FatalError(f"--fail-on rule {rule!r} names {match['path']!r}, which no manifest "
                              f"holds as a number; {hint}")
 
 
