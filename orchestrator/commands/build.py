@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         if o.status == "fail":
             failed = True
             print(f"\nFAILED {o.error}", file=sys.stderr)
+    table: list[Any] = []
     for tp in s.graph.targets:
         manifest, failures, complete = build_manifest(tp, s.graph, outcomes, s.plan.sources)
         label = f"{tp.recipe.name}/{tp.name}"
@@ -191,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
             targets[label] = {"status": manifest["status"], "manifest": str(path)}
         else:  # not finished: whatever an earlier build left there stays as it was
             targets[label] = {"status": "failed", "manifest": None}
+        table.append((label, manifest if complete else None, targets[label]["status"], failures))
         if failures:
             failed = True
             kept = "" if complete else f" (not finished; {s.out / tp.recipe.name / tp.name} left as it was)"
@@ -211,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
             for name in stale:
                 print(f"note: {folder / name} belongs to no target of {recipe.path} any more; "
                       "delete it if it is not needed", file=sys.stderr)
+    if table and not getattr(args, "only", None):
+        from orchestrator.summary import render
+
+        print("\n" + render(table) + "\n", file=sys.stderr)
     counts = {k: sum(1 for o in outcomes.values() if o.status == k)
               for k in ("hit", "run", "skip", "fail")}
     print(f"{len(outcomes)} tasks: {counts['hit']} hit, {counts['run']} run, {counts['skip']} skipped, "
