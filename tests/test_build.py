@@ -423,3 +423,51 @@ targets:
         m = json.loads((project.out / f"p/{target}/manifest.json").read_text())
         assert m["steps"][0]["params"] == {"mode": "plain", "salt": 0}
         assert m["steps"][0]["metrics"] == {"salt": 0}  # what ran is what is recorded
+
+
+def test_a_noop_build_rewrites_no_manifest(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    m = project.out / "demo/a/manifest.json"
+    before = m.stat().st_ino, m.stat().st_mtime_ns
+    project.build_json(r, capsys)
+    assert (m.stat().st_ino, m.stat().st_mtime_ns) == before
+
+
+def test_a_changed_target_folder_is_swapped_in_whole(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    project.build_json(r, capsys)
+    folder = project.out / "demo/a"
+    (folder / "stray.txt").write_text("from an older build")
+    project.recipe(FAKE_RECIPE.replace("fake-tree: {files: 2}", "fake-tree: {files: 3}"))
+    s = project.build_json(r, capsys)
+    assert s["targets"]["demo/a"]["status"] == "ok"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert sorted(p.name for p in (folder / "ir").iterdir()) == ["part0.bin", "part1.bin", "part2.bin", "sub"]
+    assert manifest["steps"][1]["params"] == {"files": 3}
+    assert not (folder / "stray.txt").exists()  # the folder is the new version, as a whole
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["a", "b"]  # no staging left
+
+
+def test_swap_in_exchanges_folders_and_signals_wait(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from orchestrator.manifest import signals_held, swap_in
+
+    new, dest = tmp_path / ".t.new", tmp_path / "t"
+    new.mkdir()
+    dest.mkdir()
+    (new / "v").write_text("2")
+    (dest / "v").write_text("1")
+    got: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda n, f: got.append(n))
+    try:
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert got == []  # held while the folder is swapped
+            swap_in(new, dest)
+        assert got == [signal.SIGTERM]  # delivered right after
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (dest / "v").read_text() == "2" and (new / "v").read_text() == "1"

@@ -142,8 +142,14 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.build import Interrupted, Options, execute, raise_terminated, remember_hits
-    from orchestrator.manifest import build_manifest, write_target
+    from orchestrator.build import (
+        Interrupted,
+        Options,
+        Terminated,
+        execute,
+        raise_terminated,
+        remember_hits,
+    )
     from orchestrator.report import LiveReporter, PlainReporter
 
     if args.jobs < 1:
@@ -167,16 +173,40 @@ def run(args: argparse.Namespace) -> int:
     repro = {t.id: _repro(args, t.label) for t in s.graph.tasks()}
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        outcomes = execute(s.plan, s.store, Options(args.jobs, args.fail_fast), reporter, repro)
-    except Interrupted as e:
+        try:
+            outcomes = execute(s.plan, s.store, Options(args.jobs, args.fail_fast), reporter, repro)
+        except Interrupted as e:
+            reporter.close()
+            print("interrupted: running tasks stopped; finished tasks are cached", file=sys.stderr)
+            return e.code
         reporter.close()
-        print("interrupted: running tasks stopped; finished tasks are cached", file=sys.stderr)
-        s.store.close()
-        return e.code
+        remember_hits(s.plan, outcomes, s.store)
+        try:
+            failed, targets, table = judge(args, s, outcomes)
+        except KeyboardInterrupt as e:  # each target folder is whole: the new or the old version
+            print("interrupted while writing targets: each target folder holds either its new or "
+                  "its previous version, with the manifest that describes it", file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    reporter.close()
-    remember_hits(s.plan, outcomes, s.store)
+        s.store.close()
+    print_summary(args, outcomes, targets, table)
+    if args.json:
+        summary = {
+            "status": "failed" if failed else "ok",
+            "tasks": [_task_json(t, outcomes[t.id]) for t in s.graph.tasks()],
+            "targets": targets,
+        }
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    return EXIT_BUILD_FAILED if failed else EXIT_OK
+
+
+def judge(args: argparse.Namespace, s: Session, outcomes: dict[str, Any]
+          ) -> tuple[bool, dict[str, Any], list[Any]]:
+    """Judge every target (gates), write the finished ones, report failures and warnings.
+    Returns (anything failed, per-target status, rows of the summary table)."""
+    from orchestrator.manifest import build_manifest, write_target
+
     failed = False
     targets: dict[str, Any] = {}
     for o in outcomes.values():
@@ -213,6 +243,12 @@ def run(args: argparse.Namespace) -> int:
             for name in stale:
                 print(f"note: {folder / name} belongs to no target of {recipe.path} any more; "
                       "delete it if it is not needed", file=sys.stderr)
+    return failed, targets, table
+
+
+def print_summary(args: argparse.Namespace, outcomes: dict[str, Any], targets: dict[str, Any],
+                  table: list[Any]) -> None:
+    """The table of targets and the closing counts line (stderr)."""
     if table and not getattr(args, "only", None):
         from orchestrator.summary import render
 
@@ -222,15 +258,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(outcomes)} tasks: {counts['hit']} hit, {counts['run']} run, {counts['skip']} skipped, "
           f"{counts['fail']} failed; {sum(1 for t in targets.values() if t['status'] == 'ok')}/"
           f"{len(targets)} targets ok", file=sys.stderr)
-    if args.json:
-        summary = {
-            "status": "failed" if failed else "ok",
-            "tasks": [_task_json(t, outcomes[t.id]) for t in s.graph.tasks()],
-            "targets": targets,
-        }
-        print(json.dumps(summary, indent=2, sort_keys=True))
-    s.store.close()
-    return EXIT_BUILD_FAILED if failed else EXIT_OK
 
 
 def _task_json(task: Any, o: Any) -> dict[str, Any]:

@@ -144,6 +144,24 @@ class LocalStore:
                 return f"{rel}: {problem}"
         return None
 
+    def is_placed(self, digest: str, dest: Path) -> bool:
+        """True when dest is this blob: a hard link to it, or an untouched copy this store made."""
+        try:
+            if os.path.samefile(self.blob_path(digest), dest):
+                return True
+            st = dest.stat()
+        except OSError:
+            return False
+        return bool(self.index.get("m:" + str(dest)) == [digest, st.st_ino, st.st_mtime_ns,
+                                                          st.st_size])
+
+    def remember_placed(self, digest: str, dest: Path) -> None:
+        """After a copy this store made was moved to dest (a target folder swapped in)."""
+        with contextlib.suppress(OSError):
+            if not os.path.samefile(self.blob_path(digest), dest):
+                st = dest.stat()
+                self.index.set("m:" + str(dest), [digest, st.st_ino, st.st_mtime_ns, st.st_size])
+
     def materialize(self, blob: Blob, dest: Path) -> None:
         if blob.kind == "file":
             self._place(blob.digest, dest)
