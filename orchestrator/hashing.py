@@ -57,6 +57,10 @@ def open_regular(path: str | os.PathLike[str], follow: bool = True) -> io.Buffer
     except OSError as e:
         if e.errno == errno.ELOOP and not follow:
             raise NotRegularFile(errno.ELOOP, "is a symbolic link", str(path)) from None
+        if e.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):  # a socket, a device
+            mode = (os.stat if follow else os.lstat)(path).st_mode
+            raise NotRegularFile(e.errno, f"is a {file_kind(mode)}, not a regular file",
+                                 str(path)) from None
         raise
     try:
         st = os.fstat(fd)
