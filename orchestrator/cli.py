@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from orchestrator import __version__
 
-COMMANDS = ("build", "explain", "steps", "schema", "diff")
+COMMANDS = ("build", "explain", "steps", "schema", "diff", "cache")
 
 EPILOG = """\
 commands:
@@ -23,6 +23,7 @@ commands:
   deploy-build steps                 list the available steps and checks with their params
   deploy-build schema                print the recipe JSON Schema (for editors)
   deploy-build diff OLD NEW          compare two manifests (exit 2 on a broken --fail-on rule)
+  deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
 3 internal error (the traceback goes to a deploy-build-crash-*.log file in the temp folder),
@@ -99,6 +100,14 @@ def parser() -> argparse.ArgumentParser:
                    help="exit 2 when a rule is broken, e.g. 'parity.min_cosine<0.99' or "
                         "'latency+10%%'")
     d.set_defaults(func="orchestrator.commands.diff:run")
+
+    c = sub.add_parser("cache", help="maintain the local cache")
+    csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
+    v = csub.add_parser("verify", help="re-hash every blob and tree; remove corrupt ones and the "
+                                       "action entries that name them (exit 2 if any)")
+    v.add_argument("--cache", metavar="DIR", default=None,
+                   help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
+    v.set_defaults(func="orchestrator.commands.cache:verify")
     return top
 
 
@@ -128,7 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_USER_ERROR
-    except Exception:
+    except Exception as exc:
+        from orchestrator.diskerrors import environment_error
+
+        disk = environment_error(exc)
+        if disk:  # a full, read-only or forbidden disk: say what and where, no crash log
+            print(f"error: {disk}", file=sys.stderr)
+            return EXIT_USER_ERROR
         import tempfile
         import traceback
 
@@ -136,7 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(f"deploy-build {__version__}, python {sys.version}\nargs: {args_list}\n\n")
             traceback.print_exc(file=f)
-        exc = sys.exc_info()[1]
         print(f"internal error: {type(exc).__name__}: {exc} (traceback in {path}); "
               "please report it", file=sys.stderr)
         return EXIT_BUG

@@ -5,9 +5,12 @@ Keys and digests are plain lowercase sha256 hex strings.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +32,51 @@ def sha256_json(value: Any) -> str:
     return sha256_bytes(canonical_json(value).encode())
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    with open(path, "rb") as f:
+class NotRegularFile(OSError):
+    """A path that had to be a regular file is a FIFO, device, socket, folder or (unfollowed) link."""
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode is, in words (for error messages)."""
+    for test, name in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "folder"),
+                       (stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def open_regular(path: str | os.PathLike[str], follow: bool = True) -> io.BufferedReader:
+    """Open a regular file for reading, never blocking on a FIFO or a device: the open is
+    non-blocking and anything but a regular file raises NotRegularFile. With follow=False a
+    symbolic link is refused too (O_NOFOLLOW)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow:
+            raise NotRegularFile(errno.ELOOP, "is a symbolic link", str(path)) from None
+        if e.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):  # a socket, a device
+            mode = (os.stat if follow else os.lstat)(path).st_mode
+            raise NotRegularFile(e.errno, f"is a {file_kind(mode)}, not a regular file",
+                                 str(path)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(errno.EINVAL, f"is a {file_kind(st.st_mode)}, not a regular file",
+                                 str(path))
+        os.set_blocking(fd, True)
+        return io.open(fd, "rb")  # noqa: UP020 - typed as a BufferedReader
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def sha256_file(path: str | os.PathLike[str], follow: bool = True) -> str:
+    """The file's sha256, read in chunks (never whole into memory); regular files only."""
+    with open_regular(path, follow) as f:
         # file_digest reads with a large buffer and releases the GIL.
         return hashlib.file_digest(f, "sha256").hexdigest()
 

@@ -7,6 +7,7 @@ the inputs exist, so an upstream that rebuilds to identical bytes makes it a hit
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +22,10 @@ from orchestrator.keys import (
     toolchain,
 )
 from orchestrator.sources import ResolvedSource, StatCache, resolve_model_path
-from orchestrator.store.base import Blob
+from orchestrator.store.base import Blob, InvalidEntry
 
 Status = Literal["HIT", "RUN", "SKIP"]
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -63,35 +65,67 @@ def resolve_sources(graph: BuildGraph, stats: StatCache) -> dict[str, ResolvedSo
         recipe = by_name[src.recipe]
         if src.what == "model":
             m = recipe.model.model
-            path = resolve_model_path(m.source, recipe.base_dir, m.revision,
-                                      recipe.where("model", "source"))
+            where = recipe.where("model", "source")
+            path = resolve_model_path(m.source, recipe.base_dir, m.revision, where)
+            what = f"model (model.source at {where})"
         else:
             samples = recipe.model.inputs.samples
             assert samples is not None
             path = recipe.resolve(samples)
-            check_samples(path, recipe.where("inputs", "samples"))
-        out[node] = ResolvedSource(path, stats.blob(path))
+            where = recipe.where("inputs", "samples")
+            check_samples(path, where)
+            what = f"samples (inputs.samples at {where})"
+        out[node] = ResolvedSource(path, stats.blob(path, what))
     return out
 
 
-def check_samples(path: Path, where: str) -> None:
-    """A samples file must be UTF-8 text with at least one non-empty line."""
-    from orchestrator.errors import FatalError
+MAX_SAMPLES_BYTES = 64 * 2**20  # parity and calibration use a few hundred lines
 
+
+def check_samples(path: Path, where: str) -> None:
+    """A samples file must be a regular UTF-8 text file of at most MAX_SAMPLES_BYTES with at least
+    one non-empty line. It is read in chunks: never whole into memory, never blocking (a FIFO or
+    device is refused before it is read)."""
+    import codecs
+
+    from orchestrator.errors import FatalError
+    from orchestrator.hashing import NotRegularFile, open_regular
+
+    what = f"samples file {path} (inputs.samples at {where})"
     try:
-        text = path.read_bytes().decode()
+        f = open_regular(path)
     except FileNotFoundError:
-        raise FatalError(f"samples file {path} (inputs.samples at {where}) not found; fix the path "
-                         "(relative to the recipe)") from None
-    except IsADirectoryError:
-        raise FatalError(f"samples {path} (inputs.samples at {where}) is a folder; give a text "
-                         "file with one sample per line") from None
-    except UnicodeDecodeError as e:
-        raise FatalError(f"samples file {path} (inputs.samples at {where}) is not UTF-8 text "
-                         f"(byte {e.start}); save it as UTF-8") from None
-    if not any(line.strip() for line in text.splitlines()):
-        raise FatalError(f"samples file {path} (inputs.samples at {where}) is empty; give one "
-                         "sample text per line")
+        if path.is_symlink():
+            raise FatalError(f"{what} is a dangling symbolic link; fix the link or the path") from None
+        raise FatalError(f"{what} not found; fix the path (relative to the recipe)") from None
+    except NotRegularFile as e:
+        if path.is_dir():
+            raise FatalError(f"samples {path} (inputs.samples at {where}) is a folder; give a text "
+                             "file with one sample per line") from None
+        raise FatalError(f"{what} {e.strerror}; give a regular text file with one sample per "
+                         "line") from None
+    except PermissionError as e:
+        raise FatalError(f"{what} cannot be read: {e.strerror}") from None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, nonempty = 0, False
+    with f:
+        while True:
+            chunk = f.read(1 << 20)
+            if offset + len(chunk) > MAX_SAMPLES_BYTES:
+                raise FatalError(f"{what} is larger than {MAX_SAMPLES_BYTES // 2**20} MiB; parity "
+                                 "and calibration need a few hundred lines: give a smaller file")
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                raise FatalError(f"{what} is not UTF-8 text (byte {offset - pending + e.start}); "
+                                 "save it as UTF-8") from None
+            nonempty = nonempty or bool(text.strip())
+            offset += len(chunk)
+            if not chunk:
+                break
+    if not nonempty:
+        raise FatalError(f"{what} is empty; give one sample text per line")
 
 
 def task_toolchain(task: Task) -> tuple[str, ...]:
@@ -126,11 +160,49 @@ def last_key(task: Task) -> str:
     return f"last:{recipe}/{target}/{pos}"
 
 
+def entry_problem(entry: dict[str, Any]) -> str | None:
+    """Why an action entry read from the index is not the shape the build reads; None if it is.
+    The one place entries are validated: a bad row is a miss (and is rebuilt), never a crash."""
+    outputs = entry.get("outputs")
+    if not isinstance(outputs, dict):
+        return f"'outputs' is {type(outputs).__name__}, not a mapping"
+    for name, b in outputs.items():
+        if not (isinstance(b, dict) and b.get("kind") in ("file", "tree")
+                and isinstance(b.get("digest"), str) and _DIGEST.fullmatch(b["digest"])
+                and type(b.get("size")) is int and b["size"] >= 0
+                and isinstance(b.get("filename"), str)):
+            return f"output {name!r} is malformed"
+    for field_name, tp in (("metrics", dict), ("warnings", list), ("doc", dict)):
+        if not isinstance(entry.get(field_name), tp):
+            return f"{field_name!r} is missing or not a {tp.__name__}"
+    return None
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    try:
+        return diff_documents(old, new)
+    except (TypeError, AttributeError, ValueError):  # a last document of another shape
+        return ["key changed"]
+
+
+def _last_doc(store: Any, task: Task) -> dict[str, Any] | None:
+    """The key document this task position used last time (None if unknown or not a document)."""
+    last = store.get_meta(last_key(task))
+    return last if isinstance(last, dict) else None
+
+
 def usable_entry(store: Any, key: str) -> tuple[dict[str, Any] | None, str | None]:
-    """The action entry for key if every blob it names is intact; else (None, why not)."""
-    entry = store.get_action(key)
+    """The action entry for key if it is well formed and every blob it names is intact; else
+    (None, why not)."""
+    try:
+        entry = store.get_action(key)
+    except InvalidEntry as e:
+        return None, f"cache entry invalid: {e}"
     if entry is None:
         return None, None
+    problem = entry_problem(entry)
+    if problem:
+        return None, f"cache entry invalid: {problem}"
     for name, b in sorted(entry["outputs"].items()):
         problem = store.check(Blob.from_json(b))
         if problem:
@@ -162,12 +234,12 @@ def decide(task: Task, store: Any, digests: dict[str, str], forced: bool) -> Dec
         return Decision("HIT", [], key, doc, entry)
     if problem:
         return Decision("RUN", [problem], key, doc)
-    last = store.get_meta(last_key(task))
+    last = _last_doc(store, task)
     if last is None:
         return Decision("RUN", ["new"], key, doc)
     if last == doc:
         return Decision("RUN", ["not in this cache"], key, doc)
-    return Decision("RUN", diff_documents(last, doc), key, doc)
+    return Decision("RUN", _diff(last, doc), key, doc)
 
 
 def pending_reasons(task: Task, graph: BuildGraph, decisions: dict[str, Decision], store: Any,
@@ -180,15 +252,17 @@ def pending_reasons(task: Task, graph: BuildGraph, decisions: dict[str, Decision
                 "(a hit after all if it rebuilds identical bytes)")
     if forced:
         return ["forced", upstream]
-    last = store.get_meta(last_key(task))
+    last = _last_doc(store, task)
     if last is None:
         return ["new"]
-    own = [r for r in diff_documents({**last, "inputs": {}}, {**document(task, {}), "inputs": {}})
+    own = [r for r in _diff({**last, "inputs": {}}, {**document(task, {}), "inputs": {}})
            if r != "key changed"]
     known = {name: sources[node].blob.digest for name, (node, _) in task.inputs.items()
              if node in sources}  # the source and samples are hashed already
+    last_inputs = last.get("inputs")
+    last_inputs = last_inputs if isinstance(last_inputs, dict) else {}
     own += [f"input changed: {name}" for name, digest in sorted(known.items())
-            if last.get("inputs", {}).get(name) != digest]
+            if last_inputs.get(name) != digest]
     return own + [upstream]
 
 

@@ -19,7 +19,10 @@ from orchestrator.errors import FatalError
 from orchestrator.hashing import canonical_json, sha256_bytes
 from orchestrator.registry import Registry, StepInfo
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# recipe and target names become folder names under build/: checked whole (re.fullmatch: a `$`
+# would match before a trailing newline) and short enough for any file system
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+MAX_NAME = 100
 
 
 class _Strict(BaseModel):
@@ -67,7 +70,8 @@ class Target(_Strict):
 
 
 class RecipeModel(_Strict):
-    name: str | None = Field(None, pattern=NAME_PATTERN)
+    name: str | None = Field(None, json_schema_extra={"pattern": f"^{NAME_PATTERN}$",
+                                                      "maxLength": MAX_NAME})
     plugins: list[str] = Field(default_factory=list)
     model: ModelSource
     inputs: Inputs = Field(default_factory=Inputs)
@@ -127,11 +131,9 @@ def load_recipe(path: str | Path, registry: Registry | None = None) -> Recipe:
     except ValidationError as e:
         raise FatalError(_format_errors(e, pos, RecipeModel, ())) from None
     for tname in model.targets:
-        if not _valid_name(tname):
-            raise FatalError(
-                f"target name {tname!r} at {pos.at(('targets', tname), key=True)} may only hold "
-                "letters, digits, '.', '_' and '-'"
-            )
+        _check_name("target name", tname, pos.at(("targets", tname), key=True))
+    if model.name is not None:
+        _check_name("recipe name", model.name, pos.at(("name",)))
     registry = registry or Registry()
     for i, plugin in enumerate(model.plugins):
         registry.load_file((path.parent / plugin).resolve(), where=str(pos.at(("plugins", i))))
@@ -155,8 +157,9 @@ def load_recipe(path: str | Path, registry: Registry | None = None) -> Recipe:
         )
         check_chain(steps[tname], checks[tname], registry)
     name = model.name or path.stem
-    if not _valid_name(name):
-        raise FatalError(f"recipe name {name!r} from {display} is not a valid name; set 'name:'")
+    if model.name is None and _name_problem(name):
+        raise FatalError(f"recipe name {name!r} (the file name of {display}) "
+                         f"{_name_problem(name)}; set 'name:' in the recipe")
     m = model.model
     if m.revision is not None and (m.source.startswith("package:") or (path.parent / m.source).exists()):
         raise FatalError(f"model.revision at {pos.at(('model', 'revision'))} only applies to hub ids; "
@@ -204,10 +207,28 @@ def _converters(registry: Registry, given: str, accepted: tuple[str, ...]) -> st
     return " or ".join(found[:3])
 
 
-def _valid_name(name: str) -> bool:
+def _name_problem(name: str) -> str | None:
+    """Why name cannot be a recipe or target name (a folder under build/), or None."""
     import re
 
-    return re.match(NAME_PATTERN, name) is not None
+    if len(name) > MAX_NAME:
+        return f"is {len(name)} characters long; at most {MAX_NAME} are allowed"
+    if re.fullmatch(NAME_PATTERN, name) is None:
+        return ("may only hold letters, digits, '.', '_' and '-'" if name[:1].isalnum() else
+                "must start with a letter or digit and may only hold letters, digits, '.', "
+                "'_' and '-'")
+    return None
+
+
+def _valid_name(name: str) -> bool:
+    return _name_problem(name) is None
+
+
+def _check_name(what: str, name: str, where: object) -> None:
+    problem = _name_problem(name)
+    if problem:
+        shown = repr(name) if len(name) <= 40 else repr(name[:40] + "...")
+        raise FatalError(f"{what} {shown} at {where} {problem}")
 
 
 def _use(

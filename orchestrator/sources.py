@@ -1,7 +1,7 @@
 """Model sources and input files: where they are and what they contain (by content).
 
-Content digests use a stat cache (inode, mtime_ns, size) in the store's index, so an unchanged
-big weights file is not re-read.
+Content digests use a stat cache (inode, mtime_ns, size, ctime_ns) in the store's index, so an
+unchanged big weights file is not re-read.
 """
 
 from __future__ import annotations
@@ -9,12 +9,20 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import FatalError
-from orchestrator.hashing import canonical_json, sha256_bytes, sha256_file, walk_files
+from orchestrator.hashing import (
+    NotRegularFile,
+    canonical_json,
+    file_kind,
+    sha256_bytes,
+    sha256_file,
+    walk_files,
+)
 from orchestrator.store.base import Blob
 
 HUB_HOST = ("huggingface.co", 443)
@@ -27,34 +35,50 @@ class ResolvedSource:
 
 
 class StatCache:
-    """File digests remembered by (inode, mtime_ns, size). `index` is any get/set mapping."""
+    """File digests remembered by (inode, mtime_ns, size, ctime_ns). `index` is any get/set
+    mapping. Only regular files (or links to them) are hashed: a FIFO, device or socket would
+    block or never end, so it is an error that names the file."""
 
     def __init__(self, index: Any) -> None:
         self.index = index
 
-    def file_digest(self, path: Path) -> tuple[str, int]:
-        st = path.stat()
-        key = "s:" + str(path)
-        sig = [st.st_ino, st.st_mtime_ns, st.st_size]
-        hit = self.index.get(key)
-        if hit is not None and hit[:3] == sig:
-            return str(hit[3]), st.st_size
-        digest = sha256_file(path)
+    def file_digest(self, path: Path, what: str = "") -> tuple[str, int]:
+        label = f"{what} file {path}" if what else f"file {path}"
+        try:
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegularFile(0, f"is a {file_kind(st.st_mode)}", str(path))
+            key = "s:" + str(path)
+            sig = [st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns]
+            hit = self.index.get(key)
+            if isinstance(hit, list) and len(hit) == 5 and hit[:4] == sig and isinstance(hit[4], str):
+                return hit[4], st.st_size
+            digest = sha256_file(path)
+        except FileNotFoundError:
+            if path.is_symlink():
+                raise FatalError(f"{label} is a dangling symbolic link (to {os.readlink(path)}); "
+                                 "point it at a file or remove it") from None
+            raise FatalError(f"{label} disappeared while it was read") from None
+        except NotRegularFile as e:
+            raise FatalError(f"{label} {e.strerror}, not a regular file; only regular files can "
+                             "be inputs (remove it or replace it with the file)") from None
+        except PermissionError as e:
+            raise FatalError(f"{label} cannot be read: {e.strerror}") from None
         self.index.set(key, sig + [digest])
         return digest, st.st_size
 
-    def blob(self, path: Path) -> Blob:
+    def blob(self, path: Path, what: str = "") -> Blob:
         if path.is_dir():
             files: dict[str, list[Any]] = {}
             total = 0
             for rel, p in walk_files(path):
-                d, size = self.file_digest(p)
+                d, size = self.file_digest(p, what)
                 files[rel] = [d, size]
                 total += size
             if not files:
                 raise FatalError(f"model folder {path} holds no files")
             return Blob("tree", sha256_bytes(canonical_json({"files": files}).encode()), total)
-        d, size = self.file_digest(path)
+        d, size = self.file_digest(path, what)
         return Blob("file", d, size)
 
 

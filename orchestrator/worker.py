@@ -4,6 +4,10 @@ The spec names the step class, its params, input paths, the output folder and th
 success the worker stores the outputs as blobs and writes a small result JSON; it never writes an
 action entry (the orchestrator does, after checking the result). Anything else (an exception, a
 non-zero exit, a native crash) leaves no result, and the task fails.
+
+A worker dies with the orchestrator that started it: it asks the kernel for SIGKILL when its
+parent dies (PR_SET_PDEATHSIG) and exits at once if that parent is already gone. It also holds a
+shared lock on its scratch folder, so a later build's sweep never removes a folder still in use.
 """
 
 from __future__ import annotations
@@ -99,14 +103,40 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return {"outputs": outputs, "metrics": metrics, "warnings": ctx.warnings}
 
 
+PARENT_ENV = "DEPLOY_BUILD_PARENT_PID"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> bool:
+    """Have the kernel kill this process when its parent dies; False when the parent named in
+    the environment is gone already (then the caller exits: nobody would read the result)."""
+    expected = os.environ.get(PARENT_ENV)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the sweep still cleans up
+            pass
+    # checked after prctl: a parent that died before it is seen here, one that dies later kills us
+    return not (expected and expected.isdigit() and os.getppid() != int(expected))
+
+
 def _stop(signum: int, frame: Any) -> None:
     sys.exit(128 + signum)  # unwinds: temp files of a half-written blob are removed
 
 
 def main(argv: list[str]) -> int:
+    if not die_with_parent():
+        print("the orchestrator that started this worker is gone; not running", file=sys.stderr)
+        return 1
     faulthandler.enable()
     signal.signal(signal.SIGTERM, _stop)
     spec_path = Path(argv[0])
+    from orchestrator.store.local import lock_folder
+
+    lock_folder(spec_path.parent, create=False)  # held (fd left open) until this process ends
     spec = json.loads(spec_path.read_text())
     try:
         result = run_spec(spec)

@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import sqlite3
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,14 @@ from typing import Any
 
 from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK, FatalError
 from orchestrator.graph import BuildGraph, compile_graph
+from orchestrator.hashing import file_kind
 from orchestrator.plan import Plan, make_plan, resolve_sources
 from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
 from orchestrator.registry import Registry
 from orchestrator.sources import StatCache
 from orchestrator.store.local import LocalStore
+
+MAX_RECIPE_BYTES = 2**20
 
 
 @dataclass
@@ -46,6 +50,8 @@ def cuda_devices() -> int:
 
 def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = False) -> Session:
     # one registry per recipe: two recipes may bring different plugins with the same step name
+    for p in args.recipes:
+        check_recipe_file(Path(p))
     recipes = [load_recipe(p, Registry()) for p in args.recipes]
     names = [r.name for r in recipes]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -61,15 +67,7 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
     out = Path(args.out) if args.out else root / "build"
     if out.exists() and not out.is_dir():
         raise FatalError(f"--out {out} is a file; give a folder for the built targets")
-    store = LocalStore(cache)
-    try:
-        store.index  # noqa: B018 - opens (and creates) the cache now, to report problems early
-    except OSError as e:
-        raise FatalError(f"cannot use the cache folder {cache}: {e.strerror or e}; "
-                         "choose another with --cache or DEPLOY_BUILD_CACHE") from None
-    except sqlite3.DatabaseError as e:
-        raise FatalError(f"the cache index {cache / 'index'} is unreadable ({e}); delete that "
-                         "folder: blobs are kept, re-verified and reused") from None
+    store = open_store(cache)
     graph = compile_graph(recipes, args.targets)
     only = getattr(args, "only", None)
     if only:
@@ -78,6 +76,71 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
     plan = make_plan(graph, store, sources, force=force, rebench=rebench,
                      cuda_devices=cuda_devices())
     return Session(recipes, store, out, graph, plan)
+
+
+def check_recipe_file(path: Path) -> None:
+    """Refuse, before reading it, a recipe that is not a regular file or is too large to be one."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # load_recipe says what is wrong (not found, ...)
+    if stat.S_ISDIR(st.st_mode):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise FatalError(f"recipe {path} is a {file_kind(st.st_mode)}, not a regular file; give a "
+                         ".yaml file")
+    if st.st_size > MAX_RECIPE_BYTES:
+        raise FatalError(f"recipe {path} is {st.st_size} bytes, more than the "
+                         f"{MAX_RECIPE_BYTES // 2**20} MiB a recipe may be (a recipe is a few "
+                         "hundred lines); is it the right file?")
+
+
+def open_store(cache: Path) -> LocalStore:
+    """Open the local cache, saying precisely what stops it (and never suggesting to delete a
+    healthy index); warn once when the index was found empty; sweep what killed builds left."""
+    from orchestrator.diskerrors import SQLITE_DAMAGED, describe, nearest_existing, probe_write
+
+    store = LocalStore(cache)
+    try:
+        store.index  # noqa: B018 - opens (and creates) the cache now, to report problems early
+    except OSError as e:
+        raise FatalError(f"cannot use the cache folder {cache}: {describe(e)}; or choose another "
+                         "with --cache or DEPLOY_BUILD_CACHE") from None
+    except sqlite3.DatabaseError as e:
+        name = str(getattr(e, "sqlite_errorname", "") or "")
+        index = cache / "index"
+        if isinstance(e, sqlite3.OperationalError) and name not in SQLITE_DAMAGED:
+            folder = nearest_existing(index)
+            problem = probe_write(folder) if folder.is_dir() else None
+            why = describe(problem) if problem else f"{e} [{name}]"
+            raise FatalError(f"cannot open the cache index {index / 'cache.db'}: {why}; the index "
+                             "is not known to be damaged: do not delete it") from None
+        raise FatalError(f"the cache index {index} is unreadable ({e}); delete that "
+                         "folder: blobs are kept, re-verified and reused") from None
+    if store.index_reset:
+        print(f"warning: {store.index_reset}: it starts empty, so every task runs again (the "
+              "blobs are kept and reused where identical)", file=sys.stderr)
+    removed, freed = store.sweep()
+    if removed:
+        print(f"note: removed {removed} stale temp folder(s)/file(s) ({freed / 2**20:.1f} MiB) "
+              f"that a stopped build left in {store.tmp}", file=sys.stderr)
+    return store
+
+
+def check_out(out: Path, s: Session) -> None:
+    """Fail before building when the targets could not be written: --out below a file, or in a
+    folder this process cannot write."""
+    from orchestrator.diskerrors import describe, nearest_existing, probe_write
+
+    folders = {out} | {out / tp.recipe.name / tp.name for tp in s.graph.targets}
+    for folder in sorted(folders):
+        existing = nearest_existing(folder)
+        if not existing.is_dir():
+            raise FatalError(f"--out {out}: {existing} is a file, not a folder; give a folder for "
+                             "the built targets")
+        problem = probe_write(existing)
+        if problem:
+            raise FatalError(f"--out {out}: cannot write in {existing}: {describe(problem)}")
 
 
 def _restrict(graph: BuildGraph, only: str) -> BuildGraph:
@@ -167,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
             print_plan(s.plan)
         s.store.close()
         return EXIT_OK
+    try:
+        check_out(s.out, s)
+    except FatalError:
+        s.store.close()
+        raise
     total = len(s.plan.decisions)
     live = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
     reporter = LiveReporter(sys.stderr, total) if live else PlainReporter(sys.stderr)

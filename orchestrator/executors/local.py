@@ -1,7 +1,9 @@
 """Local executor: every task in its own worker process, at most `jobs` cpu tokens at once.
 
 A process per task (not a shared pool) is what isolates a native crash or os._exit to that task:
-the worker dies, its task fails, everything else goes on.
+the worker dies, its task fails, everything else goes on. Workers run in their own session (so
+cancelling kills a task's whole process group) and die with this process: each asks for a
+parent-death SIGKILL (worker.py), so `kill -9` of the build leaves no worker running.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ class LocalExecutor:
             # sources are resolved (and downloaded, for hub ids) while planning: a step
             # reads local folders only and never reaches the network
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+            # the worker dies with this process (a parent-death signal, see worker.py)
+            "DEPLOY_BUILD_PARENT_PID": str(os.getpid()),
         })
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(

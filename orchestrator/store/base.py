@@ -39,7 +39,8 @@ class Store(Protocol):
         """A fresh folder on the store's file system for one task's work."""
 
     def get_action(self, key: str) -> dict[str, Any] | None:
-        """The action entry for key, or None."""
+        """The action entry for key, or None; raises InvalidEntry when the stored value cannot be
+        decoded (its shape is checked by the planner: plan.usable_entry)."""
 
     def put_action(self, key: str, entry: dict[str, Any]) -> None:
         """Record an action entry. Call only after every blob it names is stored."""
@@ -70,3 +71,7 @@ class MissingBlob(BlobError):
 
 class CorruptBlob(BlobError):
     pass
+
+
+class InvalidEntry(Exception):
+    """An action entry that cannot be used (not JSON, or not the shape the build reads)."""
