@@ -30,6 +30,7 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/models.py
+	$(BIN)/python benchmarks/speedup_noise.py --wait-quiet 300
 
 clean:
 	rm -rf build cache

@@ -2,7 +2,8 @@
 
 Run:  .venv/bin/python benchmarks/models.py        (writes benchmarks/results/models.json)
 
-1. builds bert-edge from an empty cache (all four targets, PyTorch reference included);
+1. builds bert-edge from an empty cache (all four targets; each benchmark measures PyTorch in
+   its own task, alternated with the engine);
 2. reads each target's manifest: parity and latency vs PyTorch eager measured in the same build;
 3. times a no-op rebuild (median of 10 runs of the CLI, after one warm-up run);
 4. changes only the int8 quantization params and times the rebuild, recording which tasks ran
@@ -54,7 +55,8 @@ def target_figures(out: Path) -> dict[str, Any]:
             "size_bytes": sum(a["size"] for a in m["artifacts"]),
             "parity": {k: parity.get(k) for k in ("mean_cosine", "min_cosine", "max_abs_diff",
                                                    "precision", "passed")},
-            "benchmark": {k: bench.get(k) for k in ("results", "speedup", "threads", "runtime")
+            "benchmark": {k: bench.get(k) for k in ("results", "speedup", "noisy", "noise",
+                                                    "threads", "runtime", "reference_runtime")
                           if k in bench},
         }
     return figures

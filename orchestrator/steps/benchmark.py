@@ -1,29 +1,55 @@
-"""benchmark: latency of the engine on synthetic inputs over a batch x sequence grid.
+"""benchmark: latency of the engine and its speed-up over PyTorch, measured in one task.
 
-Each grid point runs ``warmup`` iterations, then windows of ``window`` iterations until the
-medians of the last two windows agree within ``stability`` (and at least ``min_runs`` ran), or
-``max_runs`` / ``max_seconds`` is hit (then ``stable`` is false and ``spread`` says how far apart
-the last two window medians were). The graph adds one shared task that runs the same benchmark on
-the PyTorch reference (the untouched model source); ``summarize`` turns both into speedups.
+The task opens both the engine and the PyTorch reference (the untouched model source). Each grid
+point runs ``warmup`` iterations of each, then *rounds*: a window of ``window`` engine runs and a
+window of ``window`` reference runs, in alternating order (engine first, then reference first,
+...), so both see the same machine state. It stops once both sides' last two window medians agree
+within ``stability`` (at least ``min_runs`` per side and ``MIN_ROUNDS`` rounds), or at ``max_runs``
+per side or ``max_seconds`` (checked after each round). The speed-up is the median of the
+per-round ratios (reference median / engine median) with a 95% bootstrap interval over the rounds
+(fixed seed: the same timings give the same interval).
+
+Outside load is watched around each point: the CPU time other processes took on this process's
+CPUs (``/proc/stat`` against our own CPU time; the load average where there is no ``/proc/stat``),
+a fixed calibration loop timed before and after, and the width of the interval. A noisy point is
+measured once more; if it is still noisy it is kept, marked ``noisy`` with the reasons, and the
+task warns: marked, not withheld (``--rebench`` re-measures).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.step import Resources, StepContext
-from orchestrator.steps.engines import EngineCheck, require_cpu
+from orchestrator.steps.engines import EngineCheck, engine_toolchain, require_cpu
 
 Positive = Annotated[int, Field(ge=1)]
+
+MIN_ROUNDS = 3  # rounds before a point may stop as stable: an interval needs a few ratios
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+# Noise rules (see noise_reasons). A point is noisy when any one holds.
+OUTSIDE_LOAD = 0.25  # CPUs kept busy by other processes beyond the spare ones (cpus - threads)
+LOADAVG_MARGIN = 1.0  # without /proc/stat: load average minus our threads beyond the spare CPUs
+CALIBRATION_DRIFT = 0.20  # the calibration loop's time before vs after the window
+RATIO_SPREAD = 0.20  # width of the speed-up's interval relative to the speed-up
+CALIBRATION_LOOP = 250_000  # iterations of the pure-Python calibration loop (~10-20 ms)
+METHOD = (f"engine and PyTorch reference alternate in windows within one task (ABBA rounds); "
+          f"speedup = median over rounds of reference/engine window medians; interval = "
+          f"{CONFIDENCE:.0%} percentile bootstrap over rounds ({BOOTSTRAP_RESAMPLES} resamples, "
+          f"seed {BOOTSTRAP_SEED}); the min_speedup gate uses the point estimate")
 
 
 class BenchmarkParams(BaseModel):
@@ -33,21 +59,24 @@ class BenchmarkParams(BaseModel):
                                          "grid (default: the recipe's inputs.shapes.batch).")
     sequence: list[Positive] | None = Field(None, min_length=1, description="Sequence lengths of "
                                             "the grid (default: the recipe's inputs.shapes.sequence).")
-    threads: int = Field(2, ge=1, description="Intra-op threads of the engine.")
-    warmup: int = Field(5, ge=0, description="Untimed runs before measuring each grid point.")
-    min_runs: int = Field(20, ge=1, description="Timed runs before a point may count as stable.")
-    max_runs: int = Field(200, ge=1, description="Most timed runs per grid point.")
-    window: int = Field(10, ge=1, description="Runs per window; window medians are compared.")
+    threads: int = Field(2, ge=1, description="Intra-op threads of the engine and of PyTorch.")
+    warmup: int = Field(5, ge=0, description="Untimed runs of each before measuring a grid point.")
+    min_runs: int = Field(20, ge=1, description="Timed runs of each before a point may count as "
+                          "stable.")
+    max_runs: int = Field(200, ge=1, description="Most timed runs of each per grid point.")
+    window: int = Field(10, ge=1, description="Runs per window; the engine and the reference "
+                        "alternate window by window, and window medians are compared.")
     stability: float = Field(0.05, gt=0, description="Consecutive window medians must agree "
-                             "within this fraction.")
-    max_seconds: float = Field(10.0, gt=0, description="Time limit per grid point (warm-up "
-                               "included).")
+                             "within this fraction (engine and reference each).")
+    max_seconds: float = Field(20.0, gt=0, description="Time limit per grid point and attempt "
+                               "(both runtimes and warm-up included; checked after each round).")
     precision_hint: Literal["f32", "bf16", "f16"] = Field(
         "f32", description="OpenVINO INFERENCE_PRECISION_HINT.")
     profile: bool = Field(False, description="ONNX Runtime engines: record the 5 operator types "
                           "that take the most time (profiled in a separate session).")
     min_speedup: float | None = Field(None, gt=0, description="Fail unless every grid point is "
-                                      "at least this much faster than the PyTorch reference.")
+                                      "at least this much faster than the PyTorch reference "
+                                      "(the point estimate of the paired speed-up).")
 
     @model_validator(mode="after")
     def _runs(self) -> BenchmarkParams:
@@ -58,16 +87,17 @@ class BenchmarkParams(BaseModel):
 
 class Benchmark(EngineCheck):
     name = "benchmark"
-    version = "1"
-    description = "Median/p90/p99 latency and throughput over a batch x sequence grid."
+    version = "2"
+    description = ("Median/p90/p99 latency and throughput over a batch x sequence grid, and the "
+                   "speed-up over PyTorch measured alternately in the same task.")
     Params = BenchmarkParams
     inputs = ("model", "source")
     resources = Resources(cpu=64)  # clamped to all the executor's cpus: a benchmark runs alone
     gate_fields = ("min_speedup",)
     machine_keys = ("cpu_model", "cpu_count")  # latency from another machine is not this one's
-    # Profiling and the OpenVINO hint do not apply to PyTorch: fixing them lets every target share
-    # one reference task.
-    reference = {"profile": False, "precision_hint": "f32"}
+    # No separate reference task: the PyTorch reference is measured inside this task, alternated
+    # with the engine (a ratio of figures measured minutes apart is not a measurement).
+    reference = None
 
     @classmethod
     def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
@@ -77,27 +107,51 @@ class Benchmark(EngineCheck):
             "batch": params.batch or shapes.get("batch") or [1],
             "sequence": params.sequence or shapes.get("sequence") or [128]})
 
+    @classmethod
+    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
+        """Both runtimes measured here: the engine's, and torch + transformers for PyTorch."""
+        return tuple(sorted({*engine_toolchain(inputs, reference), "torch", "transformers"}))
+
     def run(self, ctx: StepContext) -> dict[str, Any]:
         require_cpu(ctx.hardware, "benchmark")
         from orchestrator.steps.engines import detect_precision, open_engine
 
         p: BenchmarkParams = ctx.params
-        model, trc = ctx.input("model"), ctx.model.trust_remote_code
-        vocab = _vocab_size(ctx.input("source"))
+        model, source, trc = ctx.input("model"), ctx.input("source"), ctx.model.trust_remote_code
+        vocab = _vocab_size(source)
         engine = open_engine(model, p.threads, p.precision_hint, task=ctx.model.task,
                              trust_remote_code=trc)
+        reference = open_engine(source, p.threads, task=ctx.model.task, trust_remote_code=trc)
+        if reference.runtime != "pytorch":
+            raise ValueError(f"the benchmark's reference is the model source run by PyTorch; "
+                             f"{source} opens as {reference.runtime}")
         results: dict[str, Any] = {}
+        noise: dict[str, list[str]] = {}
         batches, sequences = p.batch or [1], p.sequence or [128]
         for b in batches:
             for s in sequences:
-                ctx.log(f"benchmark {engine.runtime} batch {b} sequence {s}")
-                results[point_key(b, s)] = measure(engine.run, synthetic(b, s, vocab), p)
+                key = point_key(b, s)
+                ctx.log(f"benchmark {engine.runtime} vs pytorch batch {b} sequence {s}")
+                point = measure_point(engine.run, reference.run, synthetic(b, s, vocab), p,
+                                      log=ctx.log)
+                results[key] = point
+                if point["noisy"]:
+                    noise[key] = point["noise"]
+                    ctx.warn(f"{key}: noisy machine, measured twice and still noisy "
+                             f"({'; '.join(point['noise'])}); speed-up "
+                             f"{_with_interval(point)} may be off: re-measure with --rebench "
+                             "on a quiet machine")
         metrics: dict[str, Any] = {
             "results": results,
+            "speedup": {k: v["speedup"] for k, v in results.items()},
+            "noisy": bool(noise),
+            "noise": noise,
+            "method": METHOD,
             "threads": p.threads,
             "precision_hint": p.precision_hint,
             "precision": detect_precision(model),
             "runtime": engine.describe(),
+            "reference_runtime": reference.describe(),
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
         }
@@ -121,36 +175,38 @@ class Benchmark(EngineCheck):
     @classmethod
     def summarize(cls, params: Any, metrics: dict[str, Any],
                   reference: dict[str, Any] | None) -> dict[str, Any]:
-        out = {**metrics, "results": {k: dict(v) for k, v in metrics["results"].items()}}
-        if reference is None:
-            return out
-        out["speedup"] = {}
-        for key, point in out["results"].items():
-            ref_ms = reference.get("results", {}).get(key, {}).get("median_ms")
-            if ref_ms and point.get("median_ms"):
-                point["reference_median_ms"] = ref_ms
-                point["speedup"] = out["speedup"][key] = round(ref_ms / point["median_ms"], 2)
-        out["reference_runtime"] = reference.get("runtime")
-        return out
+        """The metrics as measured: the reference figures come from the same task."""
+        return {**metrics, "results": {k: dict(v) for k, v in metrics["results"].items()}}
 
     @classmethod
     def gate(cls, params: Any, metrics: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
+        """min_speedup is judged on the point estimate of the paired speed-up; the message gives
+        its interval (and the noise, when the point was measured on a busy machine)."""
         need = params.min_speedup
         if need is None:
             return []
-        if reference is None:
-            return [f"min_speedup {need}x is set but there are no reference measurements"]
-        summary = cls.summarize(params, metrics, reference)
         problems = []
-        for key, point in summary["results"].items():
+        for key, point in metrics.get("results", {}).items():
             got = point.get("speedup")
-            if got is None:
+            ref = point.get("reference") or {}
+            if got is None or not ref.get("median_ms"):
                 problems.append(f"{key}: no reference measurement to compare with")
             elif got < need:
-                problems.append(f"{key}: speedup {got:.2f}x < {need:g}x (short by "
-                                f"{need - got:.2f}x; {point['median_ms']} ms vs PyTorch "
-                                f"{point['reference_median_ms']} ms)")
+                text = (f"{key}: speedup {got:.2f}x < {need:g}x (short by {need - got:.2f}x; "
+                        f"the gate uses the point estimate of {_with_interval(point)}; "
+                        f"{point['median_ms']} ms vs PyTorch {ref['median_ms']} ms "
+                        "alternated in one window)")
+                if point.get("noisy"):
+                    text += f"; measured on a noisy machine: {'; '.join(point.get('noise', []))}"
+                problems.append(text)
         return problems
+
+
+def _with_interval(point: dict[str, Any]) -> str:
+    interval = point.get("speedup_interval")
+    if not interval:
+        return f"{point['speedup']:.2f}x (one round: no interval)"
+    return f"{point['speedup']:.2f}x (95% interval {interval[0]:.2f}-{interval[1]:.2f}x)"
 
 
 def point_key(batch: int, sequence: int) -> str:
@@ -169,6 +225,7 @@ def synthetic(batch: int, sequence: int, vocab: int) -> dict[str, Any]:
 
 def measure(run: Callable[[dict[str, Any]], Any], feed: dict[str, Any],
             p: BenchmarkParams) -> dict[str, Any]:
+    """One engine alone, with the same windows and stabilization rule (no reference)."""
     import numpy as np
 
     start = time.perf_counter()
@@ -200,19 +257,288 @@ def measure(run: Callable[[dict[str, Any]], Any], feed: dict[str, Any],
                 break
         if over():
             break
-    ms = np.asarray(times)
+    return run_stats(times, int(feed["input_ids"].shape[0]), stable, spread)
+
+
+def run_stats(times: Sequence[float], batch: int, stable: bool,
+              spread: float | None) -> dict[str, Any]:
+    """The figures recorded for one engine at one grid point (times in ms)."""
+    import numpy as np
+
+    ms = np.asarray(times, dtype=float)
     median = float(np.median(ms))
-    batch = int(feed["input_ids"].shape[0])
     return {
         "median_ms": round(median, 3),
         "p90_ms": round(float(np.percentile(ms, 90)), 3),
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "mean_ms": round(float(ms.mean()), 3),
         "throughput": round(batch * 1000.0 / median, 2),
-        "runs": len(times),
+        "runs": len(ms),
         "stable": stable,
         "spread": None if spread is None else round(spread, 4),
     }
+
+
+class _Side:
+    """One of the two engines of a paired measurement: its timed runs and window medians."""
+
+    def __init__(self, run: Callable[[dict[str, Any]], Any], clock: Callable[[], float]) -> None:
+        self.run, self.clock = run, clock
+        self.times: list[float] = []
+        self.medians: list[float] = []  # of windows that ran all their planned runs
+        self.last: list[float] = []  # the last window's runs
+
+    def warm(self, feed: dict[str, Any], runs: int) -> float | None:
+        """Untimed warm-up runs; their mean duration in seconds (None without any)."""
+        t0 = self.clock()
+        for _ in range(runs):
+            self.run(feed)
+        return (self.clock() - t0) / runs if runs else None
+
+    def window(self, feed: dict[str, Any], size: int, p: BenchmarkParams) -> float:
+        """Run one window of ``size`` runs (clipped by max_runs); its median in ms."""
+        import numpy as np
+
+        runs: list[float] = []
+        while len(runs) < size and len(self.times) + len(runs) < p.max_runs:
+            t0 = self.clock()
+            self.run(feed)
+            runs.append((self.clock() - t0) * 1000.0)
+        self.times += runs
+        self.last = runs
+        median = float(np.median(runs))
+        if len(runs) == size:
+            self.medians.append(median)
+        return median
+
+    @property
+    def spread(self) -> float | None:
+        if len(self.medians) < 2:
+            return None
+        return abs(self.medians[-1] - self.medians[-2]) / min(self.medians[-2:])
+
+    def stable(self, p: BenchmarkParams) -> bool:
+        spread = self.spread
+        return spread is not None and spread <= p.stability and len(self.times) >= p.min_runs
+
+    def full(self, p: BenchmarkParams) -> bool:
+        return len(self.times) >= p.max_runs
+
+
+def measure_paired(engine: Callable[[dict[str, Any]], Any],
+                   reference: Callable[[dict[str, Any]], Any], feed: dict[str, Any],
+                   p: BenchmarkParams,
+                   clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+    """Time the engine and the reference in alternating windows (ABBA rounds) within one stretch
+    of time. A window has ``p.window`` runs, fewer where that would leave no time for
+    ``MIN_ROUNDS`` rounds within ``max_seconds`` (a slow model gets short windows, not one round).
+    Returns each side's figures and the per-round window medians [engine ms, reference ms]."""
+    start = clock()
+    eng, ref = _Side(engine, clock), _Side(reference, clock)
+    warm_e, warm_r = eng.warm(feed, p.warmup), ref.warm(feed, p.warmup)
+    # seconds for one run of each (None before anything ran: the first window is full size)
+    pair_s: float | None = None if warm_e is None or warm_r is None else warm_e + warm_r
+    rounds: list[list[float]] = []
+    while True:
+        size = p.window
+        if pair_s:
+            left = p.max_seconds - (clock() - start)
+            size = max(1, min(size, int(left / max(1, MIN_ROUNDS - len(rounds)) / pair_s)))
+        order = (eng, ref) if len(rounds) % 2 == 0 else (ref, eng)
+        medians = {id(side): side.window(feed, size, p) for side in order}
+        rounds.append([medians[id(eng)], medians[id(ref)]])
+        pair_s = (sum(eng.last) / len(eng.last) + sum(ref.last) / len(ref.last)) / 1000.0
+        if eng.stable(p) and ref.stable(p) and len(rounds) >= MIN_ROUNDS:
+            break
+        if eng.full(p) or ref.full(p) or clock() - start >= p.max_seconds:
+            break
+    batch = int(feed["input_ids"].shape[0])
+    return {
+        "engine": run_stats(eng.times, batch, eng.stable(p), eng.spread),
+        "reference": run_stats(ref.times, batch, ref.stable(p), ref.spread),
+        "rounds": rounds,
+    }
+
+
+def speedup_interval(rounds: Sequence[Sequence[float]], confidence: float = CONFIDENCE,
+                     resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
+    """(speed-up, low, high) from paired rounds [engine ms, reference ms]: the median of the
+    per-round ratios and a percentile bootstrap interval of that median over the rounds. Pure and
+    deterministic: the same rounds give the same interval."""
+    import numpy as np
+
+    if not rounds:
+        raise ValueError("no rounds to compute a speed-up from")
+    ratios = np.asarray([r / e for e, r in rounds], dtype=float)
+    point = float(np.median(ratios))
+    if len(ratios) < 2:
+        return point, point, point
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(ratios), size=(resamples, len(ratios)))
+    medians = np.median(ratios[picks], axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    lo, hi = np.percentile(medians, [tail, 100.0 - tail])
+    return point, float(min(lo, point)), float(max(hi, point))
+
+
+def calibrate(repeats: int = 3, loop: int = CALIBRATION_LOOP) -> float:
+    """Milliseconds of a fixed pure-Python loop, best of ``repeats``: one core's speed right now."""
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        acc = 0
+        for i in range(loop):
+            acc += i * i
+        best = min(best, (time.perf_counter() - t0) * 1000.0)
+    return best
+
+
+def _allowed_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def _busy_seconds(cpus: list[int]) -> float | None:
+    """Non-idle CPU seconds of these CPUs since boot, all processes (None: no /proc/stat)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        hz = float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    wanted = {f"cpu{c}" for c in cpus}
+    busy, seen = 0, 0
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] in wanted:
+            # user nice system idle iowait irq softirq steal (guest time is inside user)
+            v = [int(x) for x in fields[1:9]] + [0] * max(0, 9 - len(fields))
+            busy += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+            seen += 1
+    return busy / hz if seen == len(wanted) else None
+
+
+@dataclass
+class LoadProbe:
+    """CPU time that other processes took on this process's CPUs over a stretch of time: busy time
+    of those CPUs (/proc/stat, in clock ticks) minus this process's own CPU time, all threads."""
+
+    cpus: list[int]
+    wall: float
+    busy: float | None
+    own: float
+
+    @classmethod
+    def start(cls) -> LoadProbe:
+        cpus = _allowed_cpus()
+        return cls(cpus, time.perf_counter(), _busy_seconds(cpus), time.process_time())
+
+    def outside(self) -> tuple[float, float] | None:
+        """(CPUs kept busy by others on average, its uncertainty), or None without /proc/stat."""
+        busy = _busy_seconds(self.cpus)
+        wall = time.perf_counter() - self.wall
+        if busy is None or self.busy is None or wall <= 0:
+            return None
+        own = time.process_time() - self.own
+        try:
+            tick = 1.0 / float(os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, AttributeError):
+            tick = 0.01
+        # each CPU's counter is read twice in whole ticks: up to one tick each, plus one
+        error = (len(self.cpus) + 1) * tick / wall
+        return max(0.0, (busy - self.busy - own) / wall), error
+
+
+def noise_reasons(*, cpus: int, threads: int, outside: tuple[float, float] | None = None,
+                  loadavg: float | None = None,
+                  calibration_ms: tuple[float, float] | None = None,
+                  speedup: float | None = None,
+                  interval: tuple[float, float] | None = None) -> list[str]:
+    """Why a measurement window was noisy (empty: quiet). Pure: every input is a measured figure.
+
+    - outside load: other processes kept more than ``OUTSIDE_LOAD`` CPUs busy beyond the ones the
+      benchmark's threads leave spare (the load average stands in where /proc/stat is missing);
+    - calibration drift: the fixed loop's time before and after the window differs by more than
+      ``CALIBRATION_DRIFT``;
+    - ratio spread: the speed-up's interval is wider than ``RATIO_SPREAD`` of the speed-up.
+    """
+    reasons: list[str] = []
+    spare = max(0, cpus - threads)
+    if outside is not None:
+        value, error = outside
+        if value - error > spare + OUTSIDE_LOAD:
+            reasons.append(f"outside load: other processes kept {value:.2f} of {cpus} CPUs busy "
+                           f"({spare} spare beside {threads} benchmark threads)")
+    elif loadavg is not None and loadavg - threads > spare + LOADAVG_MARGIN:
+        reasons.append(f"load average {loadavg:.2f} on {cpus} CPUs with {threads} benchmark "
+                       "threads")
+    if calibration_ms is not None:
+        before, after = calibration_ms
+        drift = abs(after - before) / max(1e-9, min(before, after))
+        if drift > CALIBRATION_DRIFT:
+            reasons.append(f"calibration drift: a fixed loop took {before:.1f} ms before and "
+                           f"{after:.1f} ms after the window ({drift:.0%} apart)")
+    if speedup and interval is not None:
+        lo, hi = interval
+        width = (hi - lo) / speedup
+        if width > RATIO_SPREAD:
+            reasons.append(f"ratio spread: the 95% interval {lo:.2f}-{hi:.2f}x is {width:.0%} of "
+                           f"the speed-up {speedup:.2f}x")
+    return reasons
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def measure_point(engine: Callable[[dict[str, Any]], Any],
+                  reference: Callable[[dict[str, Any]], Any], feed: dict[str, Any],
+                  p: BenchmarkParams, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One grid point: the paired measurement with the noise detector around it; a noisy window
+    is measured once more, and if it is still noisy the result says so (``noisy``, ``noise``)."""
+    first: list[str] = []
+    for attempt in (1, 2):
+        probe = LoadProbe.start()
+        before = calibrate()
+        paired = measure_paired(engine, reference, feed, p)
+        after = calibrate()
+        outside = probe.outside()
+        load = _loadavg()
+        point, lo, hi = speedup_interval(paired["rounds"])
+        # one round (a model too slow for MIN_ROUNDS rounds in max_seconds) gives no interval
+        interval = (lo, hi) if len(paired["rounds"]) >= 2 else None
+        reasons = noise_reasons(cpus=len(probe.cpus), threads=p.threads, outside=outside,
+                                loadavg=load, calibration_ms=(before, after), speedup=point,
+                                interval=interval)
+        if not reasons:
+            break
+        if attempt == 1:
+            first = reasons
+            log(f"noisy window ({'; '.join(reasons)}): measuring once more")
+    result: dict[str, Any] = {
+        **paired["engine"],
+        "reference": paired["reference"],
+        "speedup": round(point, 2),
+        "speedup_interval": None if interval is None else [round(lo, 2), round(hi, 2)],
+        "rounds": len(paired["rounds"]),
+        "noisy": bool(reasons),
+        "noise": reasons,
+        "attempts": attempt,
+        "load": {
+            "cpus": len(probe.cpus),
+            "outside_cpus": None if outside is None else round(outside[0], 3),
+            "loadavg_1m": None if load is None else round(load, 2),
+            "calibration_ms": [round(before, 2), round(after, 2)],
+        },
+    }
+    if first and attempt == 2:
+        result["first_attempt_noise"] = first
+    return result
 
 
 def top_ops(profile: Path, runs: int, n: int = 5) -> list[dict[str, Any]]:
