@@ -25,6 +25,8 @@ class ReadSamples(Step):
     description = "Reads the samples."
     Params = P
     inputs = ("model", "samples")
+    input_formats = {"model": ("any",)}
+    output_formats = {"model": "text"}
     outputs = {"model": "model.txt"}
 
     def run(self, ctx):
