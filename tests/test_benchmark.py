@@ -295,4 +295,4 @@ def test_no_separate_reference_task_and_the_key_holds_both_toolchains(tmp_path: 
         assert set(doc["toolchain"]) == {"onnxruntime", "torch", "transformers"}
         assert doc["version"] == Benchmark.version != "1" and "role" not in doc
     for tp in graph.targets:
-        assert tp.checks["benchmark"][1] is None and tp.checks["parity"][1] is not None
+        assert tp.checks["benchmark"].reference is None and tp.checks["parity"].reference is not None
