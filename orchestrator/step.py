@@ -118,7 +118,7 @@ class Step:
     gate_fields: ClassVar[tuple[str, ...]] = ()
     # Facts of the machine a measuring step's result depends on ("cpu_model", "cpu_count").
     machine_keys: ClassVar[tuple[str, ...]] = ()
-    # A check that also measures the untouched model source (e.g. the PyTorch reference benchmark)
+    # A check that also measures the untouched model source (e.g. parity's PyTorch reference outputs)
     # gets one shared extra task with ``model`` = the source, these param overrides and
     # ``ctx.reference = True``. Its metrics reach gate()/summarize(); a check that declares the
     # input "reference" also gets the files that task wrote (e.g. cached reference outputs).
