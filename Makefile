@@ -29,6 +29,7 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/compare_rev.py
 	$(BIN)/python benchmarks/models.py
 	$(BIN)/python benchmarks/speedup_noise.py --wait-quiet 300
 
