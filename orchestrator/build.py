@@ -183,12 +183,19 @@ def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
         "reference": task.reference,
     }
     res = task.resources
-    return Job(task.id, spec, scratch, res.cpu, task.label, res.memory_gb, res.cuda)
+    job = Job(task.id, spec, scratch, res.cpu, task.label, res.memory_gb, res.cuda)
+    for name in ("timeout_s", "max_memory_mb"):  # per-step limits, enforced by the executor
+        lim = getattr(task.limits, name, None)
+        if lim is not None:
+            setattr(job, name, lim.value)
+            job.limit_where[name] = lim.where
+    return job
 
 
 def _record(task: Task, d: Decision, fin: Finished, store: LocalStore, repro: str) -> TaskOutcome:
     if not fin.ok or fin.result is None:
-        why = describe_exit(fin.returncode) if fin.returncode != 0 else "worker wrote no result"
+        why = fin.reason or (describe_exit(fin.returncode) if fin.returncode != 0
+                             else "worker wrote no result")
         summary = f"{task.label} failed ({why}) after {fin.duration:.1f}s"
         tail = fin.log_tail()
         msg = f"{summary}\n--- log tail ---\n{tail}\n--- reproduce alone: {repro}"

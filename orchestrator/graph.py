@@ -10,7 +10,7 @@ import networkx as nx
 
 from orchestrator import formats
 from orchestrator.hashing import sha256_json
-from orchestrator.recipe import Recipe, StepUse
+from orchestrator.recipe import Recipe, StepUse, TaskLimits
 from orchestrator.registry import StepInfo
 from orchestrator.step import Resources
 
@@ -41,6 +41,7 @@ class Task:
     tokenizes: bool = False  # reads the sample texts and tokenizes them (keys the tokenizers)
     qualified: bool = False  # several recipes in one build: labels name the recipe too
     resources: Resources = field(default_factory=Resources)
+    limits: TaskLimits | None = None  # per-step limits; never keyed (they change no output)
 
     @property
     def step(self) -> str:
@@ -145,7 +146,9 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
         dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
         for up, _ in inputs.values():
             dag.add_edge(up, tid)
-    dag.nodes[tid]["obj"].labels.append((at.recipe, at.target, position))
+    task = dag.nodes[tid]["obj"]
+    task.labels.append((at.recipe, at.target, position))
+    task.limits = use.limits if task.limits is None else task.limits.loosest(use.limits)
     return tid
 
 

@@ -6,13 +6,14 @@ closest valid one. Step params are validated against the step's own ``Params`` m
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from orchestrator import yamlpos
 from orchestrator.errors import FatalError
@@ -63,9 +64,55 @@ class Hardware(_Strict):
     )
 
 
+class Limits(_Strict):
+    """Per-step limits: a task past either is killed (its whole process group) and fails alone.
+    They do not change what a step makes, so they never enter a key."""
+
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                    description="Wall-clock seconds one task may run.")
+    max_memory_mb: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                        description="Resident memory (MB, of the worker and its "
+                                        "child processes) one task may use.")
+
+    @field_validator("timeout_s", "max_memory_mb", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"give a number, not {str(value).lower()}")
+        return value
+
+
+LIMIT_FIELDS = ("timeout_s", "max_memory_mb")
+
+
+@dataclass(frozen=True)
+class Limit:
+    value: float
+    where: str  # where it was set: "set at r.yaml:8:9" or "the default of step 'x'"
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    """The limits of one task, each with where it was set (None: no limit)."""
+
+    timeout_s: Limit | None = None
+    max_memory_mb: Limit | None = None
+
+    def loosest(self, other: TaskLimits) -> TaskLimits:
+        """For one task shared by several step uses: it runs once, so each limit is the loosest
+        of theirs (no limit wins)."""
+        def pick(a: Limit | None, b: Limit | None) -> Limit | None:
+            return None if a is None or b is None else (a if a.value >= b.value else b)
+
+        return TaskLimits(pick(self.timeout_s, other.timeout_s),
+                          pick(self.max_memory_mb, other.max_memory_mb))
+
+
 class Target(_Strict):
     hardware: Hardware = Field(default_factory=Hardware)
-    steps: list[dict[str, dict[str, Any] | None]] = Field(min_length=1)
+    steps: list[dict[str, dict[str, Any] | None]] = Field(
+        min_length=1, description="Each item: 'step-name: {params}', and optionally 'limits: "
+        "{timeout_s, max_memory_mb}' beside it.")
     checks: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
 
 
@@ -75,6 +122,9 @@ class RecipeModel(_Strict):
     plugins: list[str] = Field(default_factory=list)
     model: ModelSource
     inputs: Inputs = Field(default_factory=Inputs)
+    limits: Limits = Field(default_factory=Limits,
+                           description="Defaults for every step and check of the recipe (a step's "
+                           "own 'limits:' wins).")
     targets: dict[str, Target] = Field(min_length=1)
 
 
@@ -85,6 +135,7 @@ class StepUse:
     info: StepInfo
     params: BaseModel
     where: str
+    limits: TaskLimits = TaskLimits()
 
 
 @dataclass(frozen=True)
@@ -143,17 +194,22 @@ def load_recipe(path: str | Path, registry: Registry | None = None) -> Recipe:
         base: tuple[str | int, ...] = ("targets", tname)
         uses = []
         for i, entry in enumerate(target.steps):
+            entry = dict(entry)
+            own = entry.pop("limits", None) if len(entry) > 1 else None
             if len(entry) != 1:
                 raise FatalError(
-                    f"step at {pos.at(base + ('steps', i))} must be one 'name: {{params}}' pair, "
-                    f"got {len(entry)} keys"
+                    f"step at {pos.at(base + ('steps', i))} must be one 'name: {{params}}' pair "
+                    f"(and optionally 'limits: {{...}}' beside it), got {len(entry)} keys"
                 )
             ((sname, params),) = entry.items()
-            uses.append(_use(registry, sname, params, pos, base + ("steps", i), "transform"))
+            use = _use(registry, sname, params, pos, base + ("steps", i), "transform")
+            lim = _limits(use, own, model.limits, pos, base + ("steps", i, "limits"))
+            uses.append(dataclasses.replace(use, limits=lim))
         steps[tname] = tuple(uses)
         checks[tname] = tuple(
-            _use(registry, cname, cparams, pos, base + ("checks",), "check")
-            for cname, cparams in sorted(target.checks.items())
+            dataclasses.replace(use, limits=_limits(use, None, model.limits, pos, ()))
+            for use in (_use(registry, cname, cparams, pos, base + ("checks",), "check")
+                        for cname, cparams in sorted(target.checks.items()))
         )
         check_chain(steps[tname], checks[tname], registry)
     name = model.name or path.stem
@@ -260,6 +316,32 @@ def _use(
     return StepUse(info, validated, str(where))
 
 
+def _limits(use: StepUse, own: Any, recipe: Limits, pos: yamlpos.Positions,
+            at: tuple[str | int, ...]) -> TaskLimits:
+    """A task's limits: the step use's own 'limits:' > the recipe's 'limits:' > the step class's
+    defaults (``timeout_s`` and ``max_memory_mb`` class attributes)."""
+    step_own = Limits()
+    if own is not None:
+        try:
+            step_own = Limits.model_validate(own)
+        except ValidationError as e:
+            raise FatalError(_format_errors(e, pos, Limits, at,
+                                            context=f"limits of step {use.info.name!r}")) from None
+    cls = use.info.cls
+    out: dict[str, Limit | None] = {}
+    for name in LIMIT_FIELDS:
+        if getattr(step_own, name) is not None:
+            out[name] = Limit(getattr(step_own, name), f"set at {pos.at(at + (name,))}")
+        elif getattr(recipe, name) is not None:
+            out[name] = Limit(getattr(recipe, name), f"set at {pos.at(('limits', name))}")
+        elif getattr(cls, name, None) is not None:
+            noun = "check" if cls.kind == "check" else "step"
+            out[name] = Limit(float(getattr(cls, name)), f"the default of {noun} {use.info.name!r}")
+        else:
+            out[name] = None
+    return TaskLimits(out["timeout_s"], out["max_memory_mb"])
+
+
 def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else ""
@@ -341,10 +423,13 @@ def recipe_json_schema(registry: Registry) -> dict[str, Any]:
             p = info.cls.Params.model_json_schema(ref_template="#/$defs/{model}")
             defs.update(p.pop("$defs", {}))
             p["title"] = f"{name} params"
+            props: dict[str, Any] = {name: {"anyOf": [p, {"type": "null"}]}}
+            if kind == "transform":
+                props["limits"] = {"$ref": "#/$defs/Limits"}
             out.append(
                 {
                     "type": "object",
-                    "properties": {name: {"anyOf": [p, {"type": "null"}]}},
+                    "properties": props,
                     "required": [name],
                     "additionalProperties": False,
                     "description": info.cls.description,

@@ -15,6 +15,9 @@ A step is a class with:
 - ``output_formats``: output name -> format; each output is validated by its format right after
   ``run``, before anything is cached,
 - ``resources``: what one run needs (cpu cores, cuda devices, memory),
+- ``timeout_s`` / ``max_memory_mb``: default limits of one task (None: none); a recipe's
+  ``limits:`` and a step use's own ``limits:`` override them. Past either the task's process group
+  is killed and the task fails; they never enter the key,
 - ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``);
   each must be installed when the step is registered unless listed in ``optional_toolchain``,
 - ``hardware_keys``: the target hardware properties that change its output,
@@ -112,6 +115,8 @@ class Step:
     input_formats: ClassVar[dict[str, tuple[str, ...]]] = {}
     output_formats: ClassVar[dict[str, str]] = {}
     resources: ClassVar[Resources] = Resources()
+    timeout_s: ClassVar[float | None] = None
+    max_memory_mb: ClassVar[float | None] = None
     toolchain: ClassVar[tuple[str, ...]] = ()
     optional_toolchain: ClassVar[tuple[str, ...]] = ()
     hardware_keys: ClassVar[tuple[str, ...]] = ()

@@ -46,7 +46,8 @@ CASES = [
      "unknown check 'fake-upper' at {f}:10:7; `deploy-build steps` lists the checks"),
     ("two keys in one step",
      GOOD.replace('- fake-upper: {suffix: "!"}', '- fake-upper: {}\n        fake-tree: {}'),
-     "step at {f}:8:9 must be one 'name: {{params}}' pair, got 2 keys"),
+     "step at {f}:8:9 must be one 'name: {{params}}' pair (and optionally 'limits: {{...}}' "
+     "beside it), got 2 keys"),
     ("custom tag",
      GOOD.replace("./model", "!env MODEL"),
      "invalid YAML at {f}:4:11: could not determine a constructor for the tag '!env'; "

@@ -4,6 +4,12 @@ A process per task (not a shared pool) is what isolates a native crash or os._ex
 the worker dies, its task fails, everything else goes on. Workers run in their own session (so
 cancelling kills a task's whole process group) and die with this process: each asks for a
 parent-death SIGKILL (worker.py), so `kill -9` of the build leaves no worker running.
+
+Per-step limits are enforced from here, not inside the worker: past its ``timeout_s`` or its
+``max_memory_mb`` a task's whole session gets SIGKILL and the task fails with the reason. Memory is
+the resident set of every process of the worker's session, read from /proc every
+``LIMIT_POLL_S`` (an address-space rlimit would break torch and ONNX Runtime, which reserve far
+more address space than they touch).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 LOG_TAIL_LINES = 25
+LIMIT_POLL_S = 0.1
 
 
 @dataclass
@@ -32,6 +39,9 @@ class Job:
     memory_gb: float = 0.0
     cuda: int = 0
     devices: list[int] = field(default_factory=list)  # CUDA devices given to the task
+    timeout_s: float | None = None
+    max_memory_mb: float | None = None
+    limit_where: dict[str, str] = field(default_factory=dict)  # limit name -> where it was set
 
 
 @dataclass
@@ -42,6 +52,7 @@ class Finished:
     log: str
     returncode: int
     duration: float
+    reason: str | None = None  # why this side killed it (a limit), else None
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(self.log.rstrip().splitlines()[-lines:])
@@ -53,6 +64,7 @@ class _Running:
     proc: subprocess.Popen[bytes]
     started: float
     log_path: Path
+    reason: str | None = None  # set when a limit killed it
 
 
 def total_memory_gb() -> float:
@@ -80,6 +92,7 @@ class LocalExecutor:
     running: dict[str, _Running] = field(default_factory=dict)
     memory_gb: float = field(default_factory=total_memory_gb)
     devices: list[int] = field(default_factory=cuda_device_ids)
+    _checked: float = 0.0
 
     @property
     def free_cpu(self) -> int:
@@ -132,6 +145,9 @@ class LocalExecutor:
     def poll(self, timeout: float = 0.05) -> list[Finished]:
         deadline = time.monotonic() + timeout
         while True:
+            if time.monotonic() - self._checked >= LIMIT_POLL_S:
+                self._checked = time.monotonic()
+                self.enforce_limits()
             done = [tid for tid, r in self.running.items() if r.proc.poll() is not None]
             if done or time.monotonic() >= deadline or not self.running:
                 break
@@ -143,9 +159,30 @@ class LocalExecutor:
             log = r.log_path.read_text(errors="replace")
             result_path = Path(r.job.spec["result"])
             result = json.loads(result_path.read_text()) if rc == 0 and result_path.exists() else None
-            out.append(Finished(tid, result is not None, result, log, rc,
-                                time.monotonic() - r.started))
+            ok = result is not None and r.reason is None
+            out.append(Finished(tid, ok, result if ok else None, log, rc,
+                                time.monotonic() - r.started, r.reason))
         return out
+
+    def enforce_limits(self) -> None:
+        """Kill (SIGKILL to its session) each running task past its timeout or memory limit."""
+        now = time.monotonic()
+        live = [r for r in self.running.values() if r.reason is None and r.proc.poll() is None]
+        watched = {r.proc.pid for r in live if r.job.max_memory_mb is not None}
+        rss = session_rss_mb(watched) if watched else {}
+        for r in live:
+            job, where = r.job, r.job.limit_where
+            if job.timeout_s is not None and now - r.started > job.timeout_s:
+                r.reason = (f"timed out after {now - r.started:.1f} s; timeout_s {job.timeout_s:g} "
+                            f"{where.get('timeout_s', 'set by the caller')}")
+            elif job.max_memory_mb is not None and rss.get(r.proc.pid, 0.0) > job.max_memory_mb:
+                r.reason = (f"used {rss[r.proc.pid]:.0f} MB, over its limit of "
+                            f"{job.max_memory_mb:g} MB; max_memory_mb "
+                            f"{where.get('max_memory_mb', 'set by the caller')}")
+            else:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(r.proc.pid, signal.SIGKILL)
 
     def cancel_all(self) -> None:
         """Stop every running worker (its whole process group) and wait for it."""
@@ -161,6 +198,27 @@ class LocalExecutor:
                     os.killpg(r.proc.pid, signal.SIGKILL)
                 r.proc.wait()
         self.running.clear()
+
+
+def session_rss_mb(sessions: set[int]) -> dict[int, float]:
+    """Resident memory (MB) of every process of each session id, summed (one pass over /proc).
+    A worker leads its own session, so its session id is its pid and its children are counted."""
+    totals = dict.fromkeys(sessions, 0.0)
+    page = os.sysconf("SC_PAGE_SIZE")
+    try:
+        pids = [n for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:  # pragma: no cover - no /proc
+        return totals
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            sid = int(fields[3])  # after the command: state ppid pgrp session ...
+            if sid in totals:
+                totals[sid] += int(fields[21]) * page / 2**20  # field 24: rss in pages
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to read
+            continue
+    return totals
 
 
 def describe_exit(returncode: int) -> str:
