@@ -41,6 +41,7 @@ class Task:
     tokenizes: bool = False  # reads the sample texts and tokenizes them (keys the tokenizers)
     qualified: bool = False  # several recipes in one build: labels name the recipe too
     resources: Resources = field(default_factory=Resources)
+    exclusive: bool = False  # the step measures speed: the task runs alone (Step.exclusive)
 
     @property
     def step(self) -> str:
@@ -141,7 +142,7 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
                     files, reference=overrides is not None,
                     tokenizes="samples" in cls.inputs_for(params)
                     and (cls.kind == "transform" or overrides is not None),
-                    resources=cls.resources_for(at.hardware))
+                    resources=cls.resources_for(at.hardware), exclusive=bool(cls.exclusive))
         dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
         for up, _ in inputs.values():
             dag.add_edge(up, tid)

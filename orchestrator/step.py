@@ -15,6 +15,7 @@ A step is a class with:
 - ``output_formats``: output name -> format; each output is validated by its format right after
   ``run``, before anything is cached,
 - ``resources``: what one run needs (cpu cores, cuda devices, memory),
+- ``exclusive``: True for a step that measures speed: its task runs alone (``orchestrator.locks``),
 - ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``);
   each must be installed when the step is registered unless listed in ``optional_toolchain``,
 - ``hardware_keys``: the target hardware properties that change its output,
@@ -112,6 +113,9 @@ class Step:
     input_formats: ClassVar[dict[str, tuple[str, ...]]] = {}
     output_formats: ClassVar[dict[str, str]] = {}
     resources: ClassVar[Resources] = Resources()
+    # A step that measures speed (the benchmark) runs alone: in its build nothing runs beside it,
+    # and it holds the machine lock exclusive, so no task of another build does either.
+    exclusive: ClassVar[bool] = False
     toolchain: ClassVar[tuple[str, ...]] = ()
     optional_toolchain: ClassVar[tuple[str, ...]] = ()
     hardware_keys: ClassVar[tuple[str, ...]] = ()

@@ -1,0 +1,102 @@
+"""Locks between builds that share a cache or a machine: all `fcntl.flock`, taken without blocking
+(LOCK_NB) so a build's scheduler loop goes on while it waits, and gone with the process that held
+them (a build killed with -9 leaves no lock behind).
+
+- A lock per action key, ``<cache>/locks/ac/<key>.lock`` (exclusive): taken before a task runs and
+  released once its entry is written or it failed. A build that finds the key locked waits and then
+  looks in the store again: another build may have built it meanwhile. The holder unlinks the file
+  before releasing it; a build that locked a file unlinked meanwhile sees that its inode is no
+  longer the path's and tries again, so the files do not pile up.
+- The machine lock, ``benchmark.lock`` in the machine-wide lock folder (``$DEPLOY_BUILD_LOCK_DIR``,
+  default ``<cache>/locks``): every running task holds it shared; a task of an ``exclusive`` step
+  (the benchmark) holds it exclusive, so no task of any build using that folder runs beside a
+  benchmark. Builds on different caches share it only when they point ``DEPLOY_BUILD_LOCK_DIR`` at
+  one folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+MACHINE_LOCK = "benchmark.lock"
+
+
+def lock_dir(cache_root: Path) -> Path:
+    env = os.environ.get("DEPLOY_BUILD_LOCK_DIR")
+    return Path(env) if env else cache_root / "locks"
+
+
+def _open(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+
+
+def try_lock(path: Path, exclusive: bool = True) -> int | None:
+    """The fd of path, flock'ed (exclusive or shared) without waiting; None when someone else
+    holds it in a conflicting way."""
+    while True:
+        fd = _open(path)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.lstat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # its holder unlinked it before releasing it: lock the path's new file
+
+
+def release(fd: int, path: Path | None = None) -> None:
+    """Release a lock; with path (exclusive locks only), remove its file first."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    os.close(fd)
+
+
+class BuildLocks:
+    """The locks one build holds: per action key and on the machine, by task id."""
+
+    def __init__(self, cache_root: Path) -> None:
+        self.keys_dir = cache_root / "locks" / "ac"
+        self.machine = lock_dir(cache_root) / MACHINE_LOCK
+        self._keys: dict[str, tuple[int, Path]] = {}
+        self._machine: dict[str, int] = {}
+
+    def holds_key(self, tid: str) -> bool:
+        return tid in self._keys
+
+    def lock_key(self, tid: str, key: str) -> bool:
+        path = self.keys_dir / f"{key}.lock"
+        fd = try_lock(path)
+        if fd is None:
+            return False
+        self._keys[tid] = (fd, path)
+        return True
+
+    def lock_machine(self, tid: str, exclusive: bool) -> bool:
+        fd = try_lock(self.machine, exclusive)
+        if fd is None:
+            return False
+        self._machine[tid] = fd
+        return True
+
+    def release(self, tid: str) -> None:
+        if tid in self._machine:
+            os.close(self._machine.pop(tid))
+        if tid in self._keys:
+            release(*self._keys.pop(tid))
+
+    def release_all(self) -> None:
+        for tid in [*self._keys, *self._machine]:
+            self.release(tid)
