@@ -70,6 +70,12 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
     stop = False
     locks = BuildLocks(store.root)
     waiting_exclusive: set[str] = set()  # ready exclusive tasks (benchmarks) waiting to run alone
+    waited: set[tuple[str, str]] = set()
+
+    def wait(tid: str, why: str) -> None:
+        if (tid, why) not in waited:
+            waited.add((tid, why))
+            reporter.task_wait(tasks[tid], why)
 
     def finish(tid: str, outcome: TaskOutcome) -> None:
         outcomes[tid] = outcome
@@ -119,7 +125,8 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
                 assert d.key is not None
                 if not locks.holds_key(tid):
                     if not locks.lock_key(tid, d.key):
-                        continue  # another build runs this task: look again once it is done
+                        wait(tid, "another build is running it: a hit once it is done")
+                        continue  # look again once it is done
                     entry = None if plan.forced(task) else usable_entry(store, d.key)[0]
                     if entry is not None:  # it finished while this build planned or waited
                         locks.release(tid)
@@ -132,7 +139,10 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
                 if not locks.lock_machine(tid, task.exclusive):
                     if task.exclusive:  # another build's tasks run: start nothing until it can
                         waiting_exclusive.add(tid)
-                    continue  # another build benchmarks: nothing runs beside it
+                        wait(tid, "it runs alone: waiting for another build's tasks to finish")
+                    else:
+                        wait(tid, "another build is benchmarking: nothing runs beside it")
+                    continue
                 waiting_exclusive.discard(tid)
                 try:
                     job = _job(task, d, plan, store, outputs, opts)

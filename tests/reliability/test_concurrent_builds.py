@@ -199,3 +199,4 @@ def test_a_build_waits_for_a_locked_task_and_runs_others_meanwhile(project: Proj
     done_b = next(i for i, x in enumerate(lines) if x.startswith("done  b/1:fake-upper"))
     hit_a = next(i for i, x in enumerate(lines) if x.startswith("HIT   a/1:fake-upper"))
     assert done_b < hit_a, lines
+    assert any(x.startswith("WAIT  a/1:fake-upper  (another build is running it") for x in lines)
