@@ -1,5 +1,6 @@
-"""Item 3 (issue 8): two builds on one cache build each task once (a lock per action key), and a
-benchmark (an exclusive step) never runs beside another task, of its build or of another."""
+"""Issue 8, part II, item 3 ("Two builds on one cache"): two builds on one cache build each task
+once (a lock per action key), and a benchmark (an exclusive step) never runs beside another task,
+of its build or of another."""
 
 from __future__ import annotations
 
