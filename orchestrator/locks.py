@@ -11,7 +11,9 @@ them (a build killed with -9 leaves no lock behind).
   default ``<cache>/locks``): every running task holds it shared; a task of an ``exclusive`` step
   (the benchmark) holds it exclusive, so no task of any build using that folder runs beside a
   benchmark. Builds on different caches share it only when they point ``DEPLOY_BUILD_LOCK_DIR`` at
-  one folder.
+  one folder. A benchmark waiting for it holds ``benchmark.waiting`` exclusive, and a task starts
+  only if it can lock that one shared for a moment: no new task starts while a benchmark waits,
+  so the benchmark is not starved by a stream of tasks of other builds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 from pathlib import Path
 
 MACHINE_LOCK = "benchmark.lock"
+WAITING_LOCK = "benchmark.waiting"  # held by a benchmark waiting for the machine lock
 
 
 def lock_dir(cache_root: Path) -> Path:
@@ -70,8 +73,10 @@ class BuildLocks:
     def __init__(self, cache_root: Path) -> None:
         self.keys_dir = cache_root / "locks" / "ac"
         self.machine = lock_dir(cache_root) / MACHINE_LOCK
+        self.waiting = lock_dir(cache_root) / WAITING_LOCK
         self._keys: dict[str, tuple[int, Path]] = {}
         self._machine: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}
 
     def holds_key(self, tid: str) -> bool:
         return tid in self._keys
@@ -85,18 +90,33 @@ class BuildLocks:
         return True
 
     def lock_machine(self, tid: str, exclusive: bool) -> bool:
+        if exclusive:
+            if tid not in self._waiting:  # announce it: no new task starts meanwhile
+                wfd = try_lock(self.waiting, exclusive=True)
+                if wfd is None:
+                    return False  # another benchmark waits, or a task is starting this instant
+                self._waiting[tid] = wfd
+        else:
+            wfd = try_lock(self.waiting, exclusive=False)
+            if wfd is None:
+                return False  # a benchmark waits for the machine
+            os.close(wfd)
         fd = try_lock(self.machine, exclusive)
         if fd is None:
             return False
         self._machine[tid] = fd
+        if tid in self._waiting:
+            os.close(self._waiting.pop(tid))
         return True
 
     def release(self, tid: str) -> None:
+        if tid in self._waiting:
+            os.close(self._waiting.pop(tid))
         if tid in self._machine:
             os.close(self._machine.pop(tid))
         if tid in self._keys:
             release(*self._keys.pop(tid))
 
     def release_all(self) -> None:
-        for tid in [*self._keys, *self._machine]:
+        for tid in {*self._keys, *self._machine, *self._waiting}:
             self.release(tid)

@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from conftest import Project
@@ -201,3 +203,43 @@ def test_a_build_waits_for_a_locked_task_and_runs_others_meanwhile(project: Proj
     hit_a = next(i for i, x in enumerate(lines) if x.startswith("HIT   a/1:fake-upper"))
     assert done_b < hit_a, lines
     assert any(x.startswith("WAIT  a/1:fake-upper  (another build is running it") for x in lines)
+
+
+def test_a_waiting_benchmark_is_not_starved_by_other_builds_tasks(tmp_path: Path) -> None:
+    from orchestrator.locks import BuildLocks
+
+    one, two, three = (BuildLocks(tmp_path) for _ in range(3))  # three builds (fds) on one cache
+    assert one.lock_machine("task", exclusive=False)
+    assert not two.lock_machine("bench", exclusive=True)  # a task runs: the benchmark waits...
+    assert not three.lock_machine("other", exclusive=False)  # ...and no new task starts meanwhile
+    one.release("task")
+    assert two.lock_machine("bench", exclusive=True)
+    assert not three.lock_machine("other", exclusive=False)  # nothing beside the benchmark
+    two.release("bench")
+    assert three.lock_machine("other", exclusive=False)
+    three.release_all()
+
+
+def test_a_key_lock_is_exclusive_and_its_file_goes_with_it(tmp_path: Path) -> None:
+    from orchestrator.locks import BuildLocks
+
+    one, two = BuildLocks(tmp_path), BuildLocks(tmp_path)
+    assert one.lock_key("t", "k" * 64)
+    assert not two.lock_key("t", "k" * 64)
+    one.release("t")
+    assert not list((tmp_path / "locks" / "ac").iterdir())
+    assert two.lock_key("t", "k" * 64)
+    two.release_all()
+
+
+def test_the_executor_starts_an_exclusive_job_alone() -> None:
+    from orchestrator.executors.local import Job, LocalExecutor
+
+    ex = LocalExecutor(8)
+    assert ex.can_start(1, exclusive=True)  # nothing runs
+    ex.running["bench"] = cast(Any, SimpleNamespace(job=Job("bench", {}, Path("."), 1,
+                                                             exclusive=True)))
+    assert not ex.can_start(1)  # nothing beside it, though cpu tokens are free
+    ex.running = {"t": cast(Any, SimpleNamespace(job=Job("t", {}, Path("."), 1)))}
+    assert not ex.can_start(1, exclusive=True)  # it waits for the others to finish
+    assert ex.can_start(1)
