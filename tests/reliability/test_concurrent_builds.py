@@ -82,6 +82,22 @@ class Timed(Step):
         return {}
 
 
+class Flaky(Step):
+    name = "fake-flaky"
+    version = "1"
+    Params = TimedParams
+    outputs = {"model": "model.txt"}
+    input_formats = {"model": ("any",)}
+    output_formats = {"model": "text"}
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        time.sleep(ctx.params.sleep)
+        if os.environ.get("FLAKY_FAIL"):
+            raise RuntimeError("failed on purpose")
+        ctx.output("model").write_text("ok")
+        return {}
+
+
 class Bench(Step):
     name = "fake-bench"
     version = "1"
@@ -243,3 +259,21 @@ def test_the_executor_starts_an_exclusive_job_alone() -> None:
     ex.running = {"t": cast(Any, SimpleNamespace(job=Job("t", {}, Path("."), 1)))}
     assert not ex.can_start(1, exclusive=True)  # it waits for the others to finish
     assert ex.can_start(1)
+
+
+def test_a_task_that_failed_in_the_other_build_runs_here(project: Project,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (project.root / "timed_steps.py").write_text(TIMED_STEPS)
+    monkeypatch.setenv("TIMES_FILE", str(project.root / "times.txt"))
+    r = project.recipe("name: f\nplugins: [timed_steps.py]\nmodel:\n  source: ./model\n"
+                       "targets:\n  a:\n    steps:\n      - fake-flaky: {sleep: 3}\n")
+    monkeypatch.setenv("FLAKY_FAIL", "1")
+    failing = _start(project, r, "out0")
+    assert wait_for(lambda: list(project.cache.glob("locks/ac/*.lock")), 30)
+    monkeypatch.delenv("FLAKY_FAIL")
+    second = _start(project, r, "out1")
+    failing.communicate(timeout=60)
+    assert failing.returncode != 0
+    s = _summary(second)
+    assert [t["status"] for t in s["tasks"]] == ["run"]
+    assert "WAIT  a/1:fake-flaky" in s["err"]
