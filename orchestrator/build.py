@@ -1,15 +1,22 @@
 """Run a plan: dispatch RUN tasks to the executor in DAG order, re-checking keys as inputs become
-known (early cutoff), record action entries only for successful tasks, then write manifests."""
+known (early cutoff), record action entries only for successful tasks, then write manifests.
+
+Builds sharing a cache build each task once: a task runs under its action key's lock, and a build
+that finds the key locked waits (starting other ready tasks meanwhile) and then looks in the store
+again. Every running task holds the machine lock shared, a benchmark (an ``exclusive`` step) holds it
+exclusive and starts only when nothing else of its build runs (see orchestrator.locks)."""
 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.executors.local import Finished, Job, LocalExecutor, describe_exit
 from orchestrator.graph import Task
-from orchestrator.plan import Decision, Plan, decide, input_digests
+from orchestrator.locks import BuildLocks
+from orchestrator.plan import Decision, Plan, decide, input_digests, usable_entry
 from orchestrator.report import Reporter
 from orchestrator.store.base import Blob, BlobError
 from orchestrator.store.local import LocalStore
@@ -61,6 +68,14 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
     executor = LocalExecutor(opts.jobs)
     started: dict[str, Job] = {}
     stop = False
+    locks = BuildLocks(store.root)
+    waiting_exclusive: set[str] = set()  # ready exclusive tasks (benchmarks) waiting to run alone
+    waited: set[tuple[str, str]] = set()
+
+    def wait(tid: str, why: str) -> None:
+        if (tid, why) not in waited:
+            waited.add((tid, why))
+            reporter.task_wait(tasks[tid], why)
 
     def finish(tid: str, outcome: TaskOutcome) -> None:
         outcomes[tid] = outcome
@@ -101,11 +116,38 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
                     d.reasons = d.reasons if d.reasons != ["not in this cache"] else ["input changed"]
                     decisions[tid] = d
                 res = task.resources
-                if not executor.can_start(res.cpu, res.memory_gb, res.cuda):
+                if waiting_exclusive and tid not in waiting_exclusive:
+                    continue  # a benchmark waits for the machine to be idle: start nothing new
+                if not executor.can_start(res.cpu, res.memory_gb, res.cuda, task.exclusive):
+                    if task.exclusive:
+                        waiting_exclusive.add(tid)
                     continue
+                assert d.key is not None
+                if not locks.holds_key(tid):
+                    if not locks.lock_key(tid, d.key):
+                        wait(tid, "another build is running it: a hit once it is done")
+                        continue  # look again once it is done
+                    entry = None if plan.forced(task) else usable_entry(store, d.key)[0]
+                    if entry is not None:  # it finished while this build planned or waited
+                        locks.release(tid)
+                        waiting_exclusive.discard(tid)
+                        d = Decision("HIT", ["built by another build meanwhile"], d.key, d.doc,
+                                     entry)
+                        decisions[tid] = d
+                        finish(tid, TaskOutcome("hit", d.key, d.entry, reasons=d.reasons))
+                        continue
+                if not locks.lock_machine(tid, task.exclusive):
+                    if task.exclusive:  # another build's tasks run: start nothing until it can
+                        waiting_exclusive.add(tid)
+                        wait(tid, "it runs alone: waiting for another build's tasks to finish")
+                    else:
+                        wait(tid, "another build is benchmarking: nothing runs beside it")
+                    continue
+                waiting_exclusive.discard(tid)
                 try:
                     job = _job(task, d, plan, store, outputs, opts)
                 except BlobError as e:  # an input blob went missing or bad since planning
+                    locks.release(tid)
                     msg = (f"{task.label} could not start: an input in the cache is {e} "
                            "(removed or changed during the build); run the build again: the "
                            "task that made it is rebuilt")
@@ -119,11 +161,14 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
                 break
             if not executor.running and stop:
                 break
+            if not executor.running:
+                time.sleep(0.05)  # waiting for another build's locks only
             for fin in executor.poll(0.05):
                 job = started[fin.task_id]
                 task = tasks[fin.task_id]
                 d = decisions[fin.task_id]
                 outcome = _record(task, d, fin, store, repro.get(fin.task_id, ""))
+                locks.release(fin.task_id)  # after the entry is written (or the task failed)
                 shutil.rmtree(job.scratch, ignore_errors=True)
                 finish(fin.task_id, outcome)
                 if outcome.status == "fail":
@@ -143,6 +188,7 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
         raise Interrupted(143 if isinstance(e, Terminated) else 130) from None
     finally:  # whatever stops the loop, no worker outlives it and no scratch is left
         executor.cancel_all()
+        locks.release_all()
         for job in started.values():
             shutil.rmtree(job.scratch, ignore_errors=True)
     return outcomes
@@ -183,7 +229,8 @@ def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
         "reference": task.reference,
     }
     res = task.resources
-    job = Job(task.id, spec, scratch, res.cpu, task.label, res.memory_gb, res.cuda)
+    job = Job(task.id, spec, scratch, res.cpu, task.label, res.memory_gb, res.cuda,
+              exclusive=task.exclusive)
     for name in ("timeout_s", "max_memory_mb"):  # per-step limits, enforced by the executor
         lim = getattr(task.limits, name, None)
         if lim is not None:

@@ -42,6 +42,7 @@ class Task:
     qualified: bool = False  # several recipes in one build: labels name the recipe too
     resources: Resources = field(default_factory=Resources)
     limits: TaskLimits | None = None  # per-step limits; never keyed (they change no output)
+    exclusive: bool = False  # the step measures speed: the task runs alone (Step.exclusive)
 
     @property
     def step(self) -> str:
@@ -142,7 +143,7 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
                     files, reference=overrides is not None,
                     tokenizes="samples" in cls.inputs_for(params)
                     and (cls.kind == "transform" or overrides is not None),
-                    resources=cls.resources_for(at.hardware))
+                    resources=cls.resources_for(at.hardware), exclusive=bool(cls.exclusive))
         dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
         for up, _ in inputs.values():
             dag.add_edge(up, tid)

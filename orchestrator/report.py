@@ -15,6 +15,7 @@ STATUS_WORD = {"hit": "HIT", "run": "done", "skip": "SKIP", "fail": "FAIL"}
 
 class Reporter(Protocol):
     def task_start(self, task: Any, reasons: list[str]) -> None: ...
+    def task_wait(self, task: Any, why: str) -> None: ...
     def task_done(self, task: Any, outcome: Any) -> None: ...
     def tick(self, executor: Any) -> None: ...
     def close(self) -> None: ...
@@ -30,6 +31,9 @@ class PlainReporter:
     def task_start(self, task: Any, reasons: list[str]) -> None:
         why = f"  ({'; '.join(reasons)})" if reasons else ""
         self._line(f"RUN   {task.label}{why}")
+
+    def task_wait(self, task: Any, why: str) -> None:
+        self._line(f"WAIT  {task.label}  ({why})")
 
     def task_done(self, task: Any, outcome: Any) -> None:
         if outcome.status == "hit" and not self.show_hits:
@@ -67,6 +71,10 @@ class LiveReporter(PlainReporter):
     def task_start(self, task: Any, reasons: list[str]) -> None:
         self._clear()
         super().task_start(task, reasons)
+
+    def task_wait(self, task: Any, why: str) -> None:
+        self._clear()
+        super().task_wait(task, why)
 
     def task_done(self, task: Any, outcome: Any) -> None:
         self._clear()

@@ -18,6 +18,7 @@ A step is a class with:
 - ``timeout_s`` / ``max_memory_mb``: default limits of one task (None: none); a recipe's
   ``limits:`` and a step use's own ``limits:`` override them. Past either the task's process group
   is killed and the task fails; they never enter the key,
+- ``exclusive``: True for a step that measures speed: its task runs alone (``orchestrator.locks``),
 - ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``);
   each must be installed when the step is registered unless listed in ``optional_toolchain``,
 - ``hardware_keys``: the target hardware properties that change its output,
@@ -117,6 +118,9 @@ class Step:
     resources: ClassVar[Resources] = Resources()
     timeout_s: ClassVar[float | None] = None
     max_memory_mb: ClassVar[float | None] = None
+    # A step that measures speed (the benchmark) runs alone: in its build nothing runs beside it,
+    # and it holds the machine lock exclusive, so no task of another build does either.
+    exclusive: ClassVar[bool] = False
     toolchain: ClassVar[tuple[str, ...]] = ()
     optional_toolchain: ClassVar[tuple[str, ...]] = ()
     hardware_keys: ClassVar[tuple[str, ...]] = ()

@@ -42,6 +42,7 @@ class Job:
     timeout_s: float | None = None
     max_memory_mb: float | None = None
     limit_where: dict[str, str] = field(default_factory=dict)  # limit name -> where it was set
+    exclusive: bool = False  # runs alone: starts only when nothing runs, and nothing beside it
 
 
 @dataclass
@@ -86,7 +87,8 @@ def cuda_device_ids() -> list[int]:
 @dataclass
 class LocalExecutor:
     """Runs jobs within `jobs` cpu tokens, the machine's memory and its CUDA devices. A job that
-    asks for more than the machine has still runs, alone."""
+    asks for more than the machine has still runs, alone; so does an exclusive job (a benchmark),
+    whatever it asks for."""
 
     jobs: int
     running: dict[str, _Running] = field(default_factory=dict)
@@ -98,10 +100,13 @@ class LocalExecutor:
     def free_cpu(self) -> int:
         return self.jobs - sum(r.job.cpu for r in self.running.values())
 
-    def can_start(self, cpu: int, memory_gb: float = 0.0, cuda: int = 0) -> bool:
+    def can_start(self, cpu: int, memory_gb: float = 0.0, cuda: int = 0,
+                  exclusive: bool = False) -> bool:
         if not self.running:
             return True
         jobs = [r.job for r in self.running.values()]
+        if exclusive or any(j.exclusive for j in jobs):
+            return False
         return (min(cpu, self.jobs) <= self.free_cpu
                 and sum(j.memory_gb for j in jobs) + memory_gb <= self.memory_gb
                 and sum(j.cuda for j in jobs) + cuda <= len(self.devices))

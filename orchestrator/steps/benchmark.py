@@ -92,7 +92,8 @@ class Benchmark(EngineCheck):
                    "speed-up over PyTorch measured alternately in the same task.")
     Params = BenchmarkParams
     inputs = ("model", "source")
-    resources = Resources(cpu=64)  # clamped to all the executor's cpus: a benchmark runs alone
+    resources = Resources(cpu=64)  # clamped to all the executor's cpus: its threads
+    exclusive = True  # it runs alone: nothing of this build or another runs beside it
     gate_fields = ("min_speedup",)
     machine_keys = ("cpu_model", "cpu_count")  # latency from another machine is not this one's
     # No separate reference task: the PyTorch reference is measured inside this task, alternated
