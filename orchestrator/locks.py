@@ -12,9 +12,9 @@ them (a build killed with -9 leaves no lock behind).
   owns, mode 0700: one that another user planted there, or a symlink, is not used and the cache's
   ``locks/`` is used instead): every running task holds it shared; a task of an ``exclusive`` step
   (the benchmark) holds it exclusive, so no task of any build of this user on this machine, whatever
-  its cache, runs beside a benchmark. A benchmark waiting for it holds ``benchmark.waiting`` exclusive, and a task starts
-  only if it can lock that one shared for a moment: no new task starts while a benchmark waits,
-  so the benchmark is not starved by a stream of tasks of other builds.
+  its cache, runs beside a benchmark. A benchmark waiting for it holds ``benchmark.waiting``
+  exclusive, and a task starts only if it can lock that one shared for a moment: no new task
+  starts while a benchmark waits, so it is not starved by a stream of tasks of other builds.
 """
 
 from __future__ import annotations
