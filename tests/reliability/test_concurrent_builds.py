@@ -277,3 +277,25 @@ def test_a_task_that_failed_in_the_other_build_runs_here(project: Project,
     s = _summary(second)
     assert [t["status"] for t in s["tasks"]] == ["run"]
     assert "WAIT  a/1:fake-flaky" in s["err"]
+
+
+def test_the_machine_lock_folder_is_per_user_and_never_a_planted_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.locks import lock_dir
+
+    cache = tmp_path / "cache"
+    monkeypatch.delenv("DEPLOY_BUILD_LOCK_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    assert lock_dir(cache) == tmp_path / "run" / "deploy-build"  # one folder for all caches
+    assert (tmp_path / "run" / "deploy-build").stat().st_mode & 0o777 == 0o700
+    (tmp_path / "run" / "deploy-build").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "run" / "deploy-build").symlink_to(tmp_path / "elsewhere")
+    assert lock_dir(cache) == cache / "locks"  # a planted link is not followed
+    (tmp_path / "run" / "deploy-build").unlink()
+    (tmp_path / "run" / "deploy-build").mkdir(mode=0o777)
+    os.chmod(tmp_path / "run" / "deploy-build", 0o777)
+    assert lock_dir(cache) == cache / "locks"  # writable by others: not trusted
+    monkeypatch.setenv("DEPLOY_BUILD_LOCK_DIR", str(tmp_path / "mine"))
+    assert lock_dir(cache) == tmp_path / "mine"
