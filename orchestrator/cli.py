@@ -47,6 +47,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="where targets are materialized (default: build/ in the project)")
+    p.add_argument("--allow-plugin-path", action="append", default=[], metavar="PATH",
+                   dest="allow_plugin_path",
+                   help="allow recipe plugins at this file or folder outside the recipe's project "
+                        "(repeatable; also $DEPLOY_BUILD_ALLOW_PLUGINS). A plugin is code that "
+                        "runs with your rights: allow only what you trust")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,11 +91,13 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("steps", help="list steps and checks with their params and origin")
     s.add_argument("--plugins", nargs="*", default=[], metavar="FILE",
-                   help="also load these plugin files")
+                   help="also load these plugin files; listing imports them and every installed "
+                        "step entry point, which runs their code")
     s.set_defaults(func="orchestrator.commands.info:steps")
 
     sc = sub.add_parser("schema", help="print the recipe JSON Schema")
-    sc.add_argument("--plugins", nargs="*", default=[], metavar="FILE")
+    sc.add_argument("--plugins", nargs="*", default=[], metavar="FILE",
+                    help="also load these plugin files (importing them runs their code)")
     sc.set_defaults(func="orchestrator.commands.info:schema")
 
     d = sub.add_parser("diff", help="compare two manifests (files or folders of them)")

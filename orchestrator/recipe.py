@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +24,7 @@ from orchestrator.registry import Registry, StepInfo
 
 # recipe and target names become folder names under build/: checked whole (re.fullmatch: a `$`
 # would match before a trailing newline) and short enough for any file system
+ALLOW_PLUGINS_ENV = "DEPLOY_BUILD_ALLOW_PLUGINS"  # os.pathsep-separated plugin files or folders
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 MAX_NAME = 100
 
@@ -161,7 +164,38 @@ class Recipe:
         return (self.base_dir / relpath).resolve()
 
 
-def load_recipe(path: str | Path, registry: Registry | None = None) -> Recipe:
+def plugin_project(recipe: Path) -> Path:
+    """The project a recipe's plugins must stay in: the nearest folder, from the recipe's own
+    upwards, that holds a pyproject.toml or .git; the recipe's folder where none does."""
+    start = recipe.parent.resolve()
+    for d in (start, *start.parents):
+        if (d / "pyproject.toml").exists() or (d / ".git").exists():
+            return d
+    return start
+
+
+def allowed_plugin_paths(extra: Sequence[str | Path] = ()) -> list[Path]:
+    """Plugin files or folders allowed outside a recipe's project: --allow-plugin-path and
+    $DEPLOY_BUILD_ALLOW_PLUGINS."""
+    env = [p for p in os.environ.get(ALLOW_PLUGINS_ENV, "").split(os.pathsep) if p]
+    return [Path(p).expanduser().resolve() for p in (*extra, *env)]
+
+
+def _check_plugin_trusted(given: str, file: Path, where: str, project: Path,
+                          allowed: list[Path]) -> None:
+    if any(file == a or file.is_relative_to(a) for a in (project, *allowed)):
+        return
+    raise FatalError(
+        f"plugin {given!r} at {where} is {file}, outside the recipe's project {project}; a plugin "
+        f"is code that runs with your rights, so only plugins inside the project are imported: "
+        f"if you trust it, pass --allow-plugin-path {file} (or add it to ${ALLOW_PLUGINS_ENV})")
+
+
+def load_recipe(path: str | Path, registry: Registry | None = None,
+                allow_plugins: Sequence[str | Path] = ()) -> Recipe:
+    """Load and validate a recipe. Its plugins must resolve (symlinks followed) inside its
+    project (plugin_project) or an allowed path; a plugin file is imported only when the recipe
+    uses a step it declares."""
     path = Path(path)
     display = str(path)
     try:
@@ -186,8 +220,11 @@ def load_recipe(path: str | Path, registry: Registry | None = None) -> Recipe:
     if model.name is not None:
         _check_name("recipe name", model.name, pos.at(("name",)))
     registry = registry or Registry()
+    project, allowed = plugin_project(path), allowed_plugin_paths(allow_plugins)
     for i, plugin in enumerate(model.plugins):
-        registry.load_file((path.parent / plugin).resolve(), where=str(pos.at(("plugins", i))))
+        where, file = str(pos.at(("plugins", i))), (path.parent / plugin).resolve()
+        _check_plugin_trusted(plugin, file, where, project, allowed)
+        registry.declare_file(file, where=where)
     steps: dict[str, tuple[StepUse, ...]] = {}
     checks: dict[str, tuple[StepUse, ...]] = {}
     for tname, target in model.targets.items():
@@ -298,11 +335,15 @@ def _use(
     key_path = at + (name,)
     where = pos.at(key_path, key=True)
     noun = "step" if kind == "transform" else "check"
-    names = registry.names(kind)
+    names = registry.names()  # every kind: asking for one would import every plugin
     if name not in names:
         hint = _did_you_mean(name, names) or f"`deploy-build steps` lists the {noun}s"
         raise FatalError(f"unknown {noun} {name!r} at {where}; {hint}")
     info = registry.get(name)
+    if info.kind != kind:
+        other = "a check: list it under 'checks:'" if info.kind == "check" else \
+            "a step: list it under 'steps:'"
+        raise FatalError(f"unknown {noun} {name!r} at {where}; {name!r} is {other}")
     try:
         validated = info.cls.Params.model_validate(params or {})
         canonical_json(validated.model_dump(mode="json"))

@@ -1,10 +1,14 @@
 """One registry for every step: built-ins, the `deploy_build.steps` entry points, recipe plugins.
 
 Each step is validated when registered; a bad plugin gets a message naming it and what is wrong.
+A plugin is code that runs with the user's rights, so each is imported only when a step it
+provides is asked for: a built-in by its module, an entry point by its name (the step's name),
+a plugin file by the step names its source declares (read with ``ast``, without running it).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
 import importlib.util
@@ -63,12 +67,20 @@ class Registry:
         self._entry_points_loaded = not entry_points
         self._names: dict[str | None, list[str]] = {}
         self._files: dict[tuple[Path, int, int, int], list[StepInfo]] = {}
+        self._lazy_eps: dict[str, Any] = {}  # step name -> entry point, not imported yet
+        self._lazy_files: dict[str, tuple[Path, str]] = {}  # step name -> (plugin file, where)
 
     # ---- lookup -------------------------------------------------------------------------
     def names(self, kind: str | None = None) -> list[str]:
+        """Step names; asking for one kind imports the entry points and plugin files not yet
+        imported (their kind is known only then)."""
         self._load_entry_points()
+        if kind is not None:
+            for name in [*self._lazy_eps, *self._lazy_files]:
+                if name in self._lazy_eps or name in self._lazy_files:
+                    self.get(name)
         if kind not in self._names:
-            names = set(self._steps) | set(self._lazy)
+            names = set(self._steps) | set(self._lazy) | set(self._lazy_eps) | set(self._lazy_files)
             self._names[kind] = sorted(n for n in names if kind is None or self._kind(n) == kind)
         return self._names[kind]
 
@@ -85,6 +97,19 @@ class Registry:
                           ref={"module": module, "class": attr}, code=builtin_code(module))
         if name not in self._steps:
             self._load_entry_points()
+        if name not in self._steps and name in self._lazy_eps:
+            self._load_entry_point(self._lazy_eps.pop(name))
+            self._names.clear()
+        if name not in self._steps and name in self._lazy_files:
+            path, where = self._lazy_files[name]
+            for other in [n for n, (p, _) in self._lazy_files.items() if p == path]:
+                del self._lazy_files[other]
+            self._names.clear()
+            self.load_file(path, where)
+            if name not in self._steps:
+                at = f" (listed at {where})" if where else ""
+                raise FatalError(f"plugin {path}{at} declares a class with name = {name!r} but "
+                                 "no Step subclass of that name")
         if name not in self._steps:
             raise KeyError(name)
         return self._steps[name]
@@ -99,8 +124,9 @@ class Registry:
                              + "; ".join(problems))
         name = cls.name
         existing = self._steps.get(name)
-        if existing is not None or name in self._lazy:
-            first = existing.origin if existing else "built-in"
+        if existing is not None or name in self._lazy or name in self._lazy_eps:
+            first = existing.origin if existing else (
+                "built-in" if name in self._lazy else "an installed entry point")
             if existing is not None and existing.cls is cls:
                 return existing
             raise FatalError(f"step {name!r} from {origin} clashes with the step of the same name "
@@ -110,16 +136,27 @@ class Registry:
         self._names.clear()
         return info
 
+    def declare_file(self, path: Path, where: str = "") -> None:
+        """Note a plugin file's steps without importing it: it is imported when one of them is
+        asked for. A file whose step names cannot be read from its source (no class with a
+        literal ``name = "..."``, a syntax error) or that names a step known already is
+        imported now, which says what is wrong as before."""
+        _plugin_stat(path, where)
+        declared = plugin_step_names(path)
+        self._load_entry_points()
+        known = set(self._steps) | set(self._lazy) | set(self._lazy_eps)
+        if declared is None or known & set(declared) or any(
+                self._lazy_files[n][0] != path for n in declared if n in self._lazy_files):
+            self.load_file(path, where)
+            return
+        for name in declared:
+            self._lazy_files.setdefault(name, (path, where))
+        self._names.clear()
+
     def load_file(self, path: Path, where: str = "") -> list[StepInfo]:
-        """Register every Step subclass defined in a plugin file."""
+        """Register every Step subclass defined in a plugin file (importing it runs its code)."""
         at = f" (listed at {where})" if where else ""
-        try:
-            st = path.stat()
-        except OSError:
-            st = None
-        if st is None or not path.is_file():
-            fix = "fix the path" if where == "--plugins" else "fix the path in 'plugins:'"
-            raise FatalError(f"plugin file {path} not found{at}; {fix}")
+        st = _plugin_stat(path, where)
         seen = (path, st.st_ino, st.st_mtime_ns, st.st_size)
         if seen in self._files:  # several recipes of one build list the same plugin
             return self._files[seen]
@@ -158,21 +195,65 @@ class Registry:
         return infos
 
     def _load_entry_points(self) -> None:
+        """List the entry points (their step names); each is imported when its step is asked for."""
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
         for ep in _entry_points():
-            dist = ep.dist.name if ep.dist else "unknown"
-            version = ep.dist.version if ep.dist else "0"
-            origin = f"entry point {ep.name} of {dist} {version}"
-            try:
-                cls = ep.load()
-            except Exception as e:
-                raise FatalError(f"step plugin {origin} failed to load: {type(e).__name__}: {e}; "
-                                 f"fix or uninstall {dist}") from None
-            module, _, attr = ep.value.partition(":")
-            self.register(cls, origin=origin, dist=dist, dist_version=version,
-                          ref={"module": module, "class": attr})
+            self._lazy_eps.setdefault(ep.name, ep)
+        self._names.clear()
+
+    def _load_entry_point(self, ep: Any) -> None:
+        dist = ep.dist.name if ep.dist else "unknown"
+        version = ep.dist.version if ep.dist else "0"
+        origin = f"entry point {ep.name} of {dist} {version}"
+        try:
+            cls = ep.load()
+        except Exception as e:
+            raise FatalError(f"step plugin {origin} failed to load: {type(e).__name__}: {e}; "
+                             f"fix or uninstall {dist}") from None
+        if getattr(cls, "name", None) != ep.name:
+            raise FatalError(f"step plugin {origin} provides a step named "
+                             f"{getattr(cls, 'name', None)!r}; the entry point must be named after "
+                             f"its step; fix or uninstall {dist}")
+        module, _, attr = ep.value.partition(":")
+        self.register(cls, origin=origin, dist=dist, dist_version=version,
+                      ref={"module": module, "class": attr})
+
+
+def _plugin_stat(path: Path, where: str) -> Any:
+    at = f" (listed at {where})" if where else ""
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is None or not path.is_file():
+        fix = "fix the path" if where == "--plugins" else "fix the path in 'plugins:'"
+        raise FatalError(f"plugin file {path} not found{at}; {fix}")
+    return st
+
+
+def plugin_step_names(path: Path) -> list[str] | None:
+    """The step names a plugin file declares: ``name = "..."`` in its top-level classes, read
+    from the source without running it; None when that cannot tell (then it is imported)."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    names = []
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for stmt in node.body:
+            target = value = None
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+                target, value = stmt.targets[0], stmt.value
+            elif isinstance(stmt, ast.AnnAssign):
+                target, value = stmt.target, stmt.value
+            if isinstance(target, ast.Name) and target.id == "name" and \
+                    isinstance(value, ast.Constant) and isinstance(value.value, str):
+                names.append(value.value)
+    return names or None
 
 
 @functools.cache

@@ -39,8 +39,11 @@ class Positions:
 
 
 MAX_VALUES = 100_000  # values after alias expansion: a recipe is small; a YAML bomb is not
+MAX_DEPTH = 50  # nesting levels: a recipe needs about six; Python's stack would give out near 500
 MERGE_TAG = "tag:yaml.org,2002:merge"
 STR_TAG = "tag:yaml.org,2002:str"
+_PLAIN_TAGS: dict[type[yaml.Node], str] = {yaml.MappingNode: "tag:yaml.org,2002:map",
+                                           yaml.SequenceNode: "tag:yaml.org,2002:seq"}
 _KEY_TYPES = (str, int, float, bool)
 _INFINITIES = (float("inf"), float("-inf"))
 
@@ -49,6 +52,7 @@ def load(text: str, file: str) -> tuple[Any, Positions]:
     pos = Positions(file)
     loader = _Loader(text)
     try:
+        _check_depth(text, file)
         node = loader.get_single_node()
         if node is None:
             raise FatalError(f"empty recipe at {file}:1:1; see `deploy-build schema` for the format")
@@ -70,6 +74,22 @@ def load(text: str, file: str) -> tuple[Any, Positions]:
         loader.dispose()
 
 
+def _check_depth(text: str, file: str) -> None:
+    """Refuse deep nesting from the flat event stream, before the composer (C code that recurses
+    per level: ``[[[...`` a few 100,000 levels deep would crash the process) builds nodes."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            mark = event.start_mark
+            if depth > MAX_DEPTH:
+                loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
+                raise FatalError(f"value at {loc} is nested more than {MAX_DEPTH} levels deep; "
+                                 "a recipe needs only a few levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
@@ -87,18 +107,34 @@ class _Builder:
         if self.count > MAX_VALUES:
             raise FatalError(f"recipe {self.pos.file} expands to more than {MAX_VALUES} values "
                              "(through aliases?); a recipe should be a few hundred lines")
+        if len(path) > MAX_DEPTH:
+            loc = Location(self.pos.file, *_mark(node))
+            raise FatalError(f"value at {loc} is nested more than {MAX_DEPTH} levels deep; "
+                             "a recipe needs only a few levels")
         self.pos.values.setdefault(path, _mark(node))
+        plain = _PLAIN_TAGS.get(type(node))
+        if plain is not None and node.tag != plain:  # e.g. !!python/object/apply:os.system [..]
+            loc = Location(self.pos.file, *_mark(node))
+            raise FatalError(f"invalid YAML at {loc}: tag {node.tag!r} is not allowed; recipes are "
+                             "plain YAML: remove the tag")
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
         if node.tag == STR_TAG:
             return node.value
-        value = self.ctor.construct_object(node, deep=True)
+        value = self._construct(node)
         if isinstance(value, float) and (value != value or value in _INFINITIES):
             loc = Location(self.pos.file, *_mark(node))
             raise FatalError(f"{node.value} at {loc} is not allowed; give a finite number")
         return value
+
+    def _construct(self, node: yaml.Node) -> Any:
+        try:
+            return self.ctor.construct_object(node, deep=True)
+        except ValueError as e:  # e.g. an int of more than 4300 digits (sys.int_info)
+            loc = Location(self.pos.file, *_mark(node))
+            raise FatalError(f"value at {loc} cannot be read: {e}; give a smaller value") from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
@@ -114,7 +150,7 @@ class _Builder:
                         merged.setdefault(k, v)
                 continue
             # a plain string key (the usual case) needs none of the constructor's machinery
-            key = knode.value if knode.tag == STR_TAG else self.ctor.construct_object(knode, deep=True)
+            key = knode.value if knode.tag == STR_TAG else self._construct(knode)
             if not isinstance(key, _KEY_TYPES) or key is None:
                 loc = Location(self.pos.file, *_mark(knode))
                 raise FatalError(f"mapping key at {loc} must be a plain string")

@@ -43,7 +43,7 @@ CASES = [
      "unknown check 'fake-lenght' at {f}:10:7; did you mean 'fake-length'?"),
     ("step as a check",
      GOOD + "    checks:\n      fake-upper: {}\n",
-     "unknown check 'fake-upper' at {f}:10:7; `deploy-build steps` lists the checks"),
+     "unknown check 'fake-upper' at {f}:10:7; 'fake-upper' is a step: list it under 'steps:'"),
     ("two keys in one step",
      GOOD.replace('- fake-upper: {suffix: "!"}', '- fake-upper: {}\n        fake-tree: {}'),
      "step at {f}:8:9 must be one 'name: {{params}}' pair (and optionally 'limits: {{...}}' "
@@ -153,7 +153,9 @@ def test_broken_plugin_is_named(project: Project, capsys) -> None:
     (project.root / "bad_plugin.py").write_text(
         "from orchestrator.step import Step\n"
         "class Bad(Step):\n    name = 'Bad Name'\n    version = ''\n")
-    f = project.recipe(GOOD.replace("[fake_steps.py]", "[fake_steps.py, bad_plugin.py]"))
+    # a plugin is imported (and validated) when the recipe uses a step it declares
+    f = project.recipe(GOOD.replace("[fake_steps.py]", "[fake_steps.py, bad_plugin.py]")
+                       + "      - Bad Name: {}\n")
     assert project.run(str(f)) == 1
     err = capsys.readouterr().err
     assert f"step class Bad from plugin {Path(project.root / 'bad_plugin.py')} is not a valid step" in err

@@ -52,7 +52,8 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
     # one registry per recipe: two recipes may bring different plugins with the same step name
     for p in args.recipes:
         check_recipe_file(Path(p))
-    recipes = [load_recipe(p, Registry()) for p in args.recipes]
+    allow = getattr(args, "allow_plugin_path", None) or ()
+    recipes = [load_recipe(p, Registry(), allow_plugins=allow) for p in args.recipes]
     names = [r.name for r in recipes]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
