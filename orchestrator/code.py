@@ -1,7 +1,7 @@
 """The code a step runs with, by content: part of every task key.
 
 A built-in step's key holds the digest of its module and of the package modules it imports
-(transitively: e.g. the runtime helpers in ``steps/engines.py`` and ``steps/hf.py``), so editing a
+(transitively: e.g. the runtime helpers in ``runtime/engines.py`` and ``runtime/hf.py``), so editing a
 step without bumping its ``version`` cannot serve a stale artifact. A plugin file's key holds its
 own digest and those of the helper modules beside it that it imports. The engine's own modules
 (the step contract, errors, hashing, formats) are left out: they do not change what a step
@@ -21,7 +21,8 @@ from orchestrator.hashing import sha256_bytes
 # engine modules every step imports that do not change its output
 ENGINE = frozenset({"orchestrator", "orchestrator.step", "orchestrator.errors",
                     "orchestrator.hashing", "orchestrator.formats", "orchestrator.code"})
-_FROM = re.compile(r"^[ \t]*from[ \t]+([\w.]+)[ \t]+import[ \t]+\(?([\w, \t\n]+)\)?", re.M)
+# names after ``import``: a parenthesized list may span lines, a bare one ends with its line
+_FROM = re.compile(r"^[ \t]*from[ \t]+([\w.]+)[ \t]+import[ \t]+(?:\(([^)]*)\)|([\w, \t]+))", re.M)
 _IMPORT = re.compile(r"^[ \t]*import[ \t]+([\w., \t]+)", re.M)
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -29,7 +30,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 def imported_names(text: str) -> set[str]:
     """Dotted names a module's source imports (``from a.b import c`` gives a.b and a.b.c)."""
     names: set[str] = set()
-    for mod, items in _FROM.findall(text):
+    for mod, grouped, bare in _FROM.findall(text):
+        items = grouped or bare
         names.add(mod)
         names.update(f"{mod}.{i.strip().split()[0]}" for i in items.split(",") if i.strip())
     for group in _IMPORT.findall(text):

@@ -15,22 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
 
 from orchestrator import yamlpos
 from orchestrator.errors import FatalError
 from orchestrator.hashing import canonical_json, sha256_bytes
 from orchestrator.registry import Registry, StepInfo
+from orchestrator.step import Hardware, _Strict
 
 # recipe and target names become folder names under build/: checked whole (re.fullmatch: a `$`
 # would match before a trailing newline) and short enough for any file system
 ALLOW_PLUGINS_ENV = "DEPLOY_BUILD_ALLOW_PLUGINS"  # os.pathsep-separated plugin files or folders
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 MAX_NAME = 100
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelSource(_Strict):
@@ -57,13 +54,6 @@ class Inputs(_Strict):
     shapes: Shapes = Field(default_factory=Shapes)
     samples: str | None = Field(
         None, description="Text file, one sample per line (parity and calibration)."
-    )
-
-
-class Hardware(_Strict):
-    device: Literal["cpu", "cuda"] = "cpu"
-    accelerator: str | None = Field(
-        None, description="Accelerator type (e.g. 'A100', 'orin'); routes tasks on a cluster."
     )
 
 

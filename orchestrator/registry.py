@@ -24,7 +24,7 @@ from orchestrator import __version__
 from orchestrator.code import builtin_code, plugin_code
 from orchestrator.errors import FatalError
 from orchestrator.hashing import sha256_file
-from orchestrator.step import KNOWN_INPUTS, Resources, Step
+from orchestrator.step import KNOWN_INPUTS, Hardware, Resources, Step
 
 ENTRY_POINT_GROUP = "deploy_build.steps"
 
@@ -329,7 +329,6 @@ def _validate(cls: Any) -> list[str]:
         value = getattr(cls, attr)
         if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
             problems.append(f"'{attr}' must be a tuple of strings, got {value!r}")
-    from orchestrator.recipe import Hardware
 
     unknown_hw = [k for k in cls.hardware_keys if k not in Hardware.model_fields]
     if unknown_hw:

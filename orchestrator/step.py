@@ -45,6 +45,17 @@ StepKind = Literal["transform", "check"]
 KNOWN_INPUTS = ("model", "source", "samples", "reference")
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hardware(_Strict):
+    device: Literal["cpu", "cuda"] = "cpu"
+    accelerator: str | None = Field(
+        None, description="Accelerator type (e.g. 'A100', 'orin'); routes tasks on a cluster."
+    )
+
+
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -37,8 +37,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.runtime import hf
 from orchestrator.step import Resources, Step, StepContext
-from orchestrator.steps import hf
 
 MODULE = "modeling_pruned_heads"
 # Written next to the weights; also executed here, so one piece of code prunes the model now and

@@ -311,7 +311,7 @@ def test_blob_going_bad_during_a_build_fails_that_task_cleanly(project: Project,
     project.build_json(r, capsys)
     # the plan sees a hit for a/1 and a RUN for a/2; between the two, a/1's blob disappears
     project.recipe(FAKE_RECIPE.replace("files: 2", "files: 5"))
-    import orchestrator.build as build_module
+    import orchestrator.scheduler as build_module
 
     real_job = build_module._job
 

@@ -10,9 +10,9 @@ import pytest
 from conftest import make_tiny_model
 
 from orchestrator.registry import Registry
+from orchestrator.runtime.engines import detect_precision, engine_kind, open_engine
 from orchestrator.step import ModelInfo, StepContext
 from orchestrator.steps.benchmark import Benchmark, BenchmarkParams, measure
-from orchestrator.steps.engines import detect_precision, engine_kind, open_engine
 from orchestrator.steps.parity import Parity, ParityParams
 
 pytest.importorskip("onnxruntime")
@@ -23,7 +23,7 @@ def export_onnx(folder: Path, out: Path, task: str = "feature-extraction") -> Pa
     """Legacy torch.onnx export of a tiny HF folder (independent of the export-onnx step)."""
     import torch
 
-    from orchestrator.steps import hf
+    from orchestrator.runtime import hf
 
     model = hf.load_model(folder, task)
     enc = hf.load_tokenizer(folder)(["hello world", "a short one"], padding=True,
@@ -178,7 +178,7 @@ def test_parity_openvino_ir_records_f32_hint(fe_onnx: Path, tiny_model_dir: Path
 def test_torchscript_engine_matches_pytorch(tiny_model_dir: Path, work: Path) -> None:
     import torch
 
-    from orchestrator.steps import hf
+    from orchestrator.runtime import hf
 
     model = hf.load_model(tiny_model_dir, "feature-extraction")
     enc = hf.load_tokenizer(tiny_model_dir)(["hello world"], return_tensors="np")

@@ -89,13 +89,18 @@ def test_a_builtin_step_key_covers_its_code_and_the_helpers_it_runs_with() -> No
     from orchestrator.code import builtin_code, imported_names
 
     code = builtin_code("orchestrator.steps.parity")
-    assert {"orchestrator.steps.parity", "orchestrator.steps.engines", "orchestrator.steps.hf"} <= set(code)
+    assert {"orchestrator.steps.parity", "orchestrator.runtime.engines",
+            "orchestrator.runtime.hf"} <= set(code)
     assert "orchestrator.step" not in code  # the contract itself is not the step's code
     assert imported_names("from a.b import (c,\n    d as e)\nimport x.y, z\n") == {
         "a.b", "a.b.c", "a.b.d", "x.y", "z"}
-    old = {**DOC, "code": {"orchestrator.steps.engines": "1" * 16, "orchestrator.steps.hf": "2" * 16}}
-    new = {**DOC, "code": {"orchestrator.steps.engines": "3" * 16, "orchestrator.steps.hf": "2" * 16}}
-    assert diff_documents(old, new) == ["code changed: orchestrator.steps.engines"]
+    # one bare import per line: the next line's import is never swallowed by the one before it
+    assert imported_names("from a import b\nfrom c.d import e, f\n\nfrom g import h\n") == {
+        "a", "a.b", "c.d", "c.d.e", "c.d.f", "g", "g.h"}
+    assert "orchestrator.steps.checks" in code
+    old = {**DOC, "code": {"orchestrator.runtime.engines": "1" * 16, "orchestrator.runtime.hf": "2" * 16}}
+    new = {**DOC, "code": {"orchestrator.runtime.engines": "3" * 16, "orchestrator.runtime.hf": "2" * 16}}
+    assert diff_documents(old, new) == ["code changed: orchestrator.runtime.engines"]
 
 
 def test_editing_a_helper_module_beside_a_plugin_rebuilds(project, capsys) -> None:

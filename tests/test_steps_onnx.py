@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from orchestrator.runtime import hf
 from orchestrator.step import ModelInfo, Step, StepContext
-from orchestrator.steps import hf
 from orchestrator.steps.export_onnx import ExportOnnx
 from orchestrator.steps.onnx_slim import OnnxSlim
 from orchestrator.steps.ort_optimize import OrtOptimize

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import WORDS
 
+from orchestrator.runtime import hf
 from orchestrator.step import ModelInfo, Step, StepContext
-from orchestrator.steps import hf
 from orchestrator.steps.nncf_quantize import NncfQuantize
 from orchestrator.steps.openvino_convert import OpenvinoConvert, telemetry_opt_out
 

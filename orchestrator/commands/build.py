@@ -206,7 +206,8 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.build import (
+    from orchestrator.report import LiveReporter, PlainReporter
+    from orchestrator.scheduler import (
         Interrupted,
         Options,
         Terminated,
@@ -214,7 +215,6 @@ def run(args: argparse.Namespace) -> int:
         raise_terminated,
         remember_hits,
     )
-    from orchestrator.report import LiveReporter, PlainReporter
 
     if args.jobs < 1:
         raise FatalError(f"--jobs must be at least 1, got {args.jobs}")

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.step import Resources, StepContext
-from orchestrator.steps.engines import EngineCheck, engine_toolchain, require_cpu
+from orchestrator.steps.checks import EngineCheck, engine_toolchain, require_cpu
 
 Positive = Annotated[int, Field(ge=1)]
 
@@ -115,7 +115,7 @@ class Benchmark(EngineCheck):
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         require_cpu(ctx.hardware, "benchmark")
-        from orchestrator.steps.engines import detect_precision, open_engine
+        from orchestrator.runtime.engines import detect_precision, open_engine
 
         p: BenchmarkParams = ctx.params
         model, source, trc = ctx.input("model"), ctx.input("source"), ctx.model.trust_remote_code

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.runtime import hf
 from orchestrator.step import Resources, Step, StepContext
-from orchestrator.steps import hf
 from orchestrator.steps.openvino_convert import ir_summary, normalize_names, telemetry_opt_out
 
 Mode = Literal["int8", "weights-int8", "weights-int4", "weights-int4-asym"]

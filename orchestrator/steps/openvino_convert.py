@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.runtime import hf
 from orchestrator.step import Resources, Step, StepContext
-from orchestrator.steps import hf
 
 AUTO_NAME = re.compile(r"^([A-Z][A-Za-z0-9]*)_\d+$")  # OpenVINO default node names
 QUANTIZED_TYPES = ("i8", "u8", "i4", "u4", "nf4", "f4e2m1")

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.runtime import hf
 from orchestrator.step import Resources, Step, StepContext
-from orchestrator.steps import hf
 
 QUANT_OP = re.compile(r"(?i:quant)|Integer|^Q[A-Z]|^Cast$")
 # What static mode quantizes by default: ops on the attention-mask path (Add, Where, Softmax)

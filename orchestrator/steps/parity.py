@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.runtime import hf
 from orchestrator.step import Resources, StepContext
-from orchestrator.steps import hf
-from orchestrator.steps.engines import EngineCheck, require_cpu
+from orchestrator.steps.checks import EngineCheck, require_cpu
 
 # Defaults per engine precision, from all-MiniLM-L6-v2 (64 samples, 2 threads) vs PyTorch fp32:
 # legacy ONNX export 3.1e-6 max abs diff; OpenVINO IR with f32 weights 3.9e-6, with fp16-stored
@@ -71,7 +71,7 @@ class Parity(EngineCheck):
             return self._reference(ctx)
         import numpy as np
 
-        from orchestrator.steps.engines import detect_precision, open_engine
+        from orchestrator.runtime.engines import detect_precision, open_engine
 
         p: ParityParams = ctx.params
         task, trc = ctx.model.task, ctx.model.trust_remote_code
@@ -171,7 +171,7 @@ def _reference_batches(ctx: StepContext) -> tuple[list[tuple[dict[str, Any], Any
     """Tokenized sample batches with the PyTorch reference outputs, and the reference runtime."""
     import numpy as np
 
-    from orchestrator.steps.engines import open_engine
+    from orchestrator.runtime.engines import open_engine
 
     p: ParityParams = ctx.params
     task, trc = ctx.model.task, ctx.model.trust_remote_code

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.runtime import hf
 from orchestrator.step import Resources, Step, StepContext
-from orchestrator.steps import hf
 
 
 class TorchscriptExportParams(BaseModel):

@@ -1,0 +1,1 @@
+"""Runtime machinery the steps share: opening engines and Hugging Face models."""

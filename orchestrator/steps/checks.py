@@ -1,0 +1,48 @@
+"""The base of the checks that run an engine (parity, benchmark) and its shared planning rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator import formats
+from orchestrator.runtime.engines import toolchain_for_format
+from orchestrator.step import Resources, Step
+
+
+class EngineCheck(Step):
+    """Base of the checks that run an engine (parity, benchmark): measured on the target's
+    hardware (keyed by device and accelerator; a cuda target's check needs a CUDA device), keyed
+    by the runtime of the engine under test only."""
+
+    kind = "check"
+    input_formats = {"model": formats.ENGINES}
+    toolchain = ("torch", "transformers", "onnxruntime", "openvino")
+    hardware_keys = ("device", "accelerator")
+
+    @classmethod
+    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
+        return engine_toolchain(inputs, reference)
+
+    @classmethod
+    def resources_for(cls, hardware: dict[str, Any]) -> Resources:
+        return on_device(cls.resources, hardware)
+
+
+def on_device(resources: Resources, hardware: dict[str, Any]) -> Resources:
+    """A check on a cuda target runs where the engine will: it needs a CUDA device."""
+    if hardware.get("device") == "cuda":
+        return resources.model_copy(update={"cuda": max(1, resources.cuda)})
+    return resources
+
+
+def require_cpu(hardware: dict[str, Any], what: str) -> None:
+    if hardware.get("device", "cpu") != "cpu":
+        raise RuntimeError(f"{what} measures on the CPU only (ONNX Runtime CPU provider, OpenVINO "
+                           f"CPU, PyTorch CPU); a {hardware.get('device')} target needs a "
+                           "GPU runtime this version does not have")
+
+
+def engine_toolchain(inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
+    """A check's toolchain: only the runtime of the engine under test enters its key (an OpenVINO
+    upgrade does not re-measure ONNX Runtime targets); a reference task runs PyTorch."""
+    return ("torch", "transformers") if reference else toolchain_for_format(inputs.get("model", ""))
