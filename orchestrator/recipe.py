@@ -218,24 +218,7 @@ def load_recipe(path: str | Path, registry: Registry | None = None,
     steps: dict[str, tuple[StepUse, ...]] = {}
     checks: dict[str, tuple[StepUse, ...]] = {}
     for tname, target in model.targets.items():
-        base: tuple[str | int, ...] = ("targets", tname)
-        uses = []
-        for i, entry in enumerate(target.steps):
-            entry = dict(entry)
-            own = entry.pop("limits", None) if len(entry) > 1 else None
-            if len(entry) != 1:
-                raise FatalError(
-                    f"step at {pos.at(base + ('steps', i))} must be one 'name: {{params}}' pair "
-                    f"(and optionally 'limits: {{...}}' beside it), got {len(entry)} keys"
-                )
-            ((sname, params),) = entry.items()
-            use = _use(registry, sname, params, pos, base + ("steps", i), "transform")
-            lim = _limits(use, own, model.limits, pos, base + ("steps", i, "limits"))
-            uses.append(dataclasses.replace(use, limits=lim))
-        steps[tname] = tuple(uses)
-        checks[tname] = tuple(_check_use(registry, cname, cparams, model.limits, pos, base)
-                              for cname, cparams in sorted(target.checks.items()))
-        check_chain(steps[tname], checks[tname], registry)
+        steps[tname], checks[tname] = _target_uses(registry, tname, target, model.limits, pos)
     name = model.name or path.stem
     if model.name is None and _name_problem(name):
         raise FatalError(f"recipe name {name!r} (the file name of {display}) "
@@ -342,6 +325,29 @@ def _use(
             _format_errors(e, pos, info.cls.Params, key_path, context=f"{noun} {name!r}")
         ) from None
     return StepUse(info, validated, str(where))
+
+
+def _target_uses(registry: Registry, tname: str, target: Target, recipe: Limits,
+                 pos: yamlpos.Positions) -> tuple[tuple[StepUse, ...], tuple[StepUse, ...]]:
+    """A target's step uses (in order, each with its limits) and check uses (by name)."""
+    base: tuple[str | int, ...] = ("targets", tname)
+    uses = []
+    for i, entry in enumerate(target.steps):
+        entry = dict(entry)
+        own = entry.pop("limits", None) if len(entry) > 1 else None
+        if len(entry) != 1:
+            raise FatalError(
+                f"step at {pos.at(base + ('steps', i))} must be one 'name: {{params}}' pair "
+                f"(and optionally 'limits: {{...}}' beside it), got {len(entry)} keys"
+            )
+        ((sname, params),) = entry.items()
+        use = _use(registry, sname, params, pos, base + ("steps", i), "transform")
+        lim = _limits(use, own, recipe, pos, base + ("steps", i, "limits"))
+        uses.append(dataclasses.replace(use, limits=lim))
+    checks = tuple(_check_use(registry, cname, cparams, recipe, pos, base)
+                   for cname, cparams in sorted(target.checks.items()))
+    check_chain(tuple(uses), checks, registry)
+    return tuple(uses), checks
 
 
 def _check_use(registry: Registry, name: str, params: dict[str, Any] | None, recipe: Limits,
