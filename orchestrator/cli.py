@@ -69,6 +69,10 @@ def parser() -> argparse.ArgumentParser:
                    help="print the plan (HIT / RUN with reasons / SKIP with why); run nothing")
     b.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
                    help="cpu tokens for parallel tasks (default: the core count)")
+    b.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where tasks run: worker processes here (default) or a Ray cluster")
+    b.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="the Ray cluster to run on (default: $RAY_ADDRESS, else a new local one)")
     mode = b.add_mutually_exclusive_group()
     mode.add_argument("--keep-going", action="store_false", dest="fail_fast",
                       help="on a failure, finish every independent task (default)")

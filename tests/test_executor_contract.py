@@ -207,3 +207,28 @@ def test_a_task_no_node_can_run_finishes_at_once_with_the_reason(ray_address: st
     assert "no node of the Ray cluster offers accelerator:jetson-orin" in (fins["t"].reason or "")
     assert "GPU 1" in (fins["g"].reason or "")
     assert not fins["t"].ok and ex.running == {}
+
+
+def test_a_build_on_the_ray_cluster_matches_a_local_build(ray_address: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`deploy-build --executor ray --ray-address ADDR`: the same tasks run, the same manifests
+    (byte for byte) as a local build; a second build on the cluster is all hits."""
+    from conftest import FAKE_RECIPE, Project
+
+    recipe = FAKE_RECIPE.replace("  b:\n", f"  b:\n    hardware: {{accelerator: {ACCELERATOR}}}\n")
+    builds = {}
+    for where in ("local", "ray"):
+        (tmp_path / where).mkdir()
+        project = Project(tmp_path / where)
+        r = project.recipe(recipe)
+        extra = ("--executor", "ray", "--ray-address", ray_address) if where == "ray" else ()
+        s = project.build_json(r, capsys, *extra)
+        assert s["rc"] == 0, s["err"]
+        assert {t["status"] for t in s["tasks"]} == {"run"}
+        builds[where] = project
+    for target in ("a", "b"):
+        local, ray_ = (builds[w].out / "demo" / target / "manifest.json" for w in ("local", "ray"))
+        assert local.read_bytes() == ray_.read_bytes()
+    again = builds["ray"].build_json(builds["ray"].root / "r.yaml", capsys, "--executor", "ray",
+                                     "--ray-address", ray_address)
+    assert {t["status"] for t in again["tasks"]} == {"hit"}

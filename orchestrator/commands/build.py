@@ -243,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         try:
-            outcomes = execute(s.plan, s.store, Options(args.jobs, args.fail_fast), reporter, repro)
+            opts = Options(args.jobs, args.fail_fast, args.executor, args.ray_address)
+            outcomes = execute(s.plan, s.store, opts, reporter, repro)
         except Interrupted as e:
             reporter.close()
             print("interrupted: running tasks stopped; finished tasks are cached", file=sys.stderr)
