@@ -117,7 +117,7 @@ class Registry:
     # ---- registration -------------------------------------------------------------------
     def register(self, cls: Any, origin: str, dist: str, dist_version: str,
                  ref: dict[str, str], code: dict[str, str] | None = None) -> StepInfo:
-        problems = _validate(cls)
+        problems = validate_step(cls)
         label = getattr(cls, "__name__", repr(cls))
         if problems:
             raise FatalError(f"step class {label} from {origin} is not a valid step: "
@@ -289,7 +289,8 @@ def _module_exists(ref: str) -> bool:
         return False
 
 
-def _validate(cls: Any) -> list[str]:
+def validate_step(cls: Any) -> list[str]:
+    """What is wrong with a step class (empty: nothing)."""
     problems: list[str] = []
     if not (isinstance(cls, type) and issubclass(cls, Step)):
         return ["it does not subclass orchestrator.step.Step"]
