@@ -84,6 +84,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--only", metavar="TARGET/POSITION",
                    help="run only this task (and any upstream task that is not cached), e.g. "
                         "cpu-int8/3:ort-quantize; the failure message of a task prints this form")
+    b.add_argument("--in-process", action="store_true", dest="in_process",
+                   help="with --only: run that task in this process, in the foreground, on its "
+                        "cached inputs (breakpoint() works); nothing is cached")
     b.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout at the end (progress stays on stderr)")
     b.set_defaults(func="orchestrator.commands.build:run")

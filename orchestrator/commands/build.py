@@ -218,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise FatalError(f"--jobs must be at least 1, got {args.jobs}")
+    if getattr(args, "in_process", False):
+        return in_process(args)
     s = open_session(args, force=args.force, rebench=args.rebench)
     if args.dry_run:
         if args.json:
@@ -269,6 +271,20 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(summary, indent=2, sort_keys=True))
     return EXIT_BUILD_FAILED if failed else EXIT_OK
+
+
+def in_process(args: argparse.Namespace) -> int:
+    """`--only T/POS --in-process`: that one task in the foreground (orchestrator.testing)."""
+    if not args.only or args.dry_run:
+        raise FatalError("--in-process runs one task: give it with --only TARGET/POSITION "
+                         "(and without --dry-run)")
+    from orchestrator.testing import run_task_in_process
+
+    s = open_session(args)
+    try:
+        return run_task_in_process(s, args.only, args.jobs)
+    finally:
+        s.store.close()
 
 
 def judge(args: argparse.Namespace, s: Session, outcomes: dict[str, Any]
