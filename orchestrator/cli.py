@@ -22,7 +22,8 @@ commands:
   deploy-build explain RECIPE        why each task of a target would run
   deploy-build steps                 list the available steps and checks with their params
   deploy-build schema                print the recipe JSON Schema (for editors)
-  deploy-build diff OLD NEW          compare two manifests (exit 2 on a broken --fail-on rule)
+  deploy-build diff OLD NEW          compare two manifests, folders or a git revision (HEAD~1 .)
+                                     (--format text|md|json; exit 2 on a broken --fail-on rule)
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
@@ -100,9 +101,12 @@ def parser() -> argparse.ArgumentParser:
                     help="also load these plugin files (importing them runs their code)")
     sc.set_defaults(func="orchestrator.commands.info:schema")
 
-    d = sub.add_parser("diff", help="compare two manifests (files or folders of them)")
-    d.add_argument("old")
-    d.add_argument("new")
+    d = sub.add_parser("diff", help="compare two manifests (files, folders of them, or a git "
+                                    "revision of the tracked ones)")
+    d.add_argument("old", help="a manifest, a folder of them, or a git revision (HEAD~1, main)")
+    d.add_argument("new", help="a manifest, a folder of them (`.`, manifests/), or a git revision")
+    d.add_argument("--format", choices=("text", "md", "json"), default="text",
+                   help="text (default), md (a pull-request comment) or json")
     d.add_argument("--fail-on", action="append", default=[], metavar="RULE",
                    help="exit 2 when a rule is broken, e.g. 'parity.min_cosine<0.99' or "
                         "'latency+10%%'")
