@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from orchestrator import __version__
 
-COMMANDS = ("build", "explain", "steps", "schema", "diff", "cache")
+COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "cache")
 
 EPILOG = """\
 commands:
@@ -24,6 +24,7 @@ commands:
   deploy-build schema                print the recipe JSON Schema (for editors)
   deploy-build diff OLD NEW          compare two manifests, folders or a git revision (HEAD~1 .)
                                      (--format text|md|json; exit 2 on a broken --fail-on rule)
+  deploy-build graph RECIPE...        the task DAG (--format mermaid|dot), marked from the last build
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
@@ -81,6 +82,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--only", metavar="TARGET/POSITION",
                    help="run only this task (and any upstream task that is not cached), e.g. "
                         "cpu-int8/3:ort-quantize; the failure message of a task prints this form")
+    b.add_argument("--manifests", metavar="DIR", default=None,
+                   help="also write each target built and judged here to DIR/<recipe>/<target>.json "
+                        "(committed manifests; a target skipped here is left as it was); the "
+                        "history file goes beside DIR")
     b.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout at the end (progress stays on stderr)")
     b.set_defaults(func="orchestrator.commands.build:run")
@@ -111,6 +116,13 @@ def parser() -> argparse.ArgumentParser:
                    help="exit 2 when a rule is broken, e.g. 'parity.min_cosine<0.99' or "
                         "'latency+10%%'")
     d.set_defaults(func="orchestrator.commands.diff:run")
+
+    g = sub.add_parser("graph", help="the task DAG as Mermaid or Graphviz dot, marked hit/run/"
+                                     "fail/skip from the last build")
+    _common(g)
+    g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
+                   help="mermaid (default; renders in GitHub PR descriptions) or dot")
+    g.set_defaults(func="orchestrator.commands.graph:run")
 
     c = sub.add_parser("cache", help="maintain the local cache")
     csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
