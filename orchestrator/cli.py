@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from orchestrator import __version__
 
-COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "cache")
+COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "report", "cache")
 
 EPILOG = """\
 commands:
@@ -25,6 +25,7 @@ commands:
   deploy-build diff OLD NEW          compare two manifests, folders or a git revision (HEAD~1 .)
                                      (--format text|md|json; exit 2 on a broken --fail-on rule)
   deploy-build graph RECIPE...        the task DAG (--format mermaid|dot), marked from the last build
+  deploy-build report [--out FILE]    an HTML report (table, charts, trend) from the build history
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
@@ -123,6 +124,18 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
                    help="mermaid (default; renders in GitHub PR descriptions) or dot")
     g.set_defaults(func="orchestrator.commands.graph:run")
+
+    rp = sub.add_parser("report", help="one self-contained HTML page (table, charts, trend) from "
+                                       "the build history")
+    rp.add_argument("--out", metavar="FILE", default=None,
+                    help="where to write it (default: build/report.html in the project)")
+    rp.add_argument("--history", metavar="FILE", default=None,
+                    help="the history file (default: beside --manifests DIR, else in the cache)")
+    rp.add_argument("--manifests", metavar="DIR", default=None,
+                    help="the committed manifests folder the builds were given")
+    rp.add_argument("--cache", metavar="DIR", default=None,
+                    help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
+    rp.set_defaults(func="orchestrator.commands.report:run")
 
     c = sub.add_parser("cache", help="maintain the local cache")
     csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)

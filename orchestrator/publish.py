@@ -21,4 +21,8 @@ def after_build(args: argparse.Namespace, s: Any, outcomes: dict[str, Any], tabl
         for path in write_committed(manifests, table):
             print(f"wrote {path}", file=sys.stderr)
     path = history.history_path(cache, manifests)
-    history.append_history(path, table, outcomes)
+    did_work = history.append_history(path, table, outcomes)
+    if did_work and len(s.recipes) > 1:
+        from orchestrator.commands.report import write_report
+
+        print(f"report: {write_report(path, Path(s.out) / 'report.html')}", file=sys.stderr)
