@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from orchestrator import __version__
 
-COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "report", "cache")
+COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "report", "verify", "cache")
 
 EPILOG = """\
 commands:
@@ -26,6 +26,7 @@ commands:
                                      (--format text|md|json; exit 2 on a broken --fail-on rule)
   deploy-build graph RECIPE...        the task DAG (--format mermaid|dot), marked from the last build
   deploy-build report [--out FILE]    an HTML report (table, charts, trend) from the build history
+  deploy-build verify DIR            check a target folder (a bundle) against its manifest
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
@@ -136,6 +137,10 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--cache", metavar="DIR", default=None,
                     help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
     rp.set_defaults(func="orchestrator.commands.report:run")
+
+    vf = sub.add_parser("verify", help="check a target folder (or a copy of it) against its manifest")
+    vf.add_argument("folder", metavar="DIR", help="a target folder, e.g. build/bert-edge/cpu-int8")
+    vf.set_defaults(func="orchestrator.commands.verify:run")
 
     c = sub.add_parser("cache", help="maintain the local cache")
     csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)

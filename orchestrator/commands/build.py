@@ -289,6 +289,11 @@ def judge(args: argparse.Namespace, s: Session, outcomes: dict[str, Any]
         manifest, failures, complete = build_manifest(tp, s.graph, outcomes, s.plan.sources)
         label = f"{tp.recipe.name}/{tp.name}"
         if complete:  # judged: ok, or failed a gate (then the manifest says why, with no engine)
+            from orchestrator.bundle import add_bundle
+
+            source = s.plan.sources.get(f"src:{tp.recipe.name}:model")
+            fmt = s.graph.task(tp.steps[-1]).info.cls.output_formats.get("model", "") if tp.steps else ""
+            add_bundle(manifest, s.store, source.path if source else None, fmt)
             path = write_target(s.out, tp, manifest, s.store, outcomes, s.graph)
             targets[label] = {"status": manifest["status"], "manifest": str(path)}
         else:  # not finished: whatever an earlier build left there stays as it was
