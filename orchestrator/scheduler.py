@@ -68,7 +68,7 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
     executor = LocalExecutor(opts.jobs)
     started: dict[str, Job] = {}
     stop = False
-    locks = BuildLocks(store.root)
+    locks = BuildLocks(store.root, getattr(store, "remote", None))
     waiting_exclusive: set[str] = set()  # ready exclusive tasks (benchmarks) waiting to run alone
     waited: set[tuple[str, str]] = set()
 
