@@ -116,3 +116,44 @@ def test_two_machines_share_an_s3_cache_on_the_tiny_model(
     for rel in ("ort-fp32/model.onnx", "openvino-fp32/ir/model.xml", "openvino-fp32/ir/model.bin"):
         assert (tmp_path / "two" / "out" / "tiny" / rel).read_bytes() == \
             (tmp_path / "one" / "out" / "tiny" / rel).read_bytes()
+
+
+def test_a_build_without_a_remote_imports_no_fsspec(tmp_path: Path) -> None:
+    project = _project(tmp_path / "p")
+    r = project.recipe(FAKE_RECIPE)
+    shared = (tmp_path / "shared").as_uri()
+    code = ("import sys\nfrom orchestrator.cli import main\n"
+            "rc = main(sys.argv[1:])\n"
+            "print(rc, [m for m in ('fsspec', 's3fs', 'botocore', 'aiobotocore') if m in sys.modules])")
+    base = [sys.executable, "-c", code, str(r), "--cache", str(project.cache), "--out",
+            str(project.out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOY_BUILD_REMOTE")}
+    out = subprocess.run(base, capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "0 []", out.stderr
+    out = subprocess.run([*base, "--remote-cache", shared], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "0 ['fsspec']", out.stderr  # a folder needs no S3 client
+
+
+RACE = FAKE_RECIPE.replace('fake-upper: {suffix: "!"}', 'fake-upper: {suffix: "!", sleep: 3}')
+
+
+def test_two_builds_on_two_machines_build_each_task_once(tmp_path: Path) -> None:
+    """Two deploy-build processes, each with its own local cache, one shared remote: the remote
+    lease makes one of them build the slow task, the other wait for it and take the hit."""
+    shared = (tmp_path / "shared").as_uri()
+    env = {**os.environ, "DEPLOY_BUILD_REMOTE_CACHE": shared}
+    procs = []
+    for machine in ("one", "two"):
+        project = _project(tmp_path / machine)
+        r = project.recipe(RACE)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", str(r), "--cache", str(project.cache), "--out",
+             str(project.out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env))
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in results]
+    runs = [t["label"] for out, _ in results for t in json.loads(out)["tasks"]
+            if t["status"] == "run"]
+    assert sorted(runs) == sorted(set(runs)) and "a/1:fake-upper" in runs, results[1][1][-2000:]
+    assert len(runs) == 4  # every task built once, on one machine or the other
+    assert _manifests(tmp_path / "one" / "build") == _manifests(tmp_path / "two" / "build")
