@@ -230,27 +230,7 @@ def load_recipe(path: str | Path, registry: Registry | None = None,
     steps: dict[str, tuple[StepUse, ...]] = {}
     checks: dict[str, tuple[StepUse, ...]] = {}
     for tname, target in model.targets.items():
-        base: tuple[str | int, ...] = ("targets", tname)
-        uses = []
-        for i, entry in enumerate(target.steps):
-            entry = dict(entry)
-            own = entry.pop("limits", None) if len(entry) > 1 else None
-            if len(entry) != 1:
-                raise FatalError(
-                    f"step at {pos.at(base + ('steps', i))} must be one 'name: {{params}}' pair "
-                    f"(and optionally 'limits: {{...}}' beside it), got {len(entry)} keys"
-                )
-            ((sname, params),) = entry.items()
-            use = _use(registry, sname, params, pos, base + ("steps", i), "transform")
-            lim = _limits(use, own, model.limits, pos, base + ("steps", i, "limits"))
-            uses.append(dataclasses.replace(use, limits=lim))
-        steps[tname] = tuple(uses)
-        checks[tname] = tuple(
-            dataclasses.replace(use, limits=_limits(use, None, model.limits, pos, ()))
-            for use in (_use(registry, cname, cparams, pos, base + ("checks",), "check")
-                        for cname, cparams in sorted(target.checks.items()))
-        )
-        check_chain(steps[tname], checks[tname], registry)
+        steps[tname], checks[tname] = _target_uses(registry, tname, target, model.limits, pos)
     name = model.name or path.stem
     if model.name is None and _name_problem(name):
         raise FatalError(f"recipe name {name!r} (the file name of {display}) "
@@ -359,17 +339,51 @@ def _use(
     return StepUse(info, validated, str(where))
 
 
+def _target_uses(registry: Registry, tname: str, target: Target, recipe: Limits,
+                 pos: yamlpos.Positions) -> tuple[tuple[StepUse, ...], tuple[StepUse, ...]]:
+    """A target's step uses (in order, each with its limits) and check uses (by name)."""
+    base: tuple[str | int, ...] = ("targets", tname)
+    uses = []
+    for i, entry in enumerate(target.steps):
+        entry = dict(entry)
+        own = entry.pop("limits", None) if len(entry) > 1 else None
+        if len(entry) != 1:
+            raise FatalError(
+                f"step at {pos.at(base + ('steps', i))} must be one 'name: {{params}}' pair "
+                f"(and optionally 'limits: {{...}}' beside it), got {len(entry)} keys"
+            )
+        ((sname, params),) = entry.items()
+        use = _use(registry, sname, params, pos, base + ("steps", i), "transform")
+        lim = _limits(use, own, recipe, pos, base + ("steps", i, "limits"))
+        uses.append(dataclasses.replace(use, limits=lim))
+    checks = tuple(_check_use(registry, cname, cparams, recipe, pos, base)
+                   for cname, cparams in sorted(target.checks.items()))
+    check_chain(tuple(uses), checks, registry)
+    return tuple(uses), checks
+
+
+def _check_use(registry: Registry, name: str, params: dict[str, Any] | None, recipe: Limits,
+               pos: yamlpos.Positions, base: tuple[str | int, ...]) -> StepUse:
+    """A check use: its params, and its own 'limits:' among them (``parity: {limits: {...}}``)."""
+    params = dict(params or {})
+    own = params.pop("limits", None)
+    use = _use(registry, name, params, pos, base + ("checks",), "check")
+    lim = _limits(use, own, recipe, pos, base + ("checks", name, "limits"))
+    return dataclasses.replace(use, limits=lim)
+
+
 def _limits(use: StepUse, own: Any, recipe: Limits, pos: yamlpos.Positions,
             at: tuple[str | int, ...]) -> TaskLimits:
     """A task's limits: the step use's own 'limits:' > the recipe's 'limits:' > the step class's
     defaults (``timeout_s`` and ``max_memory_mb`` class attributes)."""
     step_own = Limits()
+    noun = "check" if use.info.cls.kind == "check" else "step"
     if own is not None:
         try:
             step_own = Limits.model_validate(own)
         except ValidationError as e:
             raise FatalError(_format_errors(e, pos, Limits, at,
-                                            context=f"limits of step {use.info.name!r}")) from None
+                                            context=f"limits of {noun} {use.info.name!r}")) from None
     cls = use.info.cls
     out: dict[str, Limit | None] = {}
     for name in LIMIT_FIELDS:
@@ -378,7 +392,6 @@ def _limits(use: StepUse, own: Any, recipe: Limits, pos: yamlpos.Positions,
         elif getattr(recipe, name) is not None:
             out[name] = Limit(getattr(recipe, name), f"set at {pos.at(('limits', name))}")
         elif getattr(cls, name, None) is not None:
-            noun = "check" if cls.kind == "check" else "step"
             out[name] = Limit(float(getattr(cls, name)), f"the default of {noun} {use.info.name!r}")
         else:
             out[name] = None
@@ -484,7 +497,10 @@ def recipe_json_schema(registry: Registry) -> dict[str, Any]:
     target["properties"]["steps"]["items"] = {"anyOf": options("transform")}
     check_props = {}
     for item in options("check"):
-        check_props.update(item["properties"])
+        for name, prop in item["properties"].items():  # a check's own limits sit in its params
+            params = prop["anyOf"][0]
+            params.setdefault("properties", {})["limits"] = {"$ref": "#/$defs/Limits"}
+            check_props[name] = prop
     target["properties"]["checks"] = {
         "type": "object",
         "properties": check_props,

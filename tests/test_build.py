@@ -452,6 +452,8 @@ def test_a_changed_target_folder_is_swapped_in_whole(project: Project, capsys) -
 def test_swap_in_exchanges_folders_and_signals_wait(tmp_path: Path) -> None:
     import os
     import signal
+    import threading
+    import time
 
     from orchestrator.manifest import signals_held, swap_in
 
@@ -462,12 +464,19 @@ def test_swap_in_exchanges_folders_and_signals_wait(tmp_path: Path) -> None:
     (dest / "v").write_text("1")
     got: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda n, f: got.append(n))
+    # another thread with the signal unblocked: a mask on this thread alone would not hold it
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
     try:
         with signals_held():
             os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
             assert got == []  # held while the folder is swapped
             swap_in(new, dest)
         assert got == [signal.SIGTERM]  # delivered right after
     finally:
+        stop.set()
+        other.join()
         signal.signal(signal.SIGTERM, previous)
     assert (dest / "v").read_text() == "2" and (new / "v").read_text() == "1"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from conftest import FAKE_RECIPE, Project
 
 
@@ -59,3 +60,40 @@ def test_cache_verify_rehashes_everything(project: Project, capsys) -> None:
     s = project.build_json(r, capsys)
     assert s["by_label"]["b/2:fake-const"]["status"] == "run"
     assert (project.out / "demo/b/model.txt").read_text() == "hello"
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete", "empty", "flip"])
+def test_a_corrupt_blob_is_detected_reported_once_repaired_never_served(project: Project, capsys,
+                                                                       how: str) -> None:
+    """Each way a blob goes bad: the entry naming it is a miss (reported once, with why), the task
+    reruns, and build/ holds the right bytes again; a second build is all hits."""
+    import json
+
+    from orchestrator.store.local import LocalStore
+
+    r = project.recipe(FAKE_RECIPE)
+    assert project.build_json(r, capsys)["rc"] == 0
+    engine = project.out / "demo/b/model.txt"
+    digest = json.loads((project.out / "demo/b/manifest.json").read_text())["artifacts"][0]["digest"]
+    store = LocalStore(project.cache)
+    blob = store.blob_path(digest)
+    store.close()
+    assert blob.is_file() and blob.stat().st_ino == engine.stat().st_ino
+    if how == "truncate":
+        os.truncate(blob, 2)
+    elif how == "empty":
+        os.truncate(blob, 0)
+    elif how == "delete":
+        blob.unlink()
+    else:
+        flip_keep_mtime(blob)
+    capsys.readouterr()
+    s = project.build_json(r, capsys)
+    err = capsys.readouterr().err
+    assert s["rc"] == 0
+    task = s["by_label"]["b/2:fake-const"]
+    assert task["status"] == "run" and task["reasons"][0].startswith("cache entry invalid"), task
+    assert err.count("cache entry invalid") <= 1  # said once, not per lookup
+    assert engine.read_text() == "hello" and blob.read_text() == "hello"
+    again = project.build_json(r, capsys)
+    assert {t["status"] for t in again["tasks"]} == {"hit"}

@@ -130,6 +130,40 @@ def test_limit_precedence_step_use_over_recipe_over_step_class(project: Project)
         (5, "set at F:8:29"), (64, "set at F:8:47"))
 
 
+CHECK_PLUGIN = """
+
+class LimitedCheck(Step):
+    name = "limited-check"
+    version = "1"
+    kind = "check"
+    input_formats = {"model": ("any",)}
+    timeout_s = 300
+    max_memory_mb = 2000
+
+    def run(self, ctx):
+        return {}
+"""
+
+
+def test_a_check_takes_its_own_limits_among_its_params(project: Project) -> None:
+    (project.root / "limited.py").write_text(PLUGIN + CHECK_PLUGIN)
+    head = "plugins: [limited.py]\nmodel: {source: ./model}\nlimits: {timeout_s: 60}\n"
+    body = "targets:\n  a:\n    steps:\n      - limited: {}\n    checks:\n      limited-check: "
+    r = project.recipe(head + body + "{limits: {timeout_s: 7}}\n")
+    lim = load_recipe(r).checks["a"][0].limits
+    assert lim.timeout_s is not None and lim.timeout_s.value == 7
+    assert lim.timeout_s.where == f"set at {r}:9:43"
+    assert lim.max_memory_mb is not None and lim.max_memory_mb.where == \
+        "the default of check 'limited-check'"
+    r = project.recipe(head + body + "{}\n")
+    lim = load_recipe(r).checks["a"][0].limits
+    assert lim.timeout_s is not None and lim.timeout_s.where == f"set at {r}:3:21"
+    r = project.recipe(head + body + "{limits: {timeout_s: -3}}\n")
+    with pytest.raises(FatalError, match=rf"invalid timeout_s in limits of check 'limited-check' "
+                                         rf"at {r}:9:43"):
+        load_recipe(r)
+
+
 @pytest.mark.parametrize("limits,expected", [
     ("{timeout_s: 0}", "invalid timeout_s in limits of step 'fake-upper' at {f}:9:29: "
                        "Input should be greater than 0"),
