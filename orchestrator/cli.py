@@ -56,6 +56,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="allow recipe plugins at this file or folder outside the recipe's project "
                         "(repeatable; also $DEPLOY_BUILD_ALLOW_PLUGINS). A plugin is code that "
                         "runs with your rights: allow only what you trust")
+    _remote_flags(p)
+
+
+def _remote_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--remote-cache", metavar="URL", default=None,
+                   help="a shared cache: s3://bucket/prefix or file:///shared/folder (default: "
+                        "$DEPLOY_BUILD_REMOTE_CACHE, else the recipe's cache.remote; 'none' for none)")
+    p.add_argument("--remote-cache-mode", choices=("read", "write", "readwrite"), default=None,
+                   help="read: use the remote, never write it; write: fill it, never read it; "
+                        "readwrite (the default; also $DEPLOY_BUILD_REMOTE_CACHE_MODE)")
 
 
 def parser() -> argparse.ArgumentParser:

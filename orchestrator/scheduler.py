@@ -71,7 +71,7 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
     executor = make_executor(opts.executor, opts.jobs, opts.ray_address)
     started: dict[str, Job] = {}
     stop = False
-    locks = BuildLocks(store.root)
+    locks = BuildLocks(store.root, getattr(store, "remote", None))
     waiting_exclusive: set[str] = set()  # ready exclusive tasks (benchmarks) waiting to run alone
     waited: set[tuple[str, str]] = set()
 

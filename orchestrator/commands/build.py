@@ -21,6 +21,7 @@ from orchestrator.plan import Plan, make_plan, resolve_sources
 from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
 from orchestrator.registry import Registry
 from orchestrator.sources import StatCache
+from orchestrator.store.config import attach_remote, prefetch_remote
 from orchestrator.store.local import LocalStore
 
 MAX_RECIPE_BYTES = 2**20
@@ -67,12 +68,13 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
     out = Path(args.out) if args.out else root / "build"
     if out.exists() and not out.is_dir():
         raise FatalError(f"--out {out} is a file; give a folder for the built targets")
-    store = open_store(cache)
+    store = attach_remote(open_store(cache), args, recipes)
     graph = compile_graph(recipes, args.targets)
     only = getattr(args, "only", None)
     if only:
         graph = _restrict(graph, only)
     sources = resolve_sources(graph, StatCache(store.index))
+    prefetch_remote(store, graph, sources)
     plan = make_plan(graph, store, sources, force=force, rebench=rebench,
                      cuda_devices=cuda_devices())
     return Session(recipes, store, out, graph, plan)
