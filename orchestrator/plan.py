@@ -224,7 +224,11 @@ def input_digests(task: Task, sources: dict[str, ResolvedSource],
     return digests
 
 
-def decide(task: Task, store: Any, digests: dict[str, str], forced: bool) -> Decision:
+def decide(task: Task, store: Any, digests: dict[str, str], forced: bool,
+           after_upstream: bool = False) -> Decision:
+    """HIT or RUN (with reasons) for a task whose input digests are known. ``after_upstream``:
+    decided again once an upstream rebuilt (then a key seen before but gone from the cache
+    still runs because its input changed)."""
     doc = document(task, digests)
     key = task_key(doc)
     if forced:
@@ -238,7 +242,8 @@ def decide(task: Task, store: Any, digests: dict[str, str], forced: bool) -> Dec
     if last is None:
         return Decision("RUN", ["new"], key, doc)
     if last == doc:
-        return Decision("RUN", ["not in this cache"], key, doc)
+        return Decision("RUN", ["input changed" if after_upstream else "not in this cache"],
+                        key, doc)
     return Decision("RUN", _diff(last, doc), key, doc)
 
 
