@@ -129,8 +129,7 @@ class Task:
     info: StepInfo
     params: dict[str, Any]  # validated, completed, JSON mode; gate fields removed: what is keyed and run
     inputs: dict[str, tuple[str, str]]  # input name -> (node id, output name)
-    hardware: dict[str, Any]
-    device: str
+    hardware: dict[str, Any]  # the target hardware properties the step depends on
     model: dict[str, Any]
     input_formats: dict[str, str] = field(default_factory=dict)  # input -> format it arrives in
     labels: list[tuple[str, str, str]] = field(default_factory=list)  # (recipe, target, position)
@@ -259,7 +258,7 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
     tid = "t:" + sha256_json(identity)[:20]
     if tid not in dag:
         files = {name: _format_of(dag, node, out) for name, (node, out) in inputs.items()}
-        task = Task(tid, use.info, pjson, inputs, hw_used, at.hardware["device"], model,
+        task = Task(tid, use.info, pjson, inputs, hw_used, model,
                     files, reference=overrides is not None,
                     tokenizes="samples" in planned.inputs
                     and (cls.kind == "transform" or overrides is not None),

@@ -17,11 +17,12 @@ from orchestrator.keys import (
     TOKENIZERS,
     diff_documents,
     key_document,
-    machine_fact,
     task_key,
     toolchain,
 )
+from orchestrator.machine import fact as machine_fact
 from orchestrator.sources import ResolvedSource, StatCache, resolve_model_path
+from orchestrator.store import index as index_keys
 from orchestrator.store.base import Blob, InvalidEntry
 
 Status = Literal["HIT", "RUN", "SKIP"]
@@ -157,7 +158,7 @@ def document(task: Task, input_digests: dict[str, str]) -> dict[str, Any]:
 
 def last_key(task: Task) -> str:
     recipe, target, pos = task.labels[0]
-    return f"last:{recipe}/{target}/{pos}"
+    return index_keys.last_document(recipe, target, pos)
 
 
 def entry_problem(entry: dict[str, Any]) -> str | None:
@@ -298,6 +299,3 @@ def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
             outputs[task.id] = d.entry["outputs"]
     return Plan(graph, sources, decisions, force, rebench)
 
-
-def source_path(plan: Plan, node: str) -> Path:
-    return plan.sources[node].path

@@ -20,6 +20,7 @@ from orchestrator.graph import Task
 from orchestrator.locks import BuildLocks
 from orchestrator.plan import Decision, Plan, decide, input_digests, usable_entry
 from orchestrator.report import Reporter
+from orchestrator.store import index as index_keys
 from orchestrator.store.base import Blob, BlobError, Store
 from orchestrator.worker import TaskSpec
 
@@ -293,7 +294,7 @@ def _record(task: Task, d: Decision, fin: Finished, store: Store, repro: str) ->
     }
     store.put_action(d.key, entry)
     for recipe, target, pos in task.labels:
-        store.set_meta(f"last:{recipe}/{target}/{pos}", d.doc)
+        store.set_meta(index_keys.last_document(recipe, target, pos), d.doc)
     return TaskOutcome("run", d.key, entry, fin.duration, d.reasons)
 
 
@@ -304,6 +305,6 @@ def remember_hits(plan: Plan, outcomes: dict[str, TaskOutcome], store: Store) ->
         if o.status == "hit" and o.entry is not None:
             task = plan.graph.task(tid)
             for recipe, target, pos in task.labels:
-                k = f"last:{recipe}/{target}/{pos}"
+                k = index_keys.last_document(recipe, target, pos)
                 if store.get_meta(k) != o.entry["doc"]:
                     store.set_meta(k, o.entry["doc"])
