@@ -23,7 +23,7 @@ from orchestrator.keys import (
 from orchestrator.machine import fact as machine_fact
 from orchestrator.sources import ResolvedSource, StatCache, resolve_model_path
 from orchestrator.store import index as index_keys
-from orchestrator.store.base import Blob, InvalidEntry
+from orchestrator.store.base import ActionEntry, Blob, InvalidEntry
 
 Status = Literal["HIT", "RUN", "SKIP"]
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -35,7 +35,7 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     key: str | None = None
     doc: dict[str, Any] | None = None
-    entry: dict[str, Any] | None = None
+    entry: ActionEntry | None = None
 
 
 @dataclass
@@ -192,7 +192,7 @@ def _last_doc(store: Any, task: Task) -> dict[str, Any] | None:
     return last if isinstance(last, dict) else None
 
 
-def usable_entry(store: Any, key: str) -> tuple[dict[str, Any] | None, str | None]:
+def usable_entry(store: Any, key: str) -> tuple[ActionEntry | None, str | None]:
     """The action entry for key if it is well formed and every blob it names is intact; else
     (None, why not)."""
     try:
@@ -208,7 +208,7 @@ def usable_entry(store: Any, key: str) -> tuple[dict[str, Any] | None, str | Non
         problem = store.check(Blob.from_json(b))
         if problem:
             return None, f"cache entry invalid: output {name!r} {problem}"
-    return entry, None
+    return ActionEntry.from_json(entry), None
 
 
 def input_digests(task: Task, sources: dict[str, ResolvedSource],
@@ -296,6 +296,6 @@ def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
         d = decide(task, store, digests, forced)
         decisions[task.id] = d
         if d.status == "HIT" and d.entry is not None:
-            outputs[task.id] = d.entry["outputs"]
+            outputs[task.id] = d.entry.outputs
     return Plan(graph, sources, decisions, force, rebench)
 

@@ -21,7 +21,7 @@ from orchestrator.locks import BuildLocks
 from orchestrator.plan import Decision, Plan, decide, input_digests, usable_entry
 from orchestrator.report import Reporter
 from orchestrator.store import index as index_keys
-from orchestrator.store.base import Blob, BlobError, Store
+from orchestrator.store.base import ActionEntry, Blob, BlobError, Store
 from orchestrator.worker import TaskSpec
 
 
@@ -29,7 +29,7 @@ from orchestrator.worker import TaskSpec
 class TaskOutcome:
     status: str  # "hit" | "run" | "skip" | "fail"
     key: str | None = None
-    entry: dict[str, Any] | None = None
+    entry: ActionEntry | None = None
     duration: float = 0.0
     reasons: list[str] = field(default_factory=list)
     error: str | None = None  # the whole message: what failed, the log tail, how to reproduce
@@ -232,7 +232,7 @@ class Scheduler:
     def finish(self, tid: str, outcome: TaskOutcome) -> None:
         self.outcomes[tid] = outcome
         if outcome.entry is not None:
-            self.outputs[tid] = outcome.entry["outputs"]
+            self.outputs[tid] = outcome.entry.outputs
         self.reporter.task_done(self.tasks[tid], outcome)
 
     def wait(self, task: Task, why: str) -> None:
@@ -285,14 +285,9 @@ def _record(task: Task, d: Decision, fin: Finished, store: Store, repro: str) ->
         return TaskOutcome("fail", d.key, None, fin.duration, d.reasons, msg, summary, tail, repro)
     assert d.key is not None and d.doc is not None
     log_blob = store.put_bytes(fin.log.encode())
-    entry = {
-        "outputs": fin.result["outputs"],
-        "metrics": fin.result["metrics"],
-        "warnings": fin.result["warnings"],
-        "log": log_blob.digest,
-        "doc": d.doc,
-    }
-    store.put_action(d.key, entry)
+    entry = ActionEntry(fin.result["outputs"], fin.result["metrics"], fin.result["warnings"],
+                        log_blob.digest, d.doc)
+    store.put_action(d.key, entry.to_json())
     for recipe, target, pos in task.labels:
         store.set_meta(index_keys.last_document(recipe, target, pos), d.doc)
     return TaskOutcome("run", d.key, entry, fin.duration, d.reasons)
@@ -306,5 +301,5 @@ def remember_hits(plan: Plan, outcomes: dict[str, TaskOutcome], store: Store) ->
             task = plan.graph.task(tid)
             for recipe, target, pos in task.labels:
                 k = index_keys.last_document(recipe, target, pos)
-                if store.get_meta(k) != o.entry["doc"]:
-                    store.set_meta(k, o.entry["doc"])
+                if store.get_meta(k) != o.entry.doc:
+                    store.set_meta(k, o.entry.doc)
