@@ -4,7 +4,6 @@ for them, read by the task key (a step's ``machine_keys``) and by the benchmark'
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -18,6 +17,8 @@ def cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    import platform
+
     return platform.processor() or platform.machine()
 
 

@@ -44,7 +44,7 @@ def project_root(start: Path) -> Path:
 
 
 def cuda_devices() -> int:
-    from orchestrator.executors.local import cuda_device_ids
+    from orchestrator.executors import cuda_device_ids
 
     return len(cuda_device_ids())
 
@@ -135,12 +135,15 @@ def check_out(out: Path, s: Session) -> None:
     from orchestrator.diskerrors import describe, nearest_existing, probe_write
 
     folders = {out} | {out / tp.recipe.name / tp.name for tp in s.graph.targets}
+    synced: set[int] = set()  # file systems whose space was probed (a write made durable)
     for folder in sorted(folders):
         existing = nearest_existing(folder)
         if not existing.is_dir():
             raise FatalError(f"--out {out}: {existing} is a file, not a folder; give a folder for "
                              "the built targets")
-        problem = probe_write(existing)
+        dev = existing.stat().st_dev
+        problem = probe_write(existing, sync=dev not in synced)
+        synced.add(dev)
         if problem:
             raise FatalError(f"--out {out}: cannot write in {existing}: {describe(problem)}")
 
