@@ -70,6 +70,11 @@ def _onnx_signature(path: Path) -> dict[str, Any]:
 
 
 def _ov_signature(xml: Path, weights: Path) -> dict[str, Any]:
+    import os
+
+    from orchestrator.executors.local import NO_TELEMETRY
+
+    os.environ.update(NO_TELEMETRY)  # before OpenVINO is imported in this process
     import openvino as ov
 
     model = ov.Core().read_model(str(xml), str(weights))
@@ -90,6 +95,9 @@ def signature(store: Any, runtime: str, artifact: dict[str, Any]) -> dict[str, A
         return dict(json.loads(memo.read_text()))
     except (OSError, ValueError):
         pass
+    from orchestrator.store.base import Blob
+
+    store.ensure(Blob(artifact["kind"], artifact["digest"], artifact["size"]))  # a remote hit
     if runtime == "onnxruntime":
         sig = _onnx_signature(store.blob_path(artifact["digest"]))
     else:
