@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from orchestrator import __version__
 
@@ -68,15 +68,8 @@ def _remote_flags(p: argparse.ArgumentParser) -> None:
                         "readwrite (the default; also $DEPLOY_BUILD_REMOTE_CACHE_MODE)")
 
 
-def parser() -> argparse.ArgumentParser:
-    top = _Parser(
-        prog="deploy-build",
-        description="Compile YAML deployment recipes into cached, verified, benchmarked engines.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    top.add_argument("--version", action="version", version=f"deploy-build {__version__}")
-    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
+def _build_parser(sub: Any) -> None:
+    """`deploy-build build` (the default command) and its flags."""
     b = sub.add_parser("build", help="build recipes (the default command)")
     _common(b)
     b.add_argument("--dry-run", "--plan", action="store_true", dest="dry_run",
@@ -109,11 +102,9 @@ def parser() -> argparse.ArgumentParser:
                    help="print a JSON summary on stdout at the end (progress stays on stderr)")
     b.set_defaults(func="orchestrator.commands.build:run")
 
-    e = sub.add_parser("explain", help="why each task of a target would run")
-    _common(e)
-    e.add_argument("--json", action="store_true", help="print the decisions as JSON")
-    e.set_defaults(func="orchestrator.commands.build:explain")
 
+def _info_parsers(sub: Any) -> None:
+    """`deploy-build steps` and `deploy-build schema`."""
     s = sub.add_parser("steps", help="list steps and checks with their params and origin")
     s.add_argument("--plugins", nargs="*", default=[], metavar="FILE",
                    help="also load these plugin files; listing imports them and every installed "
@@ -124,6 +115,25 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--plugins", nargs="*", default=[], metavar="FILE",
                     help="also load these plugin files (importing them runs their code)")
     sc.set_defaults(func="orchestrator.commands.info:schema")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(
+        prog="deploy-build",
+        description="Compile YAML deployment recipes into cached, verified, benchmarked engines.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"deploy-build {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    _build_parser(sub)
+
+    e = sub.add_parser("explain", help="why each task of a target would run")
+    _common(e)
+    e.add_argument("--json", action="store_true", help="print the decisions as JSON")
+    e.set_defaults(func="orchestrator.commands.build:explain")
+
+    _info_parsers(sub)
 
     d = sub.add_parser("diff", help="compare two manifests (files, folders of them, or a git "
                                     "revision of the tracked ones)")

@@ -26,26 +26,6 @@ def dist_version(name: str) -> str:
         return "not-installed"
 
 
-@cache
-def machine_fact(name: str) -> str:
-    """Facts about this machine that a measurement depends on (never a host name)."""
-    import os
-    import platform
-
-    if name == "cpu_count":
-        return str(os.cpu_count())
-    if name == "cpu_model":
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        return platform.processor() or platform.machine()
-    raise KeyError(f"unknown machine fact {name!r}; known: cpu_model, cpu_count")
-
-
 def toolchain(packages: tuple[str, ...]) -> dict[str, str]:
     return {p: dist_version(p) for p in packages}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.graph import BuildGraph, CheckPlan, TargetPlan, Task
-from orchestrator.store.base import Blob
+from orchestrator.store.base import ActionEntry, Blob
 from orchestrator.store.local import LocalStore
 
 MANIFEST_SCHEMA = 1
@@ -40,13 +40,13 @@ def _input_sizes(task: Task, outcomes: dict[str, Any], sources: dict[str, Any]) 
         if node in sources:
             sizes[name] = sources[node].blob.size
         elif node in outcomes and outcomes[node].entry is not None:
-            sizes[name] = outcomes[node].entry["outputs"][out]["size"]
+            sizes[name] = outcomes[node].entry.outputs[out]["size"]
     return sizes
 
 
-def _step_record(task: Task, entry: dict[str, Any], key: str,
+def _step_record(task: Task, entry: ActionEntry, key: str,
                  sizes: dict[str, int]) -> dict[str, Any]:
-    doc = entry["doc"]
+    doc = entry.doc
     return {
         "step": task.step,
         "version": doc["version"],
@@ -55,10 +55,10 @@ def _step_record(task: Task, entry: dict[str, Any], key: str,
         "params": task.params,  # what was keyed and ran (completed; unused params at defaults)
         "inputs": {k: {"digest": v, "size": sizes.get(k)} for k, v in doc["inputs"].items()},
         "outputs": {k: {"digest": o["digest"], "size": o["size"], "kind": o["kind"]}
-                    for k, o in entry["outputs"].items()},
+                    for k, o in entry.outputs.items()},
         "toolchain": doc["toolchain"],
-        "metrics": entry["metrics"],
-        "warnings": entry["warnings"],
+        "metrics": entry.metrics,
+        "warnings": entry.warnings,
     }
 
 
@@ -102,11 +102,11 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
             continue
         cls = task.info.cls
         params = target_params(task, cp)
-        ref_metrics = ro.entry["metrics"] if ro is not None and ro.entry is not None else None
-        verdict = cls.judge(params, o.entry["metrics"], ref_metrics)
+        ref_metrics = ro.entry.metrics if ro is not None and ro.entry is not None else None
+        verdict = cls.judge(params, o.entry.metrics, ref_metrics)
         section, problems = dict(verdict.summary), list(verdict.failures)
         section["key"] = o.key
-        warnings = sorted(set(o.entry["warnings"]) | set(ro.entry["warnings"] if ro and ro.entry else []))
+        warnings = sorted(set(o.entry.warnings) | set(ro.entry.warnings if ro and ro.entry else []))
         if warnings:
             section["warnings"] = warnings
         if cls.gate_fields:
@@ -121,7 +121,7 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
     fo = outcomes.get(final.id)
     artifacts = []
     if fo is not None and fo.entry is not None:
-        for name, o in sorted(fo.entry["outputs"].items()):
+        for name, o in sorted(fo.entry.outputs.items()):
             artifacts.append({"name": name, "path": o["filename"].rstrip("/"), "digest": o["digest"],
                               "size": o["size"], "kind": o["kind"]})
     manifest: dict[str, Any] = {

@@ -126,7 +126,7 @@ def _inputs(session: Any, task: Any, folder: Path) -> dict[str, Path]:
                              f"{name!r} (from {up}) is not cached ({d.status}); build it first: "
                              f"deploy-build {' '.join(r.path.as_posix() for r in session.recipes)} "
                              f"--only {up}")
-        ref = d.entry["outputs"][out]
+        ref = d.entry.outputs[out]
         dest = folder / "in" / name / ref["filename"].rstrip("/")
         session.store.materialize(Blob.from_json(ref), dest)
         paths[name] = dest

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from orchestrator.machine import cpu_model
 from orchestrator.step import PlanContext, Planned, Resources, StepContext, Verdict
 from orchestrator.steps.checks import EngineCheck, require_cpu
 
@@ -555,16 +555,6 @@ def top_ops(profile: Path, runs: int, n: int = 5) -> list[dict[str, Any]]:
     ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
     return [{"op": op, "ms_per_run": round(us / 1000.0 / max(1, runs), 4),
              "share": round(us / whole, 4)} for op, us in ranked]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _vocab_size(source: Path) -> int:
