@@ -24,7 +24,7 @@ class Source:
 
     id: str
     recipe: str
-    what: str  # "model" | "samples"
+    what: str  # "model" | "samples" | "labelled" (the field of the recipe's inputs)
 
 
 @dataclass
@@ -108,6 +108,7 @@ class _Where:
     model: dict[str, Any]
     src_model: str
     src_samples: str | None
+    src_labelled: str | None = None
 
 
 def _format_of(dag: Any, node: str, out: str) -> str:
@@ -123,6 +124,8 @@ def _wiring(at: _Where, upstream: tuple[str, str],
     wired = {"model": upstream, "source": (at.src_model, SOURCE_OUTPUT)}
     if at.src_samples is not None:
         wired["samples"] = (at.src_samples, SOURCE_OUTPUT)
+    if at.src_labelled is not None:
+        wired["labelled"] = (at.src_labelled, SOURCE_OUTPUT)
     if reference_task is not None:
         wired["reference"] = (reference_task, "reference")
     return wired
@@ -135,7 +138,8 @@ def plan_use(use: StepUse, at: _Where, formats_in: dict[str, str],
     cls = use.info.cls
     params = use.params.model_copy(update=overrides) if overrides else use.params
     ctx = PlanContext(Hardware.model_validate(at.hardware), formats_in,
-                      dict(at.model.get("shapes", {})), reference=overrides is not None)
+                      dict(at.model.get("shapes", {})), reference=overrides is not None,
+                      task=at.model.get("task", "feature-extraction"))
     planned = cls.plan(params, ctx)
     stray = [i for i in planned.inputs if i not in cls.inputs]
     if stray or not isinstance(planned.resources, Resources):
@@ -196,11 +200,16 @@ def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) 
         if recipe.model.inputs.samples is not None:
             src_samples = Source(f"src:{recipe.name}:samples", recipe.name, "samples")
             dag.add_node(src_samples.id, obj=src_samples)
+        src_labelled = None
+        if recipe.model.inputs.labelled is not None:
+            src_labelled = Source(f"src:{recipe.name}:labelled", recipe.name, "labelled")
+            dag.add_node(src_labelled.id, obj=src_labelled)
         for tname, target in recipe.model.targets.items():
             if only_targets and tname not in only_targets:
                 continue
             at = _Where(recipe.name, tname, target.hardware.model_dump(), model_info, src_model.id,
-                        src_samples.id if src_samples else None)
+                        src_samples.id if src_samples else None,
+                        src_labelled.id if src_labelled else None)
             upstream = (src_model.id, SOURCE_OUTPUT)
             ids: list[str] = []
             for i, use in enumerate(recipe.steps[tname]):

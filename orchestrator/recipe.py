@@ -55,6 +55,10 @@ class Inputs(_Strict):
     samples: str | None = Field(
         None, description="Text file, one sample per line (parity and calibration)."
     )
+    labelled: str | None = Field(
+        None, description="Labelled text file, one 'label<TAB>text' per line (the accuracy "
+        "check of a sequence classifier; label: a class index or a name of config.id2label)."
+    )
 
 
 class Limits(_Strict):

@@ -41,8 +41,11 @@ BUILTINS: dict[str, str] = {
     "nncf-quantize": "orchestrator.steps.nncf_quantize:NncfQuantize",
     "parity": "orchestrator.steps.parity:Parity",
     "benchmark": "orchestrator.steps.benchmark:Benchmark",
+    "size": "orchestrator.steps.size:Size",
+    "accuracy": "orchestrator.steps.accuracy:Accuracy",
 }
-BUILTIN_KINDS: dict[str, str] = {"parity": "check", "benchmark": "check"}
+BUILTIN_KINDS: dict[str, str] = {"parity": "check", "benchmark": "check", "size": "check",
+                                 "accuracy": "check"}
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
