@@ -140,7 +140,11 @@ def plan_use(use: StepUse, at: _Where, formats_in: dict[str, str],
     ctx = PlanContext(Hardware.model_validate(at.hardware), formats_in,
                       dict(at.model.get("shapes", {})), reference=overrides is not None,
                       task=at.model.get("task", "feature-extraction"))
-    planned = cls.plan(params, ctx)
+    try:
+        planned = cls.plan(params, ctx)
+    except ValueError as e:  # the step says this use cannot work, and why
+        raise FatalError(f"{cls.kind if cls.kind == 'check' else 'step'} {use.info.name!r} at "
+                         f"{use.where}: {e}") from None
     stray = [i for i in planned.inputs if i not in cls.inputs]
     if stray or not isinstance(planned.resources, Resources):
         raise FatalError(f"step {use.info.name!r} ({use.info.origin}): plan() returned inputs "
