@@ -136,3 +136,21 @@ def test_mypy_checks_ctx_params_against_the_step_type(tmp_path: Path) -> None:
                           "--config-file", str(root / "pyproject.toml"), str(src)],
                          capture_output=True, text=True, cwd=root)
     assert '"P" has no attribute "wrod"' in out.stdout, out.stdout + out.stderr
+
+
+def test_docs_plugins_md_covers_every_attribute_and_ctx_member() -> None:
+    """docs/plugins.md is the whole contract: every class attribute, hook, ctx member and plan
+    field is named there."""
+    import dataclasses
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    attrs = [n for n in Step.__annotations__]
+    hooks = ["plan", "planned", "judge", "run"]
+    ctx = [f.name for f in dataclasses.fields(StepContext)] + ["input", "output", "log", "warn"]
+    planning = [f.name for f in dataclasses.fields(PlanContext)] + \
+        [f.name for f in dataclasses.fields(Planned)] + [f.name for f in dataclasses.fields(Verdict)]
+    import re
+
+    spans = " ".join(re.findall(r"`[^`\n]+`", text))  # names in code spans
+    missing = [n for n in attrs + hooks + ctx + planning if not re.search(rf"\b{n}\b", spans)]
+    assert not missing, missing
