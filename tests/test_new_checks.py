@@ -111,6 +111,25 @@ def _labelled_by_the_original(model_dir: Path, path: Path) -> Path:
     return path
 
 
+def test_accuracy_with_run_step_against_its_reference_run(tiny_classifier_dir: Path,
+                                                          tmp_path: Path) -> None:
+    from orchestrator.steps.export_onnx import ExportOnnx
+
+    labelled = _labelled_by_the_original(tiny_classifier_dir, tmp_path / "l.tsv")
+    onnx_file = run_step(ExportOnnx, {}, {"model": tiny_classifier_dir},
+                         task="sequence-classification").outputs["model"]
+    ins = {"source": tiny_classifier_dir, "labelled": labelled}
+    ref = run_step(Accuracy, {}, {**ins, "model": tiny_classifier_dir}, reference=True,
+                   task="sequence-classification")
+    assert ref.metrics["accuracy"] == 1.0 and ref.metrics["runtime"]["runtime"] == "pytorch"
+    run = run_step(Accuracy, {"max_drop": 0.0}, {**ins, "model": onnx_file},
+                   task="sequence-classification", reference_metrics=ref.metrics)
+    assert run.metrics["runtime"]["runtime"] == "onnxruntime" and run.verdict is not None
+    assert run.verdict.summary["drop"] == 0.0 and run.verdict.failures == []
+    with pytest.raises(ValueError, match="accuracy measures sequence classifiers"):
+        run_step(Accuracy, {}, {**ins, "model": onnx_file})  # planned: task feature-extraction
+
+
 def test_new_checks_in_a_build_through_the_cli(tiny_classifier_dir: Path, tmp_path: Path) -> None:
     from test_e2e_tiny import run_cli
 
