@@ -56,6 +56,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="allow recipe plugins at this file or folder outside the recipe's project "
                         "(repeatable; also $DEPLOY_BUILD_ALLOW_PLUGINS). A plugin is code that "
                         "runs with your rights: allow only what you trust")
+    _remote_flags(p)
+
+
+def _remote_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--remote-cache", metavar="URL", default=None,
+                   help="a shared cache: s3://bucket/prefix or file:///shared/folder (default: "
+                        "$DEPLOY_BUILD_REMOTE_CACHE, else the recipe's cache.remote; 'none' for none)")
+    p.add_argument("--remote-cache-mode", choices=("read", "write", "readwrite"), default=None,
+                   help="read: use the remote, never write it; write: fill it, never read it; "
+                        "readwrite (the default; also $DEPLOY_BUILD_REMOTE_CACHE_MODE)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
                    help="print the plan (HIT / RUN with reasons / SKIP with why); run nothing")
     b.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
                    help="cpu tokens for parallel tasks (default: the core count)")
+    b.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where tasks run: worker processes here (default) or a Ray cluster")
+    b.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="the Ray cluster to run on (default: $RAY_ADDRESS, else a new local one)")
     mode = b.add_mutually_exclusive_group()
     mode.add_argument("--keep-going", action="store_false", dest="fail_fast",
                       help="on a failure, finish every independent task (default)")
@@ -84,6 +98,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--only", metavar="TARGET/POSITION",
                    help="run only this task (and any upstream task that is not cached), e.g. "
                         "cpu-int8/3:ort-quantize; the failure message of a task prints this form")
+    b.add_argument("--in-process", action="store_true", dest="in_process",
+                   help="with --only: run that task in this process, in the foreground, on its "
+                        "cached inputs (breakpoint() works); nothing is cached")
     b.add_argument("--manifests", metavar="DIR", default=None,
                    help="also write each target built and judged here to DIR/<recipe>/<target>.json "
                         "(committed manifests; a target skipped here is left as it was); the "

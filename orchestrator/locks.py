@@ -23,10 +23,14 @@ import contextlib
 import fcntl
 import os
 import stat
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 MACHINE_LOCK = "benchmark.lock"
 WAITING_LOCK = "benchmark.waiting"  # held by a benchmark waiting for the machine lock
+LEASE_RETRY_S = 1.0  # a key whose remote lease another build holds is asked for again after this
 
 
 def lock_dir(cache_root: Path) -> Path:
@@ -82,14 +86,20 @@ def release(fd: int, path: Path | None = None) -> None:
 
 
 class BuildLocks:
-    """The locks one build holds: per action key and on the machine, by task id."""
+    """The locks one build holds: per action key and on the machine, by task id. With a remote
+    cache (``leases``: a store.remote.Remote), the key lock extends to the remote as a lease object
+    with an expiry, so builds on other machines wait for it too."""
 
-    def __init__(self, cache_root: Path) -> None:
+    def __init__(self, cache_root: Path, leases: Any = None) -> None:
+        self.leases = leases
+        self.owner = uuid.uuid4().hex
+        self._tried: dict[str, float] = {}  # key -> when its remote lease was last asked for
         self.keys_dir = cache_root / "locks" / "ac"
         self.machine = lock_dir(cache_root) / MACHINE_LOCK
         self.waiting = lock_dir(cache_root) / WAITING_LOCK
         self._keys: dict[str, tuple[int, Path]] = {}
         self._machine: dict[str, int] = {}
+        self._key_of: dict[str, str] = {}
         self._waiting: dict[str, int] = {}
 
     def holds_key(self, tid: str) -> bool:
@@ -100,7 +110,16 @@ class BuildLocks:
         fd = try_lock(path)
         if fd is None:
             return False
+        if self.leases is not None:
+            if time.monotonic() - self._tried.get(key, -LEASE_RETRY_S) < LEASE_RETRY_S:
+                release(fd, path)
+                return False  # asked the remote a moment ago: not every scheduler tick
+            self._tried[key] = time.monotonic()
+            if not self.leases.lease(key, self.owner):
+                release(fd, path)
+                return False
         self._keys[tid] = (fd, path)
+        self._key_of[tid] = key
         return True
 
     def lock_machine(self, tid: str, exclusive: bool) -> bool:
@@ -130,6 +149,9 @@ class BuildLocks:
             os.close(self._machine.pop(tid))
         if tid in self._keys:
             release(*self._keys.pop(tid))
+            key = self._key_of.pop(tid, None)
+            if self.leases is not None and key is not None:
+                self.leases.release_lease(key, self.owner)
 
     def release_all(self) -> None:
         for tid in {*self._keys, *self._machine, *self._waiting}:

@@ -103,8 +103,8 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
         cls = task.info.cls
         params = target_params(task, cp)
         ref_metrics = ro.entry["metrics"] if ro is not None and ro.entry is not None else None
-        section = dict(cls.summarize(params, o.entry["metrics"], ref_metrics))
-        problems = cls.gate(params, o.entry["metrics"], ref_metrics)
+        verdict = cls.judge(params, o.entry["metrics"], ref_metrics)
+        section, problems = dict(verdict.summary), list(verdict.failures)
         section["key"] = o.key
         warnings = sorted(set(o.entry["warnings"]) | set(ro.entry["warnings"] if ro and ro.entry else []))
         if warnings:
@@ -113,7 +113,7 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
             section["gate"] = params.model_dump(mode="json", include=set(cls.gate_fields))
             section["passed"] = not problems
         failures.extend(f"check {name}: {p}" for p in problems)
-        if name == "benchmark":
+        if cls.manifest_section == "benchmark":
             benchmark = section
         else:
             checks[name] = section

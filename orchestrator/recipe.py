@@ -78,6 +78,16 @@ class Limits(_Strict):
 LIMIT_FIELDS = ("timeout_s", "max_memory_mb")
 
 
+class CacheSettings(_Strict):
+    """A shared remote cache for this recipe (--remote-cache and $DEPLOY_BUILD_REMOTE_CACHE win)."""
+
+    remote: str | None = Field(None, description="fsspec URL of a shared cache: s3://bucket/prefix, "
+                               "file:///shared/folder.")
+    mode: Literal["read", "write", "readwrite"] = Field(
+        "readwrite", description="read: use it, never write it (laptops); write: fill it, never "
+        "read it; readwrite: both (CI).")
+
+
 @dataclass(frozen=True)
 class Limit:
     value: float
@@ -119,6 +129,8 @@ class RecipeModel(_Strict):
                            description="Defaults for every step and check of the recipe (a step's "
                            "own 'limits:' wins).")
     targets: dict[str, Target] = Field(min_length=1)
+    cache: CacheSettings = Field(default_factory=CacheSettings,
+                                 description="A shared remote cache (out of every key).")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from orchestrator.plan import Plan, make_plan, resolve_sources
 from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
 from orchestrator.registry import Registry
 from orchestrator.sources import StatCache
+from orchestrator.store.config import attach_remote, prefetch_remote
 from orchestrator.store.local import LocalStore
 
 MAX_RECIPE_BYTES = 2**20
@@ -67,12 +68,13 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
     out = Path(args.out) if args.out else root / "build"
     if out.exists() and not out.is_dir():
         raise FatalError(f"--out {out} is a file; give a folder for the built targets")
-    store = open_store(cache)
+    store = attach_remote(open_store(cache), args, recipes)
     graph = compile_graph(recipes, args.targets)
     only = getattr(args, "only", None)
     if only:
         graph = _restrict(graph, only)
     sources = resolve_sources(graph, StatCache(store.index))
+    prefetch_remote(store, graph, sources)
     plan = make_plan(graph, store, sources, force=force, rebench=rebench,
                      cuda_devices=cuda_devices())
     return Session(recipes, store, out, graph, plan)
@@ -217,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise FatalError(f"--jobs must be at least 1, got {args.jobs}")
+    if getattr(args, "in_process", False):
+        return in_process(args)
     s = open_session(args, force=args.force, rebench=args.rebench)
     if args.dry_run:
         if args.json:
@@ -242,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         try:
-            outcomes = execute(s.plan, s.store, Options(args.jobs, args.fail_fast), reporter, repro)
+            opts = Options(args.jobs, args.fail_fast, args.executor, args.ray_address)
+            outcomes = execute(s.plan, s.store, opts, reporter, repro)
         except Interrupted as e:
             reporter.close()
             print("interrupted: running tasks stopped; finished tasks are cached", file=sys.stderr)
@@ -270,6 +275,20 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(summary, indent=2, sort_keys=True))
     return EXIT_BUILD_FAILED if failed else EXIT_OK
+
+
+def in_process(args: argparse.Namespace) -> int:
+    """`--only T/POS --in-process`: that one task in the foreground (orchestrator.testing)."""
+    if not args.only or args.dry_run:
+        raise FatalError("--in-process runs one task: give it with --only TARGET/POSITION "
+                         "(and without --dry-run)")
+    from orchestrator.testing import run_task_in_process
+
+    s = open_session(args)
+    try:
+        return run_task_in_process(s, args.only, args.jobs)
+    finally:
+        s.store.close()
 
 
 def judge(args: argparse.Namespace, s: Session, outcomes: dict[str, Any]

@@ -1,0 +1,327 @@
+"""A remote cache: any fsspec URL (``s3://bucket/prefix`` through s3fs, ``file:///shared/cache``).
+
+Layout under the URL, the local cache's own, with no database::
+
+    cas/sha256/ab/cdef...  blobs (files and tree listings), named by their digest
+    ac/<key>               action entries: small canonical JSON {"key", "entry"[, "sig"]}
+    leases/<key>.json      "someone builds this key": {"owner", "expires"} (see Lease)
+
+Only this module talks to fsspec, and it is imported only when a remote is configured. Every
+remote call goes through ``Remote.guard``: a remote that cannot be reached (no route, no bucket,
+no permission) is switched off with one warning and the build goes on with the local cache only.
+
+Write access to the remote is trust: whoever can write ``ac/`` decides what every reader builds
+from. A team that wants more sets ``DEPLOY_BUILD_CACHE_SIGNING_KEY``: writers sign each entry
+(HMAC-SHA256 over its key and its content) and readers holding the key refuse entries that are
+unsigned or signed with another key, even ones whose blobs are valid. Blobs need no signature:
+they are named by their digest and verified on download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+
+from orchestrator.hashing import canonical_json
+from orchestrator.store.base import InvalidEntry
+
+Mode = Literal["read", "write", "readwrite"]
+MODES: tuple[Mode, ...] = ("read", "write", "readwrite")
+SIGNING_KEY_ENV = "DEPLOY_BUILD_CACHE_SIGNING_KEY"
+OPTIONS_ENV = "DEPLOY_BUILD_REMOTE_OPTIONS"  # JSON: fsspec storage options (endpoint_url, ...)
+TRANSFERS = 16  # concurrent requests
+LEASE_TTL_S = 600.0
+T = TypeVar("T")
+
+
+class UntrustedEntry(InvalidEntry):
+    """A remote action entry that a reader holding the signing key refuses."""
+
+
+class RemoteUnavailable(Exception):
+    pass
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def signature(sign_key: bytes, key: str, entry: dict[str, Any]) -> str:
+    body = canonical_json({"entry": entry, "key": key}).encode()
+    return "hmac-sha256:" + hmac.new(sign_key, body, hashlib.sha256).hexdigest()
+
+
+def encode_entry(key: str, entry: dict[str, Any], sign_key: bytes | None) -> bytes:
+    doc: dict[str, Any] = {"entry": entry, "key": key}
+    if sign_key:
+        doc["sig"] = signature(sign_key, key, entry)
+    return canonical_json(doc).encode()
+
+
+def decode_entry(key: str, raw: bytes, sign_key: bytes | None) -> dict[str, Any]:
+    """The entry in a remote object; InvalidEntry when malformed, UntrustedEntry when a reader
+    with the signing key finds no signature or a wrong one."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidEntry(f"remote entry not JSON ({raw[:40]!r})") from None
+    if not (isinstance(doc, dict) and isinstance(doc.get("entry"), dict)):
+        raise InvalidEntry("remote entry is not an {'entry': ...} object")
+    if doc.get("key") != key:
+        raise InvalidEntry(f"remote entry is stored under {key[:12]} but names key "
+                           f"{str(doc.get('key'))[:12]}")
+    if sign_key:
+        sig = doc.get("sig")
+        if not isinstance(sig, str):
+            raise UntrustedEntry(f"remote entry {key[:12]} is unsigned and {SIGNING_KEY_ENV} is "
+                                 "set: refused")
+        if not hmac.compare_digest(sig, signature(sign_key, key, doc["entry"])):
+            raise UntrustedEntry(f"remote entry {key[:12]} is signed with another key than "
+                                 f"{SIGNING_KEY_ENV}: refused")
+    entry: dict[str, Any] = doc["entry"]
+    return entry
+
+
+class Remote:
+    """The remote half of a tiered store: batched, concurrent object operations on one URL."""
+
+    def __init__(self, url: str, mode: Mode = "readwrite", sign_key: bytes | None = None,
+                 options: dict[str, Any] | None = None, log: Callable[[str], None] = _log) -> None:
+        import fsspec
+
+        self.url = url
+        self.mode = mode
+        self.sign_key = sign_key
+        self.log = log
+        self.disabled: str | None = None  # why the remote was switched off, once it was
+        opts = dict(options or {})
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        if protocol in ("s3", "s3a"):  # fail fast on an unreachable endpoint
+            opts.setdefault("config_kwargs", {"connect_timeout": 5, "read_timeout": 60,
+                                              "retries": {"max_attempts": 2}})
+        self.fs, path = fsspec.core.url_to_fs(url, **opts)
+        self.base = path.rstrip("/")
+        protos = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.is_local = "file" in protos or "local" in protos
+        self.known: set[str] = set()  # digests seen on the remote in this process
+        self.bytes_in = self.bytes_out = self.blobs_in = self.blobs_out = 0
+
+    # ---- what may be done -------------------------------------------------------------------
+    @property
+    def can_read(self) -> bool:
+        return self.disabled is None and self.mode in ("read", "readwrite")
+
+    @property
+    def can_write(self) -> bool:
+        return self.disabled is None and self.mode in ("write", "readwrite")
+
+    def guard(self, what: str, fn: Callable[[], T], default: T) -> T:
+        """Run one remote operation; on anything but a normal miss, switch the remote off with
+        one warning and return default (the build goes on with the local cache)."""
+        if self.disabled is not None:
+            return default
+        try:
+            return fn()
+        except (InvalidEntry, FileNotFoundError):
+            raise
+        except Exception as e:  # network, credentials, a missing bucket, a read-only share
+            self.disabled = f"{type(e).__name__}: {e}"[:300]
+            self.log(f"warning: remote cache {self.url} unusable while {what} ({self.disabled}); "
+                     "going on with the local cache only")
+            return default
+
+    def probe(self) -> None:
+        """Check the remote answers (and, for a folder, create it when writing)."""
+        def check() -> None:
+            if self.is_local and self.mode != "read":
+                self.fs.makedirs(self.base, exist_ok=True)
+            self.fs.ls(self.base, detail=False)
+
+        with contextlib.suppress(FileNotFoundError):
+            self.guard("connecting", check, None)
+
+    # ---- paths --------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> str:
+        return f"{self.base}/cas/sha256/{digest[:2]}/{digest[2:]}"
+
+    def entry_path(self, key: str) -> str:
+        return f"{self.base}/ac/{key}"
+
+    def lease_path(self, key: str) -> str:
+        return f"{self.base}/leases/{key}.json"
+
+    # ---- action entries ---------------------------------------------------------------------
+    def get_entries(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The raw objects of those keys that exist (one batched, concurrent request)."""
+        paths = {self.entry_path(k): k for k in keys}
+        if not paths or not self.can_read:
+            return {}
+
+        def cat() -> dict[str, bytes]:
+            found = self.fs.cat(sorted(paths), on_error="omit")
+            names = set(paths.values())
+            out = {str(p).rsplit("/", 1)[1]: v for p, v in found.items()}
+            return {k: bytes(v) for k, v in out.items() if k in names and isinstance(v, bytes)}
+
+        return self.guard("reading action entries", cat, {})
+
+    def put_entry(self, key: str, entry: dict[str, Any]) -> bool:
+        if not self.can_write:
+            return False
+        data = encode_entry(key, entry, self.sign_key)
+
+        def put() -> bool:
+            self._write(self.entry_path(key), data)
+            return True
+
+        return self.guard("writing an action entry", put, False)
+
+    def list_entries(self) -> list[str]:
+        def find() -> list[str]:
+            return sorted(p.rsplit("/", 1)[1] for p in self.fs.find(f"{self.base}/ac"))
+
+        try:
+            return self.guard("listing action entries", find, [])
+        except FileNotFoundError:
+            return []
+
+    def delete(self, paths: list[str]) -> None:
+        if paths:
+            self.guard("deleting", lambda: self.fs.rm(paths), None)
+
+    # ---- blobs ------------------------------------------------------------------------------
+    def has_blobs(self, digests: Iterable[str]) -> set[str]:
+        """Which of digests the remote holds: one listing per shard touched, concurrently (a shard
+        listing answers for every digest in it), remembered for this process."""
+        wanted = {d for d in digests if d not in self.known}
+        shards = sorted({d[:2] for d in wanted})
+        if shards and self.disabled is None:
+            def ls(shard: str) -> list[str]:
+                try:
+                    names = self.fs.ls(f"{self.base}/cas/sha256/{shard}", detail=False, refresh=True)
+                except FileNotFoundError:
+                    return []
+                return [shard + str(n).rsplit("/", 1)[1] for n in names]
+
+            none: list[list[str]] = []
+            found = self.guard("checking blobs", lambda: self._map(ls, shards), none)
+            present = {d for names in found for d in names}
+            self.known |= present & wanted
+        return {d for d in digests if d in self.known}
+
+    def download(self, digest: str, dest: str) -> None:
+        """Copy the blob to the local file dest (FileNotFoundError when the remote lacks it)."""
+        self.fs.get_file(self.blob_path(digest), dest)
+
+    def upload(self, files: dict[str, str]) -> int:
+        """Upload digest -> local path for those the remote lacks, concurrently; bytes sent."""
+        if not self.can_write:
+            return 0
+        missing = sorted(set(files) - self.has_blobs(files))
+
+        def put(digest: str) -> int:
+            with open(files[digest], "rb") as f:
+                data = f.read()
+            self._write(self.blob_path(digest), data)
+            return len(data)
+
+        none: list[int] = []
+        sent = sum(self.guard("uploading blobs", lambda: self._map(put, missing), none))
+        if self.disabled is None:
+            self.known |= set(missing)
+            self.blobs_out += len(missing)
+            self.bytes_out += sent
+        return sent
+
+    def list_blobs(self) -> dict[str, int]:
+        """digest -> size of every blob on the remote."""
+        def find() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for p, info in self.fs.find(f"{self.base}/cas/sha256", detail=True).items():
+                shard, name = str(p).rsplit("/", 2)[1:]
+                if not name.startswith("."):
+                    out[shard + name] = int(info.get("size") or 0)
+            return out
+
+        try:
+            return self.guard("listing blobs", find, {})
+        except FileNotFoundError:
+            return {}
+
+    # ---- leases -------------------------------------------------------------------------------
+    def lease(self, key: str, owner: str, ttl_s: float = LEASE_TTL_S) -> bool:
+        """Take the lease on key unless another owner holds one that has not expired. Object
+        stores have no lock: the lease is written, read back, and lost to a later writer; at
+        worst two builds run one task, which is harmless (content-addressed, same entry)."""
+        if not self.can_write:
+            return True
+        path = self.lease_path(key)
+
+        def take() -> bool:
+            current = self._read_lease(path)
+            if current and current.get("owner") != owner and current.get("expires", 0) > time.time():
+                return False
+            body = canonical_json({"expires": time.time() + ttl_s, "owner": owner}).encode()
+            self._write(path, body)
+            back = self._read_lease(path)
+            return back is None or back.get("owner") == owner
+
+        return self.guard("taking a lease", take, True)
+
+    def release_lease(self, key: str, owner: str) -> None:
+        path = self.lease_path(key)
+
+        def drop() -> None:
+            current = self._read_lease(path)
+            if current and current.get("owner") == owner:
+                self.fs.rm(path)
+
+        if self.can_write:
+            with contextlib.suppress(FileNotFoundError):
+                self.guard("releasing a lease", drop, None)
+
+    def _read_lease(self, path: str) -> dict[str, Any] | None:
+        try:
+            value = json.loads(self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # a torn or foreign object: treat as free
+        return value if isinstance(value, dict) else None
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _write(self, path: str, data: bytes) -> None:
+        """Write one object whole: an object store's PUT is atomic; a folder gets a temp file
+        renamed into place, so a reader never sees half a blob or entry."""
+        if not self.is_local:
+            self.fs.pipe_file(path, data)
+            return
+        parent = path.rsplit("/", 1)[0]
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _map(self, fn: Callable[[str], T], items: list[str]) -> list[T]:
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(min(TRANSFERS, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+
+def new_owner() -> str:
+    return f"{uuid.uuid4().hex}"

@@ -1,0 +1,243 @@
+"""The local cache in front of a remote one: reads local first, then remote; writes both.
+
+A ``TieredStore`` is the local store (it *is* one: the worker, the sweep, the stat caches and the
+materialization are the local store's own) plus a ``Remote``:
+
+- an action entry missing locally is read from the remote (decoded, its signature checked when a
+  signing key is set); planning then only checks that the blobs it names exist (listings per
+  shard, batched), and bytes move when a task's outputs are needed (an input of a task that runs,
+  a target being written): downloaded concurrently, verified against their digest, kept in the
+  local cache. A blob whose bytes do not match is refused, reported, and never kept;
+- a remote entry whose blobs all ended up local is kept in the local index when the store closes;
+- ``put_action`` writes the local entry, then uploads the blobs the entry names that the remote
+  lacks, and the entry last, so no reader sees an entry without its blobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.hashing import sha256_file
+from orchestrator.store.base import Blob, BlobError, CorruptBlob, InvalidEntry, MissingBlob
+from orchestrator.store.local import READ_ONLY, LocalStore
+from orchestrator.store.remote import Remote, UntrustedEntry
+
+
+class TieredStore(LocalStore):
+    def __init__(self, root: str | os.PathLike[str], remote: Remote) -> None:
+        super().__init__(root)
+        self.remote = remote
+        self.fetched: dict[str, dict[str, Any]] = {}  # remote entries read by this process
+        self._raw: dict[str, bytes | None] = {}  # prefetched remote objects (None: absent)
+        self.refused: list[str] = []  # why remote entries or blobs were refused
+        self.remote_hits = 0
+
+    # ---- action entries ---------------------------------------------------------------------
+    def get_action(self, key: str) -> dict[str, Any] | None:
+        entry = super().get_action(key)
+        if entry is not None or not self.remote.can_read:
+            return entry
+        if key in self.fetched:
+            return self.fetched[key]
+        # a prefetched miss answers once: asked again (after waiting for a lease), look again
+        raw = self._raw.pop(key) if key in self._raw else self.remote.get_entries([key]).get(key)
+        return None if raw is None else self._decode(key, raw)
+
+    def _decode(self, key: str, raw: bytes) -> dict[str, Any]:
+        from orchestrator.store.remote import decode_entry
+
+        try:
+            entry = decode_entry(key, raw, self.remote.sign_key)
+        except UntrustedEntry as e:
+            self._refuse(str(e))
+            raise
+        self.fetched[key] = entry
+        self.remote_hits += 1
+        return entry
+
+    def put_action(self, key: str, entry: dict[str, Any]) -> None:
+        super().put_action(key, entry)
+        if not self.remote.can_write:
+            return
+        files = self._entry_files(entry)
+        before = self.remote.bytes_out
+        self.remote.upload(files)
+        if self.remote.can_write and self.remote.put_entry(key, entry):
+            sent = self.remote.bytes_out - before
+            if sent > 2**20:
+                self.remote.log(f"remote: uploaded {len(files)} blob(s) of {key[:12]} "
+                                f"({sent / 2**20:.1f} MiB) to {self.remote.url}")
+
+    def prefetch(self, graph: Any, sources: dict[str, Any]) -> None:
+        """Read, in one batched request per DAG level, the remote entries planning will ask for,
+        and check the existence of every blob they name in one listing per shard."""
+        if not self.remote.can_read:
+            return
+        from orchestrator.keys import task_key
+        from orchestrator.plan import document, input_digests
+
+        outputs: dict[str, dict[str, Any]] = {}
+        pending = list(graph.tasks())
+        blobs: list[Blob] = []
+        while pending:
+            level = {t.id: task_key(document(t, d)) for t in pending
+                     if (d := input_digests(t, sources, outputs)) is not None}
+            if not level:
+                break
+            pending = [t for t in pending if t.id not in level]
+            local: dict[str, dict[str, Any] | None] = {}
+            for tid, key in level.items():
+                with contextlib.suppress(InvalidEntry):
+                    local[tid] = LocalStore.get_action(self, key)
+            ask = [k for tid, k in level.items() if local.get(tid) is None and k not in self._raw
+                   and k not in self.fetched]
+            found = self.remote.get_entries(ask)
+            self._raw.update({k: None for k in ask if k not in found})
+            for tid, key in level.items():
+                entry = local.get(tid) or self.fetched.get(key)
+                if entry is None and key in found:
+                    with contextlib.suppress(InvalidEntry):
+                        entry = self._decode(key, found[key])
+                if entry is not None and isinstance(entry.get("outputs"), dict):
+                    outputs[tid] = entry["outputs"]
+                    blobs += [Blob.from_json(b) for b in entry["outputs"].values()
+                              if isinstance(b, dict)]
+        self._prefetch_blobs(blobs)
+
+    def _prefetch_blobs(self, blobs: list[Blob]) -> None:
+        with contextlib.suppress(BlobError, KeyError, TypeError, ValueError):
+            trees = [b.digest for b in blobs if b.kind == "tree" and not self._local_ok(b.digest)]
+            self._fetch(trees)  # listings are small: planning needs them to check a tree
+            digests = {b.digest for b in blobs}
+            for b in blobs:
+                if b.kind == "tree":
+                    digests |= {d for d, _ in LocalStore.tree_files(self, b.digest).values()}
+            self.remote.has_blobs(d for d in digests if not self._local_ok(d))
+
+    # ---- blobs ------------------------------------------------------------------------------
+    def check(self, blob: Blob) -> str | None:
+        problem = super().check(blob)
+        if problem is None or not self.remote.can_read:
+            return problem
+        if blob.kind == "tree":
+            try:
+                if not self._local_ok(blob.digest):
+                    self._fetch([blob.digest])
+                digests = [d for d, _ in LocalStore.tree_files(self, blob.digest).values()]
+            except BlobError as e:
+                return f"tree listing {e}"
+        else:
+            digests = [blob.digest]
+        need = [d for d in digests if not self._local_ok(d)]
+        have = self.remote.has_blobs(need)
+        lost = [d for d in need if d not in have]
+        return f"blob {lost[0][:12]} missing (here and on the remote)" if lost else None
+
+    def read_bytes(self, digest: str) -> bytes:
+        with contextlib.suppress(BlobError):
+            return super().read_bytes(digest)
+        self._fetch([digest])
+        return super().read_bytes(digest)
+
+    def tree_files(self, digest: str) -> dict[str, tuple[str, int]]:
+        if not self._local_ok(digest):
+            self._fetch([digest])
+        return super().tree_files(digest)
+
+    def materialize(self, blob: Blob, dest: Path) -> None:
+        self.ensure(blob)
+        super().materialize(blob, dest)
+
+    def ensure(self, blob: Blob) -> None:
+        """Make the blob (a tree: its listing and every file) local, downloading what is not."""
+        self._fetch([blob.digest] if not self._local_ok(blob.digest) else [])
+        if blob.kind == "tree":
+            files = super().tree_files(blob.digest)
+            self._fetch(sorted({d for d, _ in files.values() if not self._local_ok(d)}))
+
+    def _fetch(self, digests: list[str]) -> None:
+        """Download blobs concurrently into the local cache, each verified against its digest."""
+        if not digests:
+            return
+        if not self.remote.can_read:
+            raise MissingBlob(f"blob {digests[0][:12]} missing (the remote cache is off)")
+        start, before = time.monotonic(), self.remote.bytes_in
+        os.unlink(self._tmp_name(self.blob_path(digests[0])))  # its folder, before the threads
+        errors: list[BlobError] = []
+
+        def one(digest: str) -> None:
+            try:
+                self._download(digest)
+            except BlobError as e:
+                errors.append(e)
+
+        done: list[None] = []
+        self.remote.guard("downloading blobs", lambda: self.remote._map(one, digests), done)
+        if self.remote.disabled is not None and not errors:
+            errors.append(MissingBlob(f"blob {digests[0][:12]}: the remote cache is unreachable"))
+        got = self.remote.bytes_in - before
+        if got > 2**20:
+            self.remote.log(f"remote: fetched {len(digests)} blob(s) ({got / 2**20:.1f} MiB) in "
+                            f"{time.monotonic() - start:.1f}s from {self.remote.url}")
+        if errors:
+            raise errors[0]
+
+    def _download(self, digest: str) -> None:
+        dest = self.blob_path(digest)
+        self._shard(dest)
+        tmp = self._tmp_name(dest)
+        try:
+            try:
+                self.remote.download(digest, tmp)
+            except FileNotFoundError:
+                raise MissingBlob(f"blob {digest[:12]} missing (here and on the remote)") from None
+            if sha256_file(tmp) != digest:
+                why = (f"blob {digest[:12]} from the remote {self.remote.url} does not match its "
+                       "digest (a broken or poisoned remote): refused, not kept")
+                self._refuse(why)
+                raise CorruptBlob(why)
+            size = os.path.getsize(tmp)
+            os.chmod(tmp, READ_ONLY)
+            os.replace(tmp, dest)
+            self._remember(dest, digest)
+            self.remote.bytes_in += size
+            self.remote.blobs_in += 1
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _local_ok(self, digest: str) -> bool:
+        return self._intact(self.blob_path(digest), digest)
+
+    def _entry_files(self, entry: dict[str, Any]) -> dict[str, str]:
+        """digest -> local path of every blob the entry names (tree files before nothing: all
+        are uploaded before the entry)."""
+        digests: set[str] = set()
+        for b in entry.get("outputs", {}).values():
+            digests.add(b["digest"])
+            if b["kind"] == "tree":
+                digests |= {d for d, _ in LocalStore.tree_files(self, b["digest"]).values()}
+        if isinstance(entry.get("log"), str):
+            digests.add(entry["log"])
+        return {d: str(self.blob_path(d)) for d in sorted(digests) if self.blob_path(d).is_file()}
+
+    def _refuse(self, why: str) -> None:
+        if why not in self.refused:
+            self.refused.append(why)
+            self.remote.log(f"warning: {why}")
+
+    def close(self) -> None:
+        """Keep locally the remote entries whose blobs are all local now; then close."""
+        if self._index is not None:
+            for key, entry in sorted(self.fetched.items()):
+                with contextlib.suppress(BlobError, KeyError, TypeError, ValueError, InvalidEntry):
+                    outs = [Blob.from_json(b) for b in entry["outputs"].values()]
+                    if LocalStore.get_action(self, key) is None and all(
+                            LocalStore.check(self, b) is None for b in outs):
+                        LocalStore.put_action(self, key, entry)
+            self.fetched.clear()
+        super().close()
