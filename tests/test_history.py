@@ -66,3 +66,23 @@ def test_history_appended_by_runs_that_did_work(project: Project, capsys) -> Non
     assert project.run(str(r), "--manifests", str(manifests), "--force") == 0
     assert [e["run"] for e in read_history(project.root / "history.jsonl")] == [1]
     assert len(read_history(history)) == 2
+
+
+def test_recipe_manifests_key_and_unfinished_targets_are_not_written(project: Project, capsys) -> None:
+    text = FAKE_RECIPE.replace("name: demo\n", "name: demo\nmanifests: committed\n") + """\
+  c:
+    steps:
+      - fake-fail: {how: raise}
+"""
+    r = project.recipe(text)
+    committed = project.root / "committed" / "demo"
+    committed.mkdir(parents=True)
+    (committed / "c.json").write_text("from another machine\n")
+    assert project.run(str(r)) == 2  # target c failed
+    assert sorted(p.name for p in committed.iterdir()) == ["a.json", "b.json", "c.json"]
+    assert (committed / "c.json").read_text() == "from another machine\n"
+    assert (committed / "a.json").read_bytes() == (project.out / "demo/a/manifest.json").read_bytes()
+    runs = read_history(project.root / "history.jsonl")  # beside the manifests folder
+    assert runs[0]["targets"]["demo/c"] == {"status": "failed"}
+    assert project.run(str(r), "--dry-run") == 0
+    assert len(read_history(project.root / "history.jsonl")) == 1  # a plan does no work
