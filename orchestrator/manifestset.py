@@ -25,10 +25,11 @@ def is_manifest(data: Any) -> bool:
 
 
 def label_of(data: dict[str, Any], fallback: str) -> str:
+    """recipe/target as the manifest names itself (else fallback, else the target)."""
     recipe = data.get("recipe")
     if isinstance(recipe, dict) and recipe.get("name"):
         return f"{recipe['name']}/{data['target']}"
-    return fallback
+    return fallback or str(data.get("target", ""))
 
 
 def parse(text: str, where: str, strict: bool) -> dict[str, Any] | None:

@@ -77,7 +77,7 @@ def test_two_builds_from_empty_caches_write_identical_manifests(tiny_model_dir: 
     md = capsys.readouterr().out
     assert "- `2:ort-quantize` " in md and "param changed: per_channel true -> false" in md
     assert "`1:export-onnx`" not in md  # same model, same params: the same export task
-    row = next(line for line in md.splitlines() if line.startswith("| `cpu-int8`"))
+    row = next(line for line in md.splitlines() if line.startswith("| `edge-b/cpu-int8`"))
     cells = row.split(" | ")
     assert " → " in cells[2] and " → " in cells[3]  # parity and size changed, with arrows
     assert "b1_s16 " in cells[4] and ("noise ±" in cells[4] or "band ±" in cells[4])
