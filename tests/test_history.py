@@ -86,3 +86,25 @@ def test_recipe_manifests_key_and_unfinished_targets_are_not_written(project: Pr
     assert runs[0]["targets"]["demo/c"] == {"status": "failed"}
     assert project.run(str(r), "--dry-run") == 0
     assert len(read_history(project.root / "history.jsonl")) == 1  # a plan does no work
+
+
+def test_a_non_reproducible_engine_leaves_its_digests_out_of_the_comparison() -> None:
+    from orchestrator.committed import reproducible_part
+
+    def manifest(engine: str) -> dict:
+        return {"schema": 1, "target": "orin", "status": "ok",
+                "steps": [{"step": "export-onnx", "key": "k1", "outputs": {"model": {"digest": "o1"}}},
+                          {"step": "tensorrt-build", "key": "k2", "reproducible": False,
+                           "inputs": {"model": {"digest": "o1"}},
+                           "outputs": {"model": {"digest": engine, "size": len(engine)}}}],
+                "artifacts": [{"path": "model.plan", "digest": engine, "size": len(engine)}],
+                "checks": {"parity": {"key": "c-" + engine, "mean_cosine": 0.99, "passed": True}},
+                "benchmark": {"results": {"b1": {"median_ms": len(engine)}}}}
+
+    a, b = reproducible_part(manifest("plan-1")), reproducible_part(manifest("plan-22"))
+    assert a == b
+    assert a["steps.0.outputs.model.digest"] == "o1" and a["steps.1.step"] == "tensorrt-build"
+    assert a["checks.parity.passed"] is True and "checks.parity.key" not in a
+    plain = manifest("plan-1")
+    del plain["steps"][1]["reproducible"]
+    assert reproducible_part(plain)["artifacts.0.digest"] == "plan-1"  # reproducible: compared
