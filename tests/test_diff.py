@@ -198,6 +198,8 @@ def test_diff_against_a_git_revision_reads_tracked_manifests(tmp_path: Path, cap
     assert json.loads(capsys.readouterr().out)["targets"]["bert-edge/cpu-int8"]["change"] == "changed"
     assert main(["diff", "HEAD", "."]) == 0
     assert capsys.readouterr().out == "bert-edge/cpu-int8: no changes\n"
+    assert main(["diff", "HEAD", "build"]) == 1  # ignored: no tracked manifest there
+    assert "no manifest under build, neither at revision HEAD" in capsys.readouterr().err
     assert main(["diff", "nosuchrev", "."]) == 1
     assert "nosuchrev is neither a manifest, a folder of them, nor a git revision" in capsys.readouterr().err
 
