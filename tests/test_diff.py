@@ -143,6 +143,16 @@ def test_json_format_gives_changes_noise_and_key_reasons(tmp_path: Path, capsys)
     assert doc["regressions"] == []
 
 
+def test_text_format_marks_latency_inside_the_spread_as_noise(tmp_path: Path, capsys) -> None:
+    a = _committed(tmp_path, "old", real_like(True))
+    b = _committed(tmp_path, "new", real_like(False))
+    assert main(["diff", str(a), str(b)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ("  benchmark.results.b1_s128.median_ms: 8.6 -> 8.8 (+2.3%)"
+            "  (noise: inside the measured ±7.02%)") in out
+    assert "  benchmark.results.b8_s128.median_ms: 65 -> 80 (+23.1%)" in out
+
+
 def test_markdown_table_first_then_details(tmp_path: Path, capsys) -> None:
     a = _committed(tmp_path, "old", real_like(True))
     b = _committed(tmp_path, "new", real_like(False))

@@ -193,6 +193,12 @@ def _print_text(label: str, a: dict[str, Any] | None, b: dict[str, Any] | None,
     if b is None:
         print(f"{label}: removed")
         return
+    from orchestrator.compare import latency
+
     print(f"{label}: {'no changes' if not lines else ''}".rstrip())
+    verdicts = latency(a, b)
     for line in lines:
-        print(f"  {line}")
+        point = line.removeprefix("benchmark.results.").partition(".median_ms:")[0]
+        v = verdicts.get(point) if line.startswith(f"benchmark.results.{point}.median_ms:") else None
+        note = f"  (noise: inside the measured ±{v['band_pct']:g}%)" if v and v["verdict"] == "noise" else ""
+        print(f"  {line}{note}")
