@@ -24,8 +24,8 @@ commands:
   deploy-build schema                print the recipe JSON Schema (for editors)
   deploy-build diff OLD NEW          compare two manifests, folders or a git revision (HEAD~1 .)
                                      (--format text|md|json; exit 2 on a broken --fail-on rule)
-  deploy-build graph RECIPE...        the task DAG (--format mermaid|dot), marked from the last build
-  deploy-build report [--out FILE]    an HTML report (table, charts, trend) from the build history
+  deploy-build graph RECIPE...       the task DAG (--format mermaid|dot), marked from the last build
+  deploy-build report [--out FILE]   an HTML report (table, charts, trend) from the build history
   deploy-build verify DIR            check a target folder (a bundle) against its manifest
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
 
@@ -66,6 +66,32 @@ def _remote_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remote-cache-mode", choices=("read", "write", "readwrite"), default=None,
                    help="read: use the remote, never write it; write: fill it, never read it; "
                         "readwrite (the default; also $DEPLOY_BUILD_REMOTE_CACHE_MODE)")
+
+
+def _review_parsers(sub: Any) -> None:
+    """graph, report and verify: for pull requests, nightlies and serving hosts."""
+    g = sub.add_parser("graph", help="the task DAG as Mermaid or Graphviz dot, marked hit/run/"
+                                     "fail/skip from the last build")
+    _common(g)
+    g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
+                   help="mermaid (default; renders in GitHub PR descriptions) or dot")
+    g.set_defaults(func="orchestrator.commands.graph:run")
+
+    rp = sub.add_parser("report", help="one self-contained HTML page (table, charts, trend) from "
+                                       "the build history")
+    rp.add_argument("--out", metavar="FILE", default=None,
+                    help="where to write it (default: build/report.html in the project)")
+    rp.add_argument("--history", metavar="FILE", default=None,
+                    help="the history file (default: beside --manifests DIR, else in the cache)")
+    rp.add_argument("--manifests", metavar="DIR", default=None,
+                    help="the committed manifests folder the builds were given")
+    rp.add_argument("--cache", metavar="DIR", default=None,
+                    help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
+    rp.set_defaults(func="orchestrator.commands.report:run")
+
+    vf = sub.add_parser("verify", help="check a target folder (or a copy of it) against its manifest")
+    vf.add_argument("folder", metavar="DIR", help="a target folder, e.g. build/bert-edge/cpu-int8")
+    vf.set_defaults(func="orchestrator.commands.verify:run")
 
 
 def _build_parser(sub: Any) -> None:
@@ -146,28 +172,7 @@ def parser() -> argparse.ArgumentParser:
                         "'latency+10%%'")
     d.set_defaults(func="orchestrator.commands.diff:run")
 
-    g = sub.add_parser("graph", help="the task DAG as Mermaid or Graphviz dot, marked hit/run/"
-                                     "fail/skip from the last build")
-    _common(g)
-    g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
-                   help="mermaid (default; renders in GitHub PR descriptions) or dot")
-    g.set_defaults(func="orchestrator.commands.graph:run")
-
-    rp = sub.add_parser("report", help="one self-contained HTML page (table, charts, trend) from "
-                                       "the build history")
-    rp.add_argument("--out", metavar="FILE", default=None,
-                    help="where to write it (default: build/report.html in the project)")
-    rp.add_argument("--history", metavar="FILE", default=None,
-                    help="the history file (default: beside --manifests DIR, else in the cache)")
-    rp.add_argument("--manifests", metavar="DIR", default=None,
-                    help="the committed manifests folder the builds were given")
-    rp.add_argument("--cache", metavar="DIR", default=None,
-                    help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
-    rp.set_defaults(func="orchestrator.commands.report:run")
-
-    vf = sub.add_parser("verify", help="check a target folder (or a copy of it) against its manifest")
-    vf.add_argument("folder", metavar="DIR", help="a target folder, e.g. build/bert-edge/cpu-int8")
-    vf.set_defaults(func="orchestrator.commands.verify:run")
+    _review_parsers(sub)
 
     c = sub.add_parser("cache", help="maintain the local cache")
     csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)

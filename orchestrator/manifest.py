@@ -47,7 +47,7 @@ def _input_sizes(task: Task, outcomes: dict[str, Any], sources: dict[str, Any]) 
 def _step_record(task: Task, entry: ActionEntry, key: str,
                  sizes: dict[str, int]) -> dict[str, Any]:
     doc = entry.doc
-    return {
+    record = {
         "step": task.step,
         "version": doc["version"],
         "plugin": doc["plugin"],
@@ -60,6 +60,9 @@ def _step_record(task: Task, entry: ActionEntry, key: str,
         "metrics": entry.metrics,
         "warnings": entry.warnings,
     }
+    if getattr(task.info.cls, "reproducible", True) is False:  # e.g. TensorRT plans
+        record["reproducible"] = False
+    return record
 
 
 def target_params(task: Task, cp: CheckPlan) -> Any:

@@ -135,6 +135,8 @@ class RecipeModel(_Strict):
     targets: dict[str, Target] = Field(min_length=1)
     cache: CacheSettings = Field(default_factory=CacheSettings,
                                  description="A shared remote cache (out of every key).")
+    manifests: str | None = Field(None, description="A folder (relative to the recipe) to write "
+                                  "committed manifests to, as --manifests DIR does (which wins).")
 
 
 @dataclass(frozen=True)
