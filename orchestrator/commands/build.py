@@ -22,6 +22,7 @@ from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
 from orchestrator.registry import Registry
 from orchestrator.sources import StatCache
 from orchestrator.store.config import attach_remote, prefetch_remote
+from orchestrator.store.gc import record_use
 from orchestrator.store.local import LocalStore
 
 MAX_RECIPE_BYTES = 2**20
@@ -252,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
             return e.code
         reporter.close()
         remember_hits(s.plan, outcomes, s.store)
+        record_use(s.store, s.graph, outcomes)
         try:
             failed, targets, table = judge(args, s, outcomes)
         except KeyboardInterrupt as e:  # each target folder is whole: the new or the old version
