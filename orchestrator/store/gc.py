@@ -31,9 +31,12 @@ def record_use(store: LocalStore, graph: Any, outcomes: dict[str, Any]) -> None:
     now = int(time.time())
     counts: dict[str, dict[str, int]] = dict(store.get_meta(STATS_KEY) or {})
     fetched = getattr(store, "fetched", {})
+    mark = getattr(store, "mark_used", None)
     for tid, o in sorted(outcomes.items()):
         if o.status not in ("hit", "run") or not o.key:
             continue
+        if mark is not None and o.entry is not None:
+            mark(o.key, o.entry)
         c = counts.setdefault(graph.task(tid).step, {"hit": 0, "run": 0, "remote_hit": 0})
         c[o.status] = c.get(o.status, 0) + 1
         if o.status == "hit" and o.key in fetched:

@@ -35,6 +35,9 @@ class TieredStore(LocalStore):
         self._raw: dict[str, bytes | None] = {}  # prefetched remote objects (None: absent)
         self.refused: list[str] = []  # why remote entries or blobs were refused
         self.remote_hits = 0
+        self.used: dict[str, dict[str, Any]] = {}  # entries this build used: the pack it leaves
+        self._packed: dict[str, bytes] = {}  # entry objects read from the remote's packs
+        self._on_remote: set[str] = set()  # keys this process read from or wrote to the remote
 
     # ---- action entries ---------------------------------------------------------------------
     def get_action(self, key: str) -> dict[str, Any] | None:
@@ -44,7 +47,12 @@ class TieredStore(LocalStore):
         if key in self.fetched:
             return self.fetched[key]
         # a prefetched miss answers once: asked again (after waiting for a lease), look again
-        raw = self._raw.pop(key) if key in self._raw else self.remote.get_entries([key]).get(key)
+        if key in self._packed:
+            raw: bytes | None = self._packed.pop(key)
+        elif key in self._raw:
+            raw = self._raw.pop(key)
+        else:
+            raw = self.remote.get_entries([key]).get(key)
         return None if raw is None else self._decode(key, raw)
 
     def _decode(self, key: str, raw: bytes) -> dict[str, Any]:
@@ -56,17 +64,20 @@ class TieredStore(LocalStore):
             self._refuse(str(e))
             raise
         self.fetched[key] = entry
+        self._on_remote.add(key)
         self.remote_hits += 1
         return entry
 
     def put_action(self, key: str, entry: dict[str, Any]) -> None:
         super().put_action(key, entry)
+        self.used[key] = entry
         if not self.remote.can_write:
             return
         files = self._entry_files(entry)
         before = self.remote.bytes_out
         self.remote.upload(files)
         if self.remote.can_write and self.remote.put_entry(key, entry):
+            self._on_remote.add(key)
             sent = self.remote.bytes_out - before
             if sent > 2**20:
                 self.remote.log(f"remote: uploaded {len(files)} blob(s) of {key[:12]} "
@@ -80,6 +91,7 @@ class TieredStore(LocalStore):
         from orchestrator.keys import task_key
         from orchestrator.plan import document, input_digests
 
+        self._packed = self.remote.read_packs()
         outputs: dict[str, dict[str, Any]] = {}
         pending = list(graph.tasks())
         blobs: list[Blob] = []
@@ -95,7 +107,8 @@ class TieredStore(LocalStore):
                     local[tid] = LocalStore.get_action(self, key)
             ask = [k for tid, k in level.items() if local.get(tid) is None and k not in self._raw
                    and k not in self.fetched]
-            found = self.remote.get_entries(ask)
+            found = {k: self._packed.pop(k) for k in ask if k in self._packed}
+            found.update(self.remote.get_entries([k for k in ask if k not in found]))
             self._raw.update({k: None for k in ask if k not in found})
             for tid, key in level.items():
                 entry = local.get(tid) or self.fetched.get(key)
@@ -230,8 +243,17 @@ class TieredStore(LocalStore):
             self.refused.append(why)
             self.remote.log(f"warning: {why}")
 
+    def mark_used(self, key: str, entry: dict[str, Any]) -> None:
+        """A hit of this build (see gc.record_use): it goes into the pack the build leaves."""
+        self.used[key] = entry
+
     def close(self) -> None:
-        """Keep locally the remote entries whose blobs are all local now; then close."""
+        """Leave a pack of the entries this build used (readwrite/write); keep locally the remote
+        entries whose blobs are all local now; then close."""
+        packed = {k: e for k, e in self.used.items() if k in self._on_remote}
+        if packed:  # only what the remote holds: a pack is a faster way to its ac/ objects
+            self.remote.put_pack(packed)
+        self.used = {}
         if self._index is not None:
             for key, entry in sorted(self.fetched.items()):
                 with contextlib.suppress(BlobError, KeyError, TypeError, ValueError, InvalidEntry):

@@ -20,18 +20,20 @@ from orchestrator.store.remote import decode_entry
 from orchestrator.store.tiered import TieredStore
 
 BATCH = 500  # action entries per batched request
+PACK_ENTRIES = 5000  # entries per pack that push leaves
 
 
 def push(store: TieredStore) -> dict[str, int]:
-    """Upload every usable local entry the remote lacks, blobs first."""
+    """Upload every usable local entry the remote lacks: all their blobs first (one listing per
+    shard, concurrent uploads), then the entries (concurrently)."""
     from orchestrator.plan import entry_problem
 
     remote = store.remote
     if not remote.can_write:
         return {"entries": 0, "bytes": 0, "skipped": 0}
     there = set(remote.list_entries())
-    pushed = skipped = 0
-    before = remote.bytes_out
+    todo: dict[str, dict[str, Any]] = {}
+    skipped = 0
     for key, entry in local_entries(store):
         if key in there:
             continue
@@ -41,10 +43,17 @@ def push(store: TieredStore) -> dict[str, int]:
             skipped += 1  # malformed, or its blobs are gone here: nothing a reader could use
             continue
         assert entry is not None
-        remote.upload(store._entry_files(entry))
-        if remote.put_entry(key, entry):
-            pushed += 1
-    return {"entries": pushed, "bytes": remote.bytes_out - before, "skipped": skipped}
+        todo[key] = entry
+    before = remote.bytes_out
+    files: dict[str, str] = {}
+    for entry in todo.values():
+        files.update(store._entry_files(entry))
+    remote.upload(files)
+    done = remote._map(lambda k: remote.put_entry(k, todo[k]), sorted(todo)) if remote.can_write else []
+    keys = sorted(todo)
+    for i in range(0, len(keys), PACK_ENTRIES):  # what a build would have left: packs of them
+        remote.put_pack({k: todo[k] for k in keys[i:i + PACK_ENTRIES]})
+    return {"entries": sum(done), "bytes": remote.bytes_out - before, "skipped": skipped}
 
 
 def pull(store: TieredStore) -> dict[str, int]:
