@@ -157,3 +157,18 @@ def test_two_builds_on_two_machines_build_each_task_once(tmp_path: Path) -> None
     assert sorted(runs) == sorted(set(runs)) and "a/1:fake-upper" in runs, results[1][1][-2000:]
     assert len(runs) == 4  # every task built once, on one machine or the other
     assert _manifests(tmp_path / "one" / "build") == _manifests(tmp_path / "two" / "build")
+
+
+def test_the_recipe_names_its_remote_and_a_bad_url_is_a_located_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEPLOY_BUILD_REMOTE_CACHE", raising=False)
+    shared = tmp_path / "shared"
+    p = _project(tmp_path / "p")
+    text = FAKE_RECIPE.replace("targets:", f"cache: {{remote: '{shared.as_uri()}'}}\ntargets:", 1)
+    s = p.build_json(p.recipe(text), capsys)
+    assert s["rc"] == 0 and len(list(shared.glob("ac/*"))) == 4, s["err"]
+    r = p.recipe(FAKE_RECIPE.replace("targets:", "cache: {remote: 'nosuch://x'}\ntargets:", 1))
+    capsys.readouterr()
+    assert p.run(str(r)) == 1
+    err = capsys.readouterr().err
+    assert "cache.remote at" in err and "r.yaml:5:" in err and "Protocol not known" in err

@@ -135,7 +135,7 @@ def _remote(args: argparse.Namespace, cache: Path, required: bool = False) -> An
     """A TieredStore over the local cache when a remote is set (flag or environment), else None."""
     from orchestrator.store.config import remote_settings
 
-    url, mode = remote_settings(args)
+    url, mode, where = remote_settings(args)
     if not url:
         if required:
             raise FatalError("no remote cache: give one with --remote-cache URL or "
@@ -143,7 +143,7 @@ def _remote(args: argparse.Namespace, cache: Path, required: bool = False) -> An
         return None
     from orchestrator.store.transfer import open_for
 
-    return open_for(cache, url, mode)
+    return open_for(cache, url, mode, where)
 
 
 def _verify_remote(args: argparse.Namespace, cache: Path) -> int:

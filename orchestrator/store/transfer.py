@@ -153,7 +153,7 @@ def _blob_problem(store: TieredStore, blob: Blob, good: set[str], name: str) -> 
     return None
 
 
-def open_for(cache: Path, url: str, mode: str) -> TieredStore:
+def open_for(cache: Path, url: str, mode: str, where: str) -> TieredStore:
     from orchestrator.store.config import open_remote
 
-    return TieredStore(cache, open_remote(url, mode))
+    return TieredStore(cache, open_remote(url, mode, where))
