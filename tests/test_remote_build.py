@@ -172,3 +172,22 @@ def test_the_recipe_names_its_remote_and_a_bad_url_is_a_located_error(
     assert p.run(str(r)) == 1
     err = capsys.readouterr().err
     assert "cache.remote at" in err and "r.yaml:5:" in err and "Protocol not known" in err
+
+
+def test_a_poisoned_artifact_on_the_remote_is_refused_and_rebuilt(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    shared = tmp_path / "shared"
+    one, two = _project(tmp_path / "one"), _project(tmp_path / "two")
+    assert one.build_json(one.recipe(FAKE_RECIPE), capsys, "--remote-cache", shared.as_uri())["rc"] == 0
+    digest = hashlib.sha256(b"hello").hexdigest()  # target b's artifact (fake-const)
+    blob = shared / "cas" / "sha256" / digest[:2] / digest[2:]
+    blob.write_bytes(b"evil!")
+    s = two.build_json(two.recipe(FAKE_RECIPE), capsys, "--remote-cache", shared.as_uri())
+    assert s["rc"] == 0, s["err"]
+    assert "does not match its digest" in s["err"] and "refused" in s["err"]
+    assert s["by_label"]["b/2:fake-const"]["status"] == "run"
+    assert "corrupt on the remote" in s["by_label"]["b/2:fake-const"]["reasons"][0]
+    assert (two.out / "demo" / "b" / "model.txt").read_bytes() == b"hello"
+    assert blob.read_bytes() == b"hello"  # the rebuilt, good bytes replaced it

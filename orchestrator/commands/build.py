@@ -21,7 +21,7 @@ from orchestrator.plan import Plan, make_plan, resolve_sources
 from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
 from orchestrator.registry import Registry
 from orchestrator.sources import StatCache
-from orchestrator.store.config import attach_remote, prefetch_remote
+from orchestrator.store.config import attach_remote, fetch_for_build, prefetch_remote
 from orchestrator.store.gc import record_use
 from orchestrator.store.local import LocalStore
 
@@ -239,6 +239,9 @@ def run(args: argparse.Namespace) -> int:
     except FatalError:
         s.store.close()
         raise
+    if fetch_for_build(s.store, s.plan):  # a remote blob was lost or refused: those are misses
+        s.plan = make_plan(s.graph, s.store, s.plan.sources, force=args.force,
+                           rebench=args.rebench, cuda_devices=cuda_devices())
     total = len(s.plan.decisions)
     live = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
     reporter = LiveReporter(sys.stderr, total) if live else PlainReporter(sys.stderr)

@@ -81,3 +81,25 @@ def prefetch_remote(store: LocalStore, graph: Any, sources: dict[str, Any]) -> N
     prefetch = getattr(store, "prefetch", None)
     if prefetch is not None:
         prefetch(graph, sources)
+
+
+def fetch_for_build(store: LocalStore, plan: Any) -> bool:
+    """Before a build runs: download the outputs of the hits it will need (each target's final
+    step, every input of a task that runs), so that a blob the remote lost or serves corrupt turns
+    its task into a miss now rather than failing the build later. True when the caller should
+    plan again."""
+    fetch = getattr(store, "fetch_outputs", None)
+    if fetch is None:
+        return False
+    from orchestrator.store.base import Blob
+
+    graph, decisions = plan.graph, plan.decisions
+    needed = {tp.steps[-1] for tp in graph.targets if tp.steps}
+    for tid, d in decisions.items():
+        if d.status == "RUN":
+            needed |= set(graph.dag.predecessors(tid))
+    blobs = [Blob.from_json(b) for tid in sorted(needed)
+             if tid in decisions and decisions[tid].status == "HIT" and decisions[tid].entry
+             for b in decisions[tid].entry["outputs"].values()]
+    problems: list[str] = fetch(blobs)
+    return bool(problems)

@@ -26,6 +26,8 @@ from orchestrator.store.base import Blob, BlobError, CorruptBlob, InvalidEntry, 
 from orchestrator.store.local import READ_ONLY, LocalStore
 from orchestrator.store.remote import Remote, UntrustedEntry
 
+REFUSED = "rbad:"  # index prefix: a remote blob this machine found corrupt
+
 
 class TieredStore(LocalStore):
     def __init__(self, root: str | os.PathLike[str], remote: Remote) -> None:
@@ -147,8 +149,12 @@ class TieredStore(LocalStore):
             digests = [blob.digest]
         need = [d for d in digests if not self._local_ok(d)]
         have = self.remote.has_blobs(need)
-        lost = [d for d in need if d not in have]
-        return f"blob {lost[0][:12]} missing (here and on the remote)" if lost else None
+        lost = [d for d in need if d not in have or self.get_meta(REFUSED + d)]
+        if not lost:
+            return None
+        if self.get_meta(REFUSED + lost[0]):
+            return f"blob {lost[0][:12]} refused: corrupt on the remote"
+        return f"blob {lost[0][:12]} missing (here and on the remote)"
 
     def read_bytes(self, digest: str) -> bytes:
         with contextlib.suppress(BlobError):
@@ -172,7 +178,20 @@ class TieredStore(LocalStore):
             files = super().tree_files(blob.digest)
             self._fetch(sorted({d for d, _ in files.values() if not self._local_ok(d)}))
 
-    def _fetch(self, digests: list[str]) -> None:
+    def fetch_outputs(self, blobs: list[Blob]) -> list[str]:
+        """Download (verified, concurrently) the blobs a build is about to need; what was
+        missing or refused, one line each (the caller plans again: those tasks are misses now)."""
+        problems: list[str] = []
+        files = sorted({b.digest for b in blobs if not self._local_ok(b.digest)})
+        self._fetch(files, problems)
+        for tree in sorted({b.digest for b in blobs if b.kind == "tree"}):
+            if self._local_ok(tree):
+                files = sorted({d for d, _ in LocalStore.tree_files(self, tree).values()
+                                if not self._local_ok(d)})
+                self._fetch(files, problems)
+        return problems
+
+    def _fetch(self, digests: list[str], problems: list[str] | None = None) -> None:
         """Download blobs concurrently into the local cache, each verified against its digest."""
         if not digests:
             return
@@ -196,7 +215,9 @@ class TieredStore(LocalStore):
         if got > 2**20:
             self.remote.log(f"remote: fetched {len(digests)} blob(s) ({got / 2**20:.1f} MiB) in "
                             f"{time.monotonic() - start:.1f}s from {self.remote.url}")
-        if errors:
+        if problems is not None:
+            problems += [str(e) for e in errors]
+        elif errors:
             raise errors[0]
 
     def _download(self, digest: str) -> None:
@@ -207,12 +228,10 @@ class TieredStore(LocalStore):
             try:
                 self.remote.download(digest, tmp)
             except FileNotFoundError:
+                self.remote.known.discard(digest)
                 raise MissingBlob(f"blob {digest[:12]} missing (here and on the remote)") from None
             if sha256_file(tmp) != digest:
-                why = (f"blob {digest[:12]} from the remote {self.remote.url} does not match its "
-                       "digest (a broken or poisoned remote): refused, not kept")
-                self._refuse(why)
-                raise CorruptBlob(why)
+                self._poisoned(digest)
             size = os.path.getsize(tmp)
             os.chmod(tmp, READ_ONLY)
             os.replace(tmp, dest)
@@ -222,6 +241,21 @@ class TieredStore(LocalStore):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def _poisoned(self, digest: str) -> None:
+        """A remote blob whose bytes do not match: never kept, marked so that this machine
+        treats it as missing (its tasks are rebuilt), and removed from a remote we may write
+        (so that a good upload replaces it)."""
+        self.remote.known.discard(digest)
+        self.set_meta(REFUSED + digest, True)
+        removed = ""
+        if self.remote.can_write:
+            self.remote.delete([self.remote.blob_path(digest)])
+            removed = "; removed from the remote"
+        why = (f"blob {digest[:12]} from the remote {self.remote.url} does not match its digest "
+               f"(a broken or poisoned remote): refused, not kept{removed}")
+        self._refuse(why)
+        raise CorruptBlob(why)
 
     def _local_ok(self, digest: str) -> bool:
         return self._intact(self.blob_path(digest), digest)
