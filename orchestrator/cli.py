@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from orchestrator import __version__
 
-COMMANDS = ("build", "explain", "steps", "schema", "diff", "cache")
+COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "report", "verify", "cache")
 
 EPILOG = """\
 commands:
@@ -22,7 +22,11 @@ commands:
   deploy-build explain RECIPE        why each task of a target would run
   deploy-build steps                 list the available steps and checks with their params
   deploy-build schema                print the recipe JSON Schema (for editors)
-  deploy-build diff OLD NEW          compare two manifests (exit 2 on a broken --fail-on rule)
+  deploy-build diff OLD NEW          compare two manifests, folders or a git revision (HEAD~1 .)
+                                     (--format text|md|json; exit 2 on a broken --fail-on rule)
+  deploy-build graph RECIPE...        the task DAG (--format mermaid|dot), marked from the last build
+  deploy-build report [--out FILE]    an HTML report (table, charts, trend) from the build history
+  deploy-build verify DIR            check a target folder (a bundle) against its manifest
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
   deploy-build cache ls|stats|gc|push|pull   inspect, collect, and sync with a remote cache
 
@@ -80,6 +84,10 @@ def parser() -> argparse.ArgumentParser:
                    help="print the plan (HIT / RUN with reasons / SKIP with why); run nothing")
     b.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
                    help="cpu tokens for parallel tasks (default: the core count)")
+    b.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where tasks run: worker processes here (default) or a Ray cluster")
+    b.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="the Ray cluster to run on (default: $RAY_ADDRESS, else a new local one)")
     mode = b.add_mutually_exclusive_group()
     mode.add_argument("--keep-going", action="store_false", dest="fail_fast",
                       help="on a failure, finish every independent task (default)")
@@ -91,6 +99,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--only", metavar="TARGET/POSITION",
                    help="run only this task (and any upstream task that is not cached), e.g. "
                         "cpu-int8/3:ort-quantize; the failure message of a task prints this form")
+    b.add_argument("--in-process", action="store_true", dest="in_process",
+                   help="with --only: run that task in this process, in the foreground, on its "
+                        "cached inputs (breakpoint() works); nothing is cached")
+    b.add_argument("--manifests", metavar="DIR", default=None,
+                   help="also write each target built and judged here to DIR/<recipe>/<target>.json "
+                        "(committed manifests; a target skipped here is left as it was); the "
+                        "history file goes beside DIR")
     b.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout at the end (progress stays on stderr)")
     b.set_defaults(func="orchestrator.commands.build:run")
@@ -111,13 +126,39 @@ def parser() -> argparse.ArgumentParser:
                     help="also load these plugin files (importing them runs their code)")
     sc.set_defaults(func="orchestrator.commands.info:schema")
 
-    d = sub.add_parser("diff", help="compare two manifests (files or folders of them)")
-    d.add_argument("old")
-    d.add_argument("new")
+    d = sub.add_parser("diff", help="compare two manifests (files, folders of them, or a git "
+                                    "revision of the tracked ones)")
+    d.add_argument("old", help="a manifest, a folder of them, or a git revision (HEAD~1, main)")
+    d.add_argument("new", help="a manifest, a folder of them (`.`, manifests/), or a git revision")
+    d.add_argument("--format", choices=("text", "md", "json"), default="text",
+                   help="text (default), md (a pull-request comment) or json")
     d.add_argument("--fail-on", action="append", default=[], metavar="RULE",
                    help="exit 2 when a rule is broken, e.g. 'parity.min_cosine<0.99' or "
                         "'latency+10%%'")
     d.set_defaults(func="orchestrator.commands.diff:run")
+
+    g = sub.add_parser("graph", help="the task DAG as Mermaid or Graphviz dot, marked hit/run/"
+                                     "fail/skip from the last build")
+    _common(g)
+    g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
+                   help="mermaid (default; renders in GitHub PR descriptions) or dot")
+    g.set_defaults(func="orchestrator.commands.graph:run")
+
+    rp = sub.add_parser("report", help="one self-contained HTML page (table, charts, trend) from "
+                                       "the build history")
+    rp.add_argument("--out", metavar="FILE", default=None,
+                    help="where to write it (default: build/report.html in the project)")
+    rp.add_argument("--history", metavar="FILE", default=None,
+                    help="the history file (default: beside --manifests DIR, else in the cache)")
+    rp.add_argument("--manifests", metavar="DIR", default=None,
+                    help="the committed manifests folder the builds were given")
+    rp.add_argument("--cache", metavar="DIR", default=None,
+                    help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
+    rp.set_defaults(func="orchestrator.commands.report:run")
+
+    vf = sub.add_parser("verify", help="check a target folder (or a copy of it) against its manifest")
+    vf.add_argument("folder", metavar="DIR", help="a target folder, e.g. build/bert-edge/cpu-int8")
+    vf.set_defaults(func="orchestrator.commands.verify:run")
 
     c = sub.add_parser("cache", help="inspect and maintain the local (and remote) cache")
     _cache_commands(c)

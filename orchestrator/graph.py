@@ -3,16 +3,17 @@ hardware properties) are one node, however many targets or recipes use them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
 
 from orchestrator import formats
+from orchestrator.errors import FatalError
 from orchestrator.hashing import sha256_json
 from orchestrator.recipe import Recipe, StepUse, TaskLimits
 from orchestrator.registry import StepInfo
-from orchestrator.step import Resources
+from orchestrator.step import Hardware, PlanContext, Planned, Resources, at_defaults
 
 SOURCE_OUTPUT = "model"
 
@@ -43,6 +44,7 @@ class Task:
     resources: Resources = field(default_factory=Resources)
     limits: TaskLimits | None = None  # per-step limits; never keyed (they change no output)
     exclusive: bool = False  # the step measures speed: the task runs alone (Step.exclusive)
+    toolchain: tuple[str, ...] = ()  # what Step.plan declared: these distributions are keyed
 
     @property
     def step(self) -> str:
@@ -108,25 +110,53 @@ class _Where:
     src_samples: str | None
 
 
+def _format_of(dag: Any, node: str, out: str) -> str:
+    up = dag.nodes[node]["obj"]
+    if isinstance(up, Task):
+        return up.info.cls.output_formats.get(out, formats.ANY)
+    return formats.HF_MODEL if up.what == "model" else formats.TEXT
+
+
+def _wiring(at: _Where, upstream: tuple[str, str],
+            reference_task: str | None) -> dict[str, tuple[str, str]]:
+    """Where each input a step may read comes from, for one use at one place."""
+    wired = {"model": upstream, "source": (at.src_model, SOURCE_OUTPUT)}
+    if at.src_samples is not None:
+        wired["samples"] = (at.src_samples, SOURCE_OUTPUT)
+    if reference_task is not None:
+        wired["reference"] = (reference_task, "reference")
+    return wired
+
+
+def plan_use(use: StepUse, at: _Where, formats_in: dict[str, str],
+             overrides: dict[str, Any] | None) -> Planned[Any]:
+    """Ask the step's one planning hook what this task needs; unused params go back to their
+    defaults."""
+    cls = use.info.cls
+    params = use.params.model_copy(update=overrides) if overrides else use.params
+    ctx = PlanContext(Hardware.model_validate(at.hardware), formats_in,
+                      dict(at.model.get("shapes", {})), reference=overrides is not None)
+    planned = cls.plan(params, ctx)
+    stray = [i for i in planned.inputs if i not in cls.inputs]
+    if stray or not isinstance(planned.resources, Resources):
+        raise FatalError(f"step {use.info.name!r} ({use.info.origin}): plan() returned inputs "
+                         f"{list(planned.inputs)}, which must be among its inputs "
+                         f"{list(cls.inputs)}, and an orchestrator.step.Resources; fix its plan()")
+    if planned.unused:
+        planned = replace(planned, params=at_defaults(planned.params, planned.unused))
+    return planned
+
+
 def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], position: str,
               overrides: dict[str, Any] | None = None, reference_task: str | None = None) -> str:
     """Add (or reuse) the task for one use of a step; identical tasks are one node."""
     cls = use.info.cls
-    params = use.params.model_copy(update=overrides) if overrides else use.params
-    params = cls.complete_params(params, at.model)
-    pjson = params.model_dump(mode="json", exclude=set(cls.gate_fields))
-    inputs: dict[str, tuple[str, str]] = {}
-    for name in cls.inputs_for(params):
-        if name == "model":
-            inputs[name] = upstream
-        elif name == "source":
-            inputs[name] = (at.src_model, SOURCE_OUTPUT)
-        elif name == "samples" and at.src_samples is not None:
-            inputs[name] = (at.src_samples, SOURCE_OUTPUT)
-        elif name == "reference" and reference_task is not None:
-            inputs[name] = (reference_task, "reference")
+    wired = _wiring(at, upstream, reference_task)
+    planned = plan_use(use, at, {k: _format_of(dag, *v) for k, v in wired.items()}, overrides)
+    pjson = planned.params.model_dump(mode="json", exclude=set(cls.gate_fields))
+    inputs = {name: wired[name] for name in planned.inputs if name in wired}
     hw_used = {k: at.hardware.get(k) for k in cls.hardware_keys}
-    model = {k: v for k, v in at.model.items() if k != "shapes"}  # shapes only via complete_params
+    model = {k: v for k, v in at.model.items() if k != "shapes"}  # shapes only via Step.plan
     identity = {
         "step": use.info.name, "plugin": use.info.dist, "params": pjson,
         "inputs": {k: list(v) for k, v in inputs.items()}, "hw": hw_used,
@@ -134,16 +164,13 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
     }
     tid = "t:" + sha256_json(identity)[:20]
     if tid not in dag:
-        files = {}
-        for name, (node, out) in inputs.items():
-            up = dag.nodes[node]["obj"]
-            files[name] = (up.info.cls.output_formats.get(out, formats.ANY) if isinstance(up, Task)
-                           else formats.HF_MODEL if up.what == "model" else formats.TEXT)
+        files = {name: _format_of(dag, node, out) for name, (node, out) in inputs.items()}
         task = Task(tid, use.info, pjson, inputs, hw_used, at.hardware["device"], model,
                     files, reference=overrides is not None,
-                    tokenizes="samples" in cls.inputs_for(params)
+                    tokenizes="samples" in planned.inputs
                     and (cls.kind == "transform" or overrides is not None),
-                    resources=cls.resources_for(at.hardware), exclusive=bool(cls.exclusive))
+                    resources=planned.resources, exclusive=bool(cls.exclusive),
+                    toolchain=tuple(planned.toolchain))
         dag.add_node(tid, obj=task, seq=dag.number_of_nodes())
         for up, _ in inputs.values():
             dag.add_edge(up, tid)

@@ -29,6 +29,11 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
+def placed(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every file or tree of a target folder: the artifacts and the bundle's files."""
+    return [*manifest.get("artifacts", []), *(manifest.get("bundle") or {}).get("files", [])]
+
+
 def _input_sizes(task: Task, outcomes: dict[str, Any], sources: dict[str, Any]) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for name, (node, out) in task.inputs.items():
@@ -98,8 +103,8 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
         cls = task.info.cls
         params = target_params(task, cp)
         ref_metrics = ro.entry["metrics"] if ro is not None and ro.entry is not None else None
-        section = dict(cls.summarize(params, o.entry["metrics"], ref_metrics))
-        problems = cls.gate(params, o.entry["metrics"], ref_metrics)
+        verdict = cls.judge(params, o.entry["metrics"], ref_metrics)
+        section, problems = dict(verdict.summary), list(verdict.failures)
         section["key"] = o.key
         warnings = sorted(set(o.entry["warnings"]) | set(ro.entry["warnings"] if ro and ro.entry else []))
         if warnings:
@@ -108,7 +113,7 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
             section["gate"] = params.model_dump(mode="json", include=set(cls.gate_fields))
             section["passed"] = not problems
         failures.extend(f"check {name}: {p}" for p in problems)
-        if name == "benchmark":
+        if cls.manifest_section == "benchmark":
             benchmark = section
         else:
             checks[name] = section
@@ -168,7 +173,7 @@ def write_target(out_root: Path, tp: TargetPlan, manifest: dict[str, Any], store
         _remove_tree(staging)
         staging.mkdir()
         try:
-            for a in manifest["artifacts"]:
+            for a in placed(manifest):
                 store.materialize(Blob(a["kind"], a["digest"], a["size"]), staging / a["path"])
             (staging / MANIFEST).write_text(text)
             (staging / RUN_LOG).write_text(run_log)
@@ -176,7 +181,7 @@ def write_target(out_root: Path, tp: TargetPlan, manifest: dict[str, Any], store
                 swap_in(staging, tdir)
         finally:
             _remove_tree(staging)  # after the exchange it holds the previous version
-        for a in manifest["artifacts"]:  # copies (cache on another file system) moved with it
+        for a in placed(manifest):  # copies (cache on another file system) moved with it
             files = ({a["path"]: a["digest"]} if a["kind"] == "file" else
                      {f"{a['path']}/{rel}": d for rel, (d, _) in store.tree_files(a["digest"]).items()})
             for rel, digest in files.items():
@@ -193,7 +198,7 @@ def in_place(tdir: Path, manifest: dict[str, Any], text: str, store: LocalStore)
     try:
         if (tdir / MANIFEST).read_text() != text:
             return False
-        for a in manifest["artifacts"]:
+        for a in placed(manifest):
             dest = tdir / a["path"]
             if a["kind"] == "file":
                 if not store.is_placed(a["digest"], dest):

@@ -46,7 +46,7 @@ class Plan:
     rebench: bool = False
 
     def forced(self, task: Task) -> bool:
-        return self.force or (self.rebench and task.step == "benchmark")
+        return self.force or (self.rebench and task.info.cls.measures_speed)
 
     def counts(self) -> dict[str, int]:
         out = {"HIT": 0, "RUN": 0, "SKIP": 0}
@@ -131,7 +131,7 @@ def check_samples(path: Path, where: str) -> None:
 def task_toolchain(task: Task) -> tuple[str, ...]:
     """The step's toolchain for this task, plus the tokenizer libraries for a task that tokenizes
     the samples (a transform that calibrates on them, or a check's reference task)."""
-    names = task.info.cls.toolchain_for(task.input_formats, task.reference)
+    names = task.toolchain
     return tuple(sorted(set(names) | set(TOKENIZERS))) if task.tokenizes else names
 
 
@@ -281,7 +281,7 @@ def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
             decisions[task.id] = Decision("SKIP", [
                 f"needs {need} CUDA device(s); this executor has {cuda_devices}"])
             continue
-        forced = force or (rebench and task.step == "benchmark")
+        forced = force or (rebench and task.info.cls.measures_speed)
         digests = input_digests(task, sources, outputs)
         if digests is None:
             decisions[task.id] = Decision("RUN", pending_reasons(task, graph, decisions, store, forced,

@@ -47,7 +47,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 @dataclass(frozen=True)
 class StepInfo:
     name: str
-    cls: type[Step]
+    cls: type[Step[Any]]
     origin: str  # "built-in", "entry point <dist>", "plugin <path>"
     dist: str
     dist_version: str
@@ -117,7 +117,7 @@ class Registry:
     # ---- registration -------------------------------------------------------------------
     def register(self, cls: Any, origin: str, dist: str, dist_version: str,
                  ref: dict[str, str], code: dict[str, str] | None = None) -> StepInfo:
-        problems = _validate(cls)
+        problems = validate_step(cls)
         label = getattr(cls, "__name__", repr(cls))
         if problems:
             raise FatalError(f"step class {label} from {origin} is not a valid step: "
@@ -264,7 +264,7 @@ def _entry_points() -> tuple[Any, ...]:
     return tuple(entry_points(group=ENTRY_POINT_GROUP))
 
 
-def load_step(ref: dict[str, str]) -> type[Step]:
+def load_step(ref: dict[str, str]) -> type[Step[Any]]:
     """Load a step class in a worker process from a StepInfo.ref."""
     if "file" in ref:
         if "digest" in ref and sha256_file(ref["file"]) != ref["digest"]:
@@ -276,7 +276,7 @@ def load_step(ref: dict[str, str]) -> type[Step]:
             if info.cls.__name__ == ref["class"]:
                 return info.cls
         raise FatalError(f"plugin {ref['file']} no longer defines {ref['class']}")
-    cls: type[Step] = getattr(importlib.import_module(ref["module"]), ref["class"])
+    cls: type[Step[Any]] = getattr(importlib.import_module(ref["module"]), ref["class"])
     return cls
 
 
@@ -289,7 +289,8 @@ def _module_exists(ref: str) -> bool:
         return False
 
 
-def _validate(cls: Any) -> list[str]:
+def validate_step(cls: Any) -> list[str]:
+    """What is wrong with a step class (empty: nothing)."""
     problems: list[str] = []
     if not (isinstance(cls, type) and issubclass(cls, Step)):
         return ["it does not subclass orchestrator.step.Step"]
@@ -339,9 +340,33 @@ def _validate(cls: Any) -> list[str]:
     if cls.run is not Step.run and getattr(cls.run, "__code__", None) is not None \
             and cls.run.__code__.co_argcount != 2:
         problems.append("run must take exactly (self, ctx)")
+    problems += _hook_problems(cls)
     for f in cls.gate_fields:
         if isinstance(params, type) and issubclass(params, BaseModel) and f not in params.model_fields:
             problems.append(f"gate field {f!r} is not a field of Params")
+    return problems
+
+
+# hooks of the first contract, each replaced by Step.plan (planning) or Step.judge (checks)
+_OLD_HOOKS = {"complete_params": "plan", "inputs_for": "plan", "toolchain_for": "plan",
+              "resources_for": "plan", "unused_params": "plan (Planned.unused)",
+              "gate": "judge", "summarize": "judge"}
+
+
+def _hook_problems(cls: Any) -> list[str]:
+    """The hooks of the first contract are gone: say what replaces them; and the check
+    attributes must be what the engine reads."""
+    problems = [f"{hook}() is no longer called: implement {new}() instead (docs/plugins.md)"
+                for hook, new in _OLD_HOOKS.items()
+                if hook in vars(cls)]
+    if cls.manifest_section not in ("checks", "benchmark"):
+        problems.append(f"'manifest_section' must be 'checks' or 'benchmark', got "
+                        f"{cls.manifest_section!r}")
+    for attr in ("exclusive", "measures_speed"):
+        if not isinstance(getattr(cls, attr), bool):
+            problems.append(f"'{attr}' must be True or False")
+    if getattr(cls.plan, "__func__", None) is None:
+        problems.append("plan must be a classmethod: @classmethod def plan(cls, params, at)")
     return problems
 
 

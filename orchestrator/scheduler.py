@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.executors.local import Finished, Job, LocalExecutor, describe_exit
+from orchestrator.executors import make_executor
+from orchestrator.executors.local import Finished, Job, describe_exit
 from orchestrator.graph import Task
 from orchestrator.locks import BuildLocks
 from orchestrator.plan import Decision, Plan, decide, input_digests, usable_entry
@@ -39,6 +40,8 @@ class TaskOutcome:
 class Options:
     jobs: int
     fail_fast: bool = False
+    executor: str = "local"  # or "ray" (orchestrator.executors.make_executor)
+    ray_address: str | None = None
 
 
 class Interrupted(Exception):
@@ -65,7 +68,7 @@ def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
     outcomes: dict[str, TaskOutcome] = {}
     decisions: dict[str, Decision] = dict(plan.decisions)
     outputs: dict[str, dict[str, Any]] = {}
-    executor = LocalExecutor(opts.jobs)
+    executor = make_executor(opts.executor, opts.jobs, opts.ray_address)
     started: dict[str, Job] = {}
     stop = False
     locks = BuildLocks(store.root, getattr(store, "remote", None))

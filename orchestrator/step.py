@@ -18,15 +18,21 @@ A step is a class with:
 - ``timeout_s`` / ``max_memory_mb``: default limits of one task (None: none); a recipe's
   ``limits:`` and a step use's own ``limits:`` override them. Past either the task's process group
   is killed and the task fails; they never enter the key,
-- ``exclusive``: True for a step that measures speed: its task runs alone (``orchestrator.locks``),
+- ``exclusive``: True for a step that measures speed: its task runs alone (``orchestrator.locks``);
+  ``measures_speed``: ``--rebench`` runs it again,
 - ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``);
   each must be installed when the step is registered unless listed in ``optional_toolchain``,
-- ``hardware_keys``: the target hardware properties that change its output,
+- ``hardware_keys``: the target hardware properties that change its output; ``machine_keys``: the
+  facts of the machine a measurement depends on (``cpu_model``, ``cpu_count``),
+- ``plan(params, at)``: the one planning hook: the completed params, the inputs, toolchain and
+  resources of one task and the params that do not apply to it (default: the class attributes),
 - ``run(ctx)``: does the work, writes each output at ``ctx.output(name)``, returns metrics.
 
 Check steps (``kind = "check"``) produce only metrics; ``gate_fields`` are params that judge the
 metrics (thresholds) rather than produce them, so they stay out of the key and changing a threshold
-never re-measures. ``gate(params, metrics)`` returns the reasons a check fails, empty when it passes.
+never re-measures. ``judge(params, metrics, reference)`` returns a ``Verdict``: the manifest
+section (under ``checks``, or the top-level ``manifest_section``) and the reasons it fails.
+The whole contract, with examples: docs/plugins.md.
 
 Heavy imports (torch, onnxruntime, openvino, ...) belong inside ``run``: the registry imports step
 modules to validate recipes, and planning must stay fast.
@@ -35,14 +41,15 @@ modules to validate recipes, and planning must stay fast.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 StepKind = Literal["transform", "check"]
 KNOWN_INPUTS = ("model", "source", "samples", "reference")
+P = TypeVar("P", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -71,17 +78,17 @@ class NoParams(BaseModel):
 @dataclass(frozen=True)
 class ModelInfo:
     """Recipe-level facts about the model; both enter every key. (inputs.shapes reach a step only
-    through ``complete_params``, as param values.)"""
+    through ``Step.plan``, as param values.)"""
 
     task: str = "feature-extraction"
     trust_remote_code: bool = False
 
 
 @dataclass
-class StepContext:
+class StepContext(Generic[P]):
     """What a running step sees. Paths only: the step never touches the cache itself."""
 
-    params: Any
+    params: P
     inputs: dict[str, Path]
     out_dir: Path
     outputs: dict[str, str]
@@ -116,7 +123,10 @@ class StepContext:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-class Step:
+class Step(Generic[P]):
+    """The contract. ``Step[MyParams]`` types ``ctx.params`` as ``MyParams`` (and sets ``Params``
+    when the class does not)."""
+
     name: ClassVar[str]
     version: ClassVar[str]
     description: ClassVar[str] = ""
@@ -132,6 +142,8 @@ class Step:
     # A step that measures speed (the benchmark) runs alone: in its build nothing runs beside it,
     # and it holds the machine lock exclusive, so no task of another build does either.
     exclusive: ClassVar[bool] = False
+    # Its results are timings: ``--rebench`` runs it again even when it is cached.
+    measures_speed: ClassVar[bool] = False
     toolchain: ClassVar[tuple[str, ...]] = ()
     optional_toolchain: ClassVar[tuple[str, ...]] = ()
     hardware_keys: ClassVar[tuple[str, ...]] = ()
@@ -140,54 +152,84 @@ class Step:
     machine_keys: ClassVar[tuple[str, ...]] = ()
     # A check that also measures the untouched model source (e.g. parity's PyTorch reference outputs)
     # gets one shared extra task with ``model`` = the source, these param overrides and
-    # ``ctx.reference = True``. Its metrics reach gate()/summarize(); a check that declares the
-    # input "reference" also gets the files that task wrote (e.g. cached reference outputs).
+    # ``ctx.reference = True``. Its metrics reach judge(); a check that declares the input
+    # "reference" also gets the files that task wrote (e.g. cached reference outputs).
     # Outputs of a check are optional: write them only where useful (the reference task).
     reference: ClassVar[dict[str, Any] | None] = None
+    # Where a check's verdict goes in the manifest: "checks" (under its name) or a top-level
+    # section of its own ("benchmark").
+    manifest_section: ClassVar[str] = "checks"
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Params" in vars(cls):
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            args = get_args(base)
+            if args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+                cls.Params = args[0]
+                return
+
+    def run(self, ctx: StepContext[P]) -> dict[str, Any]:
         raise NotImplementedError
 
     @classmethod
-    def unused_params(cls, params: Any, fields: tuple[str, ...]) -> Any:
-        """params with ``fields`` back at their defaults: for fields that do not apply to this
-        task's mode, so that setting them changes neither the key nor the work."""
-        defaults = {f: cls.Params.model_fields[f].get_default(call_default_factory=True)
-                    for f in fields}
-        return params.model_copy(update=defaults)
+    def plan(cls, params: P, at: PlanContext) -> Planned[P]:
+        """What one task of this step needs, given its params and where it runs: the one planning
+        hook. The default reads the class attributes; override it to depend on the params (an
+        input only one mode reads), the hardware (a CUDA device for a cuda target) or the formats
+        the inputs arrive in (the runtime of the engine a check is given)."""
+        return cls.planned(params)
 
     @classmethod
-    def resources_for(cls, hardware: dict[str, Any]) -> Resources:
-        """What one task needs on the target's hardware (default: ``resources``)."""
-        return cls.resources
+    def planned(cls, params: P, **changes: Any) -> Planned[P]:
+        """The default plan (the class attributes), with ``changes`` (Planned's fields)."""
+        return replace(Planned(params, cls.inputs, cls.toolchain, cls.resources), **changes)
 
     @classmethod
-    def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
-        """Params with recipe-level defaults filled in (e.g. the benchmark grid from
-        inputs.shapes), so the key holds the values used, not where they came from."""
-        return params
+    def judge(cls, params: P, metrics: dict[str, Any], reference: dict[str, Any] | None) -> Verdict:
+        """A check's verdict on its metrics (``reference``: the metrics of its reference task):
+        the manifest section and the reasons it fails, judged with this target's gate fields.
+        Default: the metrics as they are, never failing."""
+        return Verdict(dict(metrics))
 
-    @classmethod
-    def inputs_for(cls, params: Any) -> tuple[str, ...]:
-        """The inputs one task reads, given its params (default: all of ``inputs``). An input
-        left out here stays out of the key: editing it rebuilds nothing."""
-        return cls.inputs
 
-    @classmethod
-    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
-        """The toolchain of one task, knowing the format each input arrives in (the upstream
-        step's declared output format; ``hf-model`` for the model source). A check
-        that runs whatever engine it is given narrows it to that engine's runtime."""
-        return cls.toolchain
+@dataclass(frozen=True)
+class PlanContext:
+    """What planning knows about one task of a step (given to ``Step.plan``)."""
 
-    @classmethod
-    def gate(cls, params: Any, metrics: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
-        """Reasons this check fails (empty: it passes). Only for ``kind = "check"``."""
-        return []
+    hardware: Hardware = field(default_factory=Hardware)
+    # the format each input would arrive in: ``model`` the upstream step's declared output format
+    # (``hf-model`` for the model source), ``source`` hf-model, ``samples`` text
+    input_formats: dict[str, str] = field(default_factory=dict)
+    # the recipe's inputs.shapes (they reach the key only through the params a step fills from them)
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    reference: bool = False  # this is a check's reference task (model = the model source)
 
-    @classmethod
-    def summarize(
-        cls, params: Any, metrics: dict[str, Any], reference: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        """What goes into the manifest's section for this check (default: the metrics)."""
-        return metrics
+
+@dataclass(frozen=True)
+class Planned(Generic[P]):
+    """What the engine needs to know about one task, from ``Step.plan``."""
+
+    params: P  # completed (e.g. defaults filled from the recipe's shapes): they are keyed and run
+    inputs: tuple[str, ...]  # what it reads; an input left out stays out of the key
+    toolchain: tuple[str, ...]  # distributions whose versions enter the key
+    resources: Resources  # what one run needs
+    # params that do not apply to this task (another mode's): put back at their defaults before
+    # keying, so setting them changes neither the key nor the work
+    unused: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A check's judgement of its metrics for one target."""
+
+    summary: dict[str, Any]  # the manifest's section for the check
+    failures: list[str] = field(default_factory=list)  # why it fails; empty: it passes
+
+
+def at_defaults(params: P, fields: tuple[str, ...]) -> P:
+    """params with ``fields`` back at their defaults."""
+    model = type(params).model_fields
+    defaults = {f: model[f].get_default(call_default_factory=True) for f in fields}
+    return params.model_copy(update=defaults)

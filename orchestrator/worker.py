@@ -30,29 +30,16 @@ class ContractError(Exception):
     its inputs. The task fails and nothing is stored."""
 
 
-def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+def run_checked(cls: Any, ctx: Any, protect: bool = True) -> dict[str, Any]:
+    """Run a step on its context and hold it to its contract: its inputs unchanged (mounted
+    read-only where the machine allows, when ``protect``), metrics JSON can hold, each output
+    valid for its format. Raises ContractError (or the step's own error); returns the metrics."""
     from orchestrator.formats import validate_output
-    from orchestrator.registry import load_step
-    from orchestrator.step import ModelInfo, StepContext
-    from orchestrator.store.local import LocalStore
 
-    cls = load_step(spec["ref"])
-    params = cls.Params.model_validate(spec["params"])
-    out_dir = Path(spec["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = StepContext(
-        params=params,
-        inputs={k: Path(v) for k, v in spec["inputs"].items()},
-        out_dir=out_dir,
-        outputs=dict(cls.outputs),
-        hardware=spec["hardware"],
-        model=ModelInfo(**spec["model"]),
-        threads=int(spec["threads"]),
-        reference=bool(spec.get("reference", False)),
-    )
+    out_dir = ctx.out_dir
     guarded = list(ctx.inputs.values())
     before = sandbox.snapshot(guarded)
-    protected = sandbox.read_only(sorted(before))
+    protected = protect and sandbox.read_only(sorted(before))
     try:
         metrics = cls().run(ctx) or {}
     except OSError as e:
@@ -82,6 +69,29 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         if problem:
             raise ContractError(f"step {cls.name!r} wrote an invalid {fmt} output {name!r} "
                                 f"({filename}): {problem}; nothing was cached")
+    return metrics
+
+
+def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    from orchestrator.registry import load_step
+    from orchestrator.step import ModelInfo, StepContext
+    from orchestrator.store.local import LocalStore
+
+    cls = load_step(spec["ref"])
+    params = cls.Params.model_validate(spec["params"])
+    out_dir = Path(spec["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = StepContext(
+        params=params,
+        inputs={k: Path(v) for k, v in spec["inputs"].items()},
+        out_dir=out_dir,
+        outputs=dict(cls.outputs),
+        hardware=spec["hardware"],
+        model=ModelInfo(**spec["model"]),
+        threads=int(spec["threads"]),
+        reference=bool(spec.get("reference", False)),
+    )
+    metrics = run_checked(cls, ctx)
     store = LocalStore(spec["store"])
     outputs: dict[str, Any] = {}
     try:

@@ -100,7 +100,7 @@ class PruneHeadsParams(BaseModel):
                              "to compare the pruned model with the original.")
 
 
-class PruneHeads(Step):
+class PruneHeads(Step[PruneHeadsParams]):
     name = "prune-heads"
     version = "1"
     description = ("Prune the least important attention heads of a BERT-style Hugging Face model "
@@ -113,7 +113,7 @@ class PruneHeads(Step):
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers")
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: StepContext[PruneHeadsParams]) -> dict[str, Any]:
         import torch
 
         p: PruneHeadsParams = ctx.params

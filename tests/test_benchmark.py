@@ -218,7 +218,7 @@ def test_a_noisy_result_is_kept_marked_and_warned(tiny_onnx: Path, tiny_model_di
     assert warning.startswith("b1_s8: noisy machine, measured twice and still noisy "
                               "(outside load: fed); speed-up ")
     assert "--rebench" in warning
-    [problem] = Benchmark.gate(p, m, None)
+    [problem] = Benchmark.judge(p, m, None).failures
     assert "point estimate" in problem and "measured on a noisy machine: outside load: fed" in problem
 
 

@@ -92,7 +92,7 @@ def test_parity_fp32_onnx_passes_default_gate(fe_onnx: Path, tiny_model_dir: Pat
     assert m["max_abs_diff"] < 1e-4 and m["min_cosine"] > 0.99999
     assert m["runtime"]["runtime"] == "onnxruntime" and m["runtime"]["threads"] == 1
     assert m["runtime"]["providers"] == ["CPUExecutionProvider"]
-    assert Parity.gate(p, m, None) == []
+    assert Parity.judge(p, m, None).failures == []
     # the shared reference task stores tokenized inputs and PyTorch outputs once; the engine's
     # parity then reads them instead of running PyTorch, with the same result
     ref_ctx = ctx_for(p, tmp_path / "ref", source=tiny_model_dir, samples=samples)
@@ -103,8 +103,8 @@ def test_parity_fp32_onnx_passes_default_gate(fe_onnx: Path, tiny_model_dir: Pat
                                   reference=tmp_path / "ref" / "reference"))
     assert {k: cached[k] for k in ("mean_cosine", "min_cosine", "max_abs_diff", "samples")} == \
         {k: m[k] for k in ("mean_cosine", "min_cosine", "max_abs_diff", "samples")}
-    assert Parity.summarize(p, m, ref_metrics)["reference_runtime"]["runtime"] == "pytorch"
-    summary = Parity.summarize(p, m, None)
+    assert Parity.judge(p, m, ref_metrics).summary["reference_runtime"]["runtime"] == "pytorch"
+    summary = Parity.judge(p, m, None).summary
     assert summary["thresholds"] == {"min_cosine": 0.9999, "mean_cosine": 0.9999,
                                      "max_abs_diff": 1e-2}
 
@@ -113,7 +113,7 @@ def test_parity_broken_engine_fails_and_says_by_how_much(tiny_model_dir: Path, w
                                                          tmp_path: Path) -> None:
     other = export_onnx(make_tiny_model(work / "other", seed=1), work / "other.onnx")
     p, m = run_parity(other, tiny_model_dir, tmp_path)
-    problems = Parity.gate(p, m, None)
+    problems = Parity.judge(p, m, None).failures
     assert any(s.startswith("mean cosine") and "< 0.9999 (short by" in s and "fp32 default" in s
                for s in problems), problems
     assert any(s.startswith("max abs diff") and "(over by" in s for s in problems), problems
@@ -123,32 +123,32 @@ def test_parity_per_tensor_int8_with_strict_gate(per_tensor_int8: Path, tiny_mod
                                                  tmp_path: Path) -> None:
     p, m = run_parity(per_tensor_int8, tiny_model_dir, tmp_path, min_cosine=0.9999999)
     assert m["precision"] == "int8" and m["min_cosine"] < 0.9999999
-    [problem] = Parity.gate(p, m, None)
+    [problem] = Parity.judge(p, m, None).failures
     short = 0.9999999 - m["min_cosine"]
     assert problem.startswith("min cosine 0.99") and "default" not in problem
     assert "< 0.9999999 (short by" in problem
     assert float(problem.split("short by ")[1].rstrip(")")) == pytest.approx(short, rel=0.2)
-    assert Parity.summarize(p, m, None)["thresholds"]["mean_cosine"] == 0.99  # int8 default
+    assert Parity.judge(p, m, None).summary["thresholds"]["mean_cosine"] == 0.99  # int8 default
 
 
 def test_parity_gate_defaults_per_precision() -> None:
     p = ParityParams()
     per_tensor = {"precision": "int8", "mean_cosine": 0.9671, "min_cosine": 0.959,
                   "max_abs_diff": 1.1}
-    assert Parity.gate(p, per_tensor, None) == [
+    assert Parity.judge(p, per_tensor, None).failures == [
         "min cosine 0.9590 < 0.97 (short by 0.0110, int8 default)",
         "mean cosine 0.9671 < 0.99 (short by 0.0229, int8 default)",
     ]
     per_channel = {"precision": "int8", "mean_cosine": 0.994, "min_cosine": 0.989,
                    "max_abs_diff": 0.5}
-    assert Parity.gate(p, per_channel, None) == []
+    assert Parity.judge(p, per_channel, None).failures == []
     bf16 = {"precision": "fp32", "mean_cosine": 0.99998, "min_cosine": 0.99998,
             "max_abs_diff": 0.0258, "top1_agreement": 0.9}
-    assert Parity.gate(p, bf16, None) == [
+    assert Parity.judge(p, bf16, None).failures == [
         "top-1 agreement 0.9000 < 0.98 (short by 0.0800, fp32 default)",
         "max abs diff 0.0258 > 0.01 (over by 0.0158, fp32 default)",
     ]
-    assert Parity.gate(ParityParams(max_abs_diff=0.05, min_top1=0.5), bf16, None) == []
+    assert Parity.judge(ParityParams(max_abs_diff=0.05, min_top1=0.5), bf16, None).failures == []
 
 
 def test_parity_classification_top1(tiny_classifier_dir: Path, work: Path,
@@ -156,8 +156,8 @@ def test_parity_classification_top1(tiny_classifier_dir: Path, work: Path,
     model = export_onnx(tiny_classifier_dir, work / "cls.onnx", "sequence-classification")
     p, m = run_parity(model, tiny_classifier_dir, tmp_path, "sequence-classification")
     assert m["top1_agreement"] == 1.0 and m["min_cosine"] > 0.9999 and m["samples"] == 4
-    assert Parity.gate(p, m, None) == []
-    assert Parity.summarize(p, m, None)["thresholds"]["min_top1"] == 0.98
+    assert Parity.judge(p, m, None).failures == []
+    assert Parity.judge(p, m, None).summary["thresholds"]["min_top1"] == 0.98
 
 
 def test_parity_openvino_ir_records_f32_hint(fe_onnx: Path, tiny_model_dir: Path, work: Path,
@@ -172,7 +172,7 @@ def test_parity_openvino_ir_records_f32_hint(fe_onnx: Path, tiny_model_dir: Path
     rt = m["runtime"]
     assert rt["runtime"] == "openvino" and rt["precision_hint"] == "f32"
     assert rt["inference_precision"] == "f32" and rt["threads"] == 1
-    assert Parity.gate(p, m, None) == [] and m["min_cosine"] > 0.9999
+    assert Parity.judge(p, m, None).failures == [] and m["min_cosine"] > 0.9999
 
 
 def test_torchscript_engine_matches_pytorch(tiny_model_dir: Path, work: Path) -> None:
@@ -236,11 +236,11 @@ def test_benchmark_grid_profile_and_speedup(fe_onnx: Path, tiny_model_dir: Path,
     ops = m["profile"]["b1_s16"]
     assert 1 <= len(ops) <= 5 and {"op", "ms_per_run", "share"} <= set(ops[0])
 
-    s = Benchmark.summarize(p, m, None)  # the reference figures are the task's own
+    s = Benchmark.judge(p, m, None).summary  # the reference figures are the task's own
     assert s["results"] == m["results"] and s["results"] is not m["results"]
-    assert Benchmark.gate(p, m, None) == []
+    assert Benchmark.judge(p, m, None).failures == []
     need = point["speedup"] + 1
-    [problem] = Benchmark.gate(p.model_copy(update={"min_speedup": need}), m, None)
+    [problem] = Benchmark.judge(p.model_copy(update={"min_speedup": need}), m, None).failures
     assert problem.startswith(f"b1_s16: speedup {point['speedup']:.2f}x < {need:g}x (short by 1.00x")
 
 
@@ -277,15 +277,24 @@ def test_measure_stabilization() -> None:
 
 
 def test_a_checks_key_holds_only_the_runtimes_it_runs() -> None:
-    assert Parity.toolchain_for({"model": "onnx"}, False) == ("onnxruntime",)
-    assert Parity.toolchain_for({"model": "openvino-ir"}, False) == ("openvino",)
-    assert Parity.toolchain_for({"model": "torchscript"}, False) == ("torch",)
-    assert Parity.toolchain_for({"model": "hf-model"}, True) == ("torch", "transformers")
-    assert set(Parity.toolchain_for({"model": "odd-format"}, False)) >= {"onnxruntime", "openvino"}
+    from orchestrator.step import Hardware, PlanContext
+
+    def chain(cls: Any, fmt: str, reference: bool = False) -> tuple[str, ...]:
+        at = PlanContext(input_formats={"model": fmt, "source": "hf-model"}, reference=reference)
+        return tuple(cls.plan(cls.Params(), at).toolchain)
+
+    assert chain(Parity, "onnx") == ("onnxruntime",)
+    assert chain(Parity, "openvino-ir") == ("openvino",)
+    assert chain(Parity, "torchscript") == ("torch",)
+    assert chain(Parity, "hf-model", reference=True) == ("torch", "transformers")
+    assert set(chain(Parity, "odd-format")) >= {"onnxruntime", "openvino"}
     # the benchmark also runs the PyTorch reference in the same task: it keys both runtimes
-    both = ("onnxruntime", "torch", "transformers")
-    assert Benchmark.toolchain_for({"model": "onnx", "source": "hf-model"}, False) == both
-    assert Benchmark.toolchain_for({"model": "openvino-ir"}, False) == ("openvino", "torch", "transformers")
+    assert chain(Benchmark, "onnx") == ("onnxruntime", "torch", "transformers")
+    assert chain(Benchmark, "openvino-ir") == ("openvino", "torch", "transformers")
+    # and a check on a cuda target asks for a CUDA device
+    cuda = PlanContext(Hardware(device="cuda"), {"model": "onnx"})
+    assert Parity.plan(Parity.Params(), cuda).resources.cuda == 1
+    assert Parity.plan(Parity.Params(), PlanContext()).resources.cuda == 0
 
 
 def test_benchmark_grid_comes_from_shapes_only_when_unset(tmp_path: Path) -> None:
@@ -317,11 +326,13 @@ def test_benchmark_grid_comes_from_shapes_only_when_unset(tmp_path: Path) -> Non
 
 
 def test_params_that_do_not_apply_to_a_mode_stay_out_of_the_key() -> None:
+    from orchestrator.step import PlanContext, at_defaults
     from orchestrator.steps.nncf_quantize import NncfQuantize
     from orchestrator.steps.ort_quantize import OrtQuantize
 
     def keyed(cls: Any, **params: Any) -> dict[str, Any]:
-        return cls.complete_params(cls.Params(**params), {}).model_dump()
+        planned = cls.plan(cls.Params(**params), PlanContext())
+        return at_defaults(planned.params, planned.unused).model_dump()
 
     assert keyed(OrtQuantize, mode="dynamic", calibrate_method="entropy") == keyed(OrtQuantize)
     assert keyed(OrtQuantize, mode="static", calibrate_method="entropy") != \

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from conftest import FAKE_RECIPE, Project
 
-HEAVY = ("torch", "transformers", "onnxruntime", "openvino", "nncf", "onnx", "tensorrt", "ray")
+HEAVY = ("torch", "transformers", "onnxruntime", "openvino", "nncf", "onnx", "tensorrt", "ray",
+         "altair", "vl_convert")
 
 
 def test_help_imports_nothing_heavy() -> None:

@@ -81,3 +81,122 @@ def test_a_rule_naming_an_unknown_metric_is_a_user_error_before_any_diff(tmp_pat
     assert captured.err == ("error: --fail-on rule 'parity.mean_cosin<0.99' names 'parity.mean_cosin', "
                             "which no manifest holds as a number; did you mean 'parity.mean_cosine'?\n")
     assert main(["diff", str(a), str(b), "--fail-on", "parity.runtime<1"]) == 1
+
+
+def _point(median: float, speedup: float, interval: list[float], spread: float = 0.02) -> dict:
+    return {"median_ms": median, "p90_ms": median * 1.1, "stable": True, "spread": spread,
+            "speedup": speedup, "speedup_interval": interval, "noisy": False, "noise": [],
+            "reference": {"median_ms": median * speedup}}
+
+
+def real_like(per_channel: bool) -> dict:
+    """A manifest shaped as the build writes it (recipe name, keys, inputs, benchmark results)."""
+    quant_key = "q" * 60 + ("aaaa" if per_channel else "bbbb")
+    return {
+        "schema": 1, "status": "ok", "target": "cpu-int8",
+        "recipe": {"name": "bert-edge", "digest": "r1"},
+        "model": {"digest": "m1"},
+        "steps": [
+            {"step": "export-onnx", "key": "e" * 64, "version": "1", "params": {"opset": 17},
+             "inputs": {"model": {"digest": "m1"}}, "toolchain": {"torch": "2.13.0"}, "metrics": {}},
+            {"step": "ort-quantize", "key": quant_key, "version": "1",
+             "params": {"per_channel": per_channel}, "inputs": {"model": {"digest": "o1"}},
+             "toolchain": {"onnxruntime": "1.32.0"}, "metrics": {}},
+        ],
+        "artifacts": [{"path": "model.onnx", "digest": "d1" if per_channel else "d2",
+                       "size": 22_800_000 if per_channel else 22_700_000}],
+        "checks": {"parity": {"mean_cosine": 0.994 if per_channel else 0.967,
+                              "min_cosine": 0.989 if per_channel else 0.959, "passed": True}},
+        "benchmark": {"results": {
+            "b1_s128": _point(8.6 if per_channel else 8.8, 2.9 if per_channel else 2.85,
+                              [2.7, 3.1] if per_channel else [2.6, 3.0]),
+            "b8_s128": _point(65.0 if per_channel else 80.0, 2.4 if per_channel else 1.9,
+                              [2.3, 2.5] if per_channel else [1.8, 2.0]),
+        }},
+    }
+
+
+def _committed(tmp: Path, name: str, m: dict) -> Path:
+    p = tmp / name / "manifests" / "bert-edge" / "cpu-int8.json"
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps(m, indent=2, sort_keys=True))
+    return tmp / name / "manifests"
+
+
+def test_json_format_gives_changes_noise_and_key_reasons(tmp_path: Path, capsys) -> None:
+    a = _committed(tmp_path, "old", real_like(True))
+    b = _committed(tmp_path, "new", real_like(False))
+    assert main(["diff", str(a), str(b), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    c = doc["targets"]["bert-edge/cpu-int8"]
+    assert c["change"] == "changed"
+    assert c["parity"]["mean_cosine"] == {"old": 0.994, "new": 0.967, "delta": -0.027}
+    assert c["size"] == {"old": 22_800_000, "new": 22_700_000, "pct": -0.44}
+    # b1: +2.3% inside a +-7.02% band (speed-up interval half-width): noise; b8: +23% slower
+    assert c["latency"]["b1_s128"]["verdict"] == "noise"
+    assert c["latency"]["b1_s128"]["band_pct"] == 7.02
+    assert c["latency"]["b8_s128"]["verdict"] == "slower"
+    assert c["speedup"]["b1_s128"]["verdict"] == "noise"
+    assert c["speedup"]["b8_s128"]["verdict"] == "worse"
+    assert c["keys"] == [{"step": "2:ort-quantize", "old": "q" * 60 + "aaaa", "new": "q" * 60 + "bbbb",
+                          "why": ["param changed: per_channel true -> false"]}]
+    assert doc["regressions"] == []
+
+
+def test_markdown_table_first_then_details(tmp_path: Path, capsys) -> None:
+    a = _committed(tmp_path, "old", real_like(True))
+    b = _committed(tmp_path, "new", real_like(False))
+    assert main(["diff", str(a), str(b), "--format", "md", "--fail-on", "latency+10%"]) == 2
+    md = capsys.readouterr().out
+    lines = md.splitlines()
+    table_at = lines.index("| target | status | parity (mean cosine) | size | latency (median) | speed-up |")
+    assert lines[table_at + 1] == "|---|---|---|---|---|---|"
+    row = lines[table_at + 2].split(" | ")
+    assert row[0] == "| `bert-edge/cpu-int8`" and row[1] == "ok"
+    assert row[2] == "0.9940 → 0.9670 (-0.0270) ↓"
+    assert row[3] == "21.7 MB → 21.6 MB (-0.4%) ↓"
+    b1, b8 = row[4].split("<br>")
+    assert b1 == "b1_s128 8.6 → 8.8 ms (+2.3%, noise ±7.02%) ≈"
+    assert b8.startswith("b8_s128 65 → 80 ms (+23.1%") and b8.endswith("↑")
+    assert "b8_s128 2.4x [2.3-2.5] → 1.9x [1.8-2] ↓" in row[5]
+    assert md.index("<details>") > table_at  # the table comes first, details folded below it
+    body = md[md.index("<details>"):md.index("</details>")]
+    assert "<summary>bert-edge/cpu-int8: changed" in body
+    assert ("- `2:ort-quantize` `qqqqqqqqqqqq` → `qqqqqqqqqqqq`: "
+            "param changed: per_channel true -> false") in body
+    assert "- step 2:ort-quantize: params.per_channel true -> false" in body
+    assert "- :x: bert-edge/cpu-int8: latency+10%: benchmark.results.b8_s128.median_ms 65 -> 80" in md
+
+
+def _git(cwd: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(cwd), "PATH": "/usr/bin:/bin"})
+
+
+def test_diff_against_a_git_revision_reads_tracked_manifests(tmp_path: Path, capsys, monkeypatch) -> None:
+    repo = tmp_path / "repo"
+    manifests = _committed(tmp_path, "repo", real_like(True))
+    (repo / ".gitignore").write_text("build/\n")
+    build = repo / "build" / "bert-edge" / "cpu-int8"  # ignored: never read in git mode
+    build.mkdir(parents=True)
+    (build / "manifest.json").write_text(json.dumps(real_like(False)))
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "one")
+    (manifests / "bert-edge" / "cpu-int8.json").write_text(json.dumps(real_like(False)))
+    monkeypatch.chdir(repo)
+    assert main(["diff", "HEAD", ".", "--format", "json"]) == 0
+    c = json.loads(capsys.readouterr().out)["targets"]["bert-edge/cpu-int8"]
+    assert c["parity"]["mean_cosine"]["delta"] == -0.027
+    assert main(["diff", "main", "manifests/"]) == 0
+    assert "step 2:ort-quantize: params.per_channel true -> false" in capsys.readouterr().out
+    _git(repo, "commit", "-q", "-am", "two")
+    assert main(["diff", "HEAD~1", "HEAD", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["targets"]["bert-edge/cpu-int8"]["change"] == "changed"
+    assert main(["diff", "HEAD", "."]) == 0
+    assert capsys.readouterr().out == "bert-edge/cpu-int8: no changes\n"
+    assert main(["diff", "nosuchrev", "."]) == 1
+    assert "nosuchrev is neither a manifest, a folder of them, nor a git revision" in capsys.readouterr().err

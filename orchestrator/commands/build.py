@@ -52,6 +52,9 @@ def cuda_devices() -> int:
 
 def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = False) -> Session:
     # one registry per recipe: two recipes may bring different plugins with the same step name
+    from orchestrator.selection import expand_recipes, expand_targets
+
+    args.recipes = expand_recipes(args.recipes)
     for p in args.recipes:
         check_recipe_file(Path(p))
     allow = getattr(args, "allow_plugin_path", None) or ()
@@ -60,11 +63,7 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise FatalError(f"two recipes are both named {dupes[0]!r}; give each a unique 'name:'")
-    all_targets = sorted({t for r in recipes for t in r.model.targets})
-    for t in args.targets or []:
-        if t not in all_targets:
-            hint = _did_you_mean(t, all_targets) or f"targets: {', '.join(all_targets)}"
-            raise FatalError(f"unknown target {t!r} given with -t; {hint}")
+    args.targets = expand_targets(args.targets, sorted({t for r in recipes for t in r.model.targets}))
     root = project_root(recipes[0].path.parent)
     cache = Path(args.cache or os.environ.get("DEPLOY_BUILD_CACHE") or root / "cache")
     out = Path(args.out) if args.out else root / "build"
@@ -221,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise FatalError(f"--jobs must be at least 1, got {args.jobs}")
+    if getattr(args, "in_process", False):
+        return in_process(args)
     s = open_session(args, force=args.force, rebench=args.rebench)
     if args.dry_run:
         if args.json:
@@ -249,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         try:
-            outcomes = execute(s.plan, s.store, Options(args.jobs, args.fail_fast), reporter, repro)
+            opts = Options(args.jobs, args.fail_fast, args.executor, args.ray_address)
+            outcomes = execute(s.plan, s.store, opts, reporter, repro)
         except Interrupted as e:
             reporter.close()
             print("interrupted: running tasks stopped; finished tasks are cached", file=sys.stderr)
@@ -267,6 +269,9 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         s.store.close()
     print_summary(args, outcomes, targets, table)
+    from orchestrator.publish import after_build
+
+    after_build(args, s, outcomes, table)
     if args.json:
         summary = {
             "status": "failed" if failed else "ok",
@@ -275,6 +280,20 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(summary, indent=2, sort_keys=True))
     return EXIT_BUILD_FAILED if failed else EXIT_OK
+
+
+def in_process(args: argparse.Namespace) -> int:
+    """`--only T/POS --in-process`: that one task in the foreground (orchestrator.testing)."""
+    if not args.only or args.dry_run:
+        raise FatalError("--in-process runs one task: give it with --only TARGET/POSITION "
+                         "(and without --dry-run)")
+    from orchestrator.testing import run_task_in_process
+
+    s = open_session(args)
+    try:
+        return run_task_in_process(s, args.only, args.jobs)
+    finally:
+        s.store.close()
 
 
 def judge(args: argparse.Namespace, s: Session, outcomes: dict[str, Any]
@@ -294,6 +313,11 @@ def judge(args: argparse.Namespace, s: Session, outcomes: dict[str, Any]
         manifest, failures, complete = build_manifest(tp, s.graph, outcomes, s.plan.sources)
         label = f"{tp.recipe.name}/{tp.name}"
         if complete:  # judged: ok, or failed a gate (then the manifest says why, with no engine)
+            from orchestrator.bundle import add_bundle
+
+            source = s.plan.sources.get(f"src:{tp.recipe.name}:model")
+            fmt = s.graph.task(tp.steps[-1]).info.cls.output_formats.get("model", "") if tp.steps else ""
+            add_bundle(manifest, s.store, source.path if source else None, fmt)
             path = write_target(s.out, tp, manifest, s.store, outcomes, s.graph)
             targets[label] = {"status": manifest["status"], "manifest": str(path)}
         else:  # not finished: whatever an earlier build left there stays as it was

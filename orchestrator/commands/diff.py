@@ -19,24 +19,9 @@ GROWTH = re.compile(r"^(?P<what>latency|size)\s*\+\s*(?P<pct>\d+(\.\d+)?)%$")
 
 
 def load_manifests(path: Path) -> dict[str, dict[str, Any]]:
-    if path.is_file():
-        return {"": _read(path)}
-    if not path.is_dir():
-        raise FatalError(f"{path} is neither a manifest.json nor a folder of them")
-    found = {str(p.parent.relative_to(path)): _read(p) for p in sorted(path.rglob("manifest.json"))}
-    if not found:
-        raise FatalError(f"no manifest.json under {path}")
-    return found
+    from orchestrator.manifestset import from_path
 
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise FatalError(f"cannot read manifest {path}: {e}") from None
-    if not isinstance(data, dict) or not {"schema", "target", "steps"} <= set(data):
-        raise FatalError(f"{path} is not a deploy-build manifest (manifest.json)")
-    return data
+    return from_path(path)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -169,26 +154,45 @@ def broken_rules(old: dict[str, Any], new: dict[str, Any], rules: list[str]) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    if Path(args.old).is_file() != Path(args.new).is_file():
-        raise FatalError("compare a manifest with a manifest, or a folder with a folder "
-                         f"({args.old} and {args.new} are one of each)")
-    old = load_manifests(Path(args.old))
-    new = load_manifests(Path(args.new))
+    from orchestrator.manifestset import load_pair
+
+    old, new = load_pair(args.old, args.new)
     check_rules(args.fail_on, [*old.values(), *new.values()])
+    fmt = getattr(args, "format", "text") or "text"
     failed: list[str] = []
+    comparisons: dict[str, Any] = {}
     for name in sorted(set(old) | set(new)):
         label = name or new.get(name, old.get(name, {})).get("target", "")
-        if name not in old:
-            print(f"{label}: new target")
-            continue
-        if name not in new:
-            print(f"{label}: removed")
-            continue
-        lines = diff_manifest(old[name], new[name])
-        print(f"{label}: {'no changes' if not lines else ''}".rstrip())
-        for line in lines:
-            print(f"  {line}")
-        failed.extend(f"{label}: {b}" for b in broken_rules(old[name], new[name], args.fail_on))
-    for f in failed:
-        print(f"REGRESSION {f}")
+        a, b = old.get(name), new.get(name)
+        lines = diff_manifest(a, b) if a is not None and b is not None else []
+        if a is not None and b is not None:
+            failed.extend(f"{label}: {x}" for x in broken_rules(a, b, args.fail_on))
+        if fmt == "text":
+            _print_text(label, a, b, lines)
+        else:
+            from orchestrator.compare import compare
+
+            comparisons[label] = compare(a, b, lines)
+    if fmt == "json":
+        print(json.dumps({"targets": comparisons, "regressions": failed}, indent=2, sort_keys=True))
+    elif fmt == "md":
+        from orchestrator.markdown import render
+
+        print(render(comparisons, failed), end="")
+    else:
+        for f in failed:
+            print(f"REGRESSION {f}")
     return EXIT_BUILD_FAILED if failed else EXIT_OK
+
+
+def _print_text(label: str, a: dict[str, Any] | None, b: dict[str, Any] | None,
+                lines: list[str]) -> None:
+    if a is None:
+        print(f"{label}: new target")
+        return
+    if b is None:
+        print(f"{label}: removed")
+        return
+    print(f"{label}: {'no changes' if not lines else ''}".rstrip())
+    for line in lines:
+        print(f"  {line}")

@@ -1,1 +1,17 @@
 """Executors run task specs and report small results; they never decide what to run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def make_executor(name: str, jobs: int, ray_address: str | None = None) -> Any:
+    """The executor a build runs its tasks with: ``local`` (worker processes on this machine) or
+    ``ray`` (Ray tasks on a cluster; ``ray`` is imported only then)."""
+    if name == "ray":
+        from orchestrator.executors.ray_cluster import RayExecutor
+
+        return RayExecutor(ray_address)
+    from orchestrator.executors.local import LocalExecutor
+
+    return LocalExecutor(jobs)

@@ -31,8 +31,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.step import Resources, StepContext
-from orchestrator.steps.checks import EngineCheck, engine_toolchain, require_cpu
+from orchestrator.step import PlanContext, Planned, Resources, StepContext, Verdict
+from orchestrator.steps.checks import EngineCheck, require_cpu
 
 Positive = Annotated[int, Field(ge=1)]
 
@@ -85,7 +85,7 @@ class BenchmarkParams(BaseModel):
         return self
 
 
-class Benchmark(EngineCheck):
+class Benchmark(EngineCheck[BenchmarkParams]):
     name = "benchmark"
     version = "2"
     description = ("Median/p90/p99 latency and throughput over a batch x sequence grid, and the "
@@ -94,6 +94,8 @@ class Benchmark(EngineCheck):
     inputs = ("model", "source")
     resources = Resources(cpu=64)  # clamped to all the executor's cpus: its threads
     exclusive = True  # it runs alone: nothing of this build or another runs beside it
+    measures_speed = True  # --rebench measures it again
+    manifest_section = "benchmark"  # the manifest's top-level benchmark section
     gate_fields = ("min_speedup",)
     machine_keys = ("cpu_model", "cpu_count")  # latency from another machine is not this one's
     # No separate reference task: the PyTorch reference is measured inside this task, alternated
@@ -101,19 +103,17 @@ class Benchmark(EngineCheck):
     reference = None
 
     @classmethod
-    def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
-        """An unset grid is the recipe's inputs.shapes."""
-        shapes = model.get("shapes", {})
-        return params.model_copy(update={
-            "batch": params.batch or shapes.get("batch") or [1],
-            "sequence": params.sequence or shapes.get("sequence") or [128]})
+    def plan(cls, params: BenchmarkParams, at: PlanContext) -> Planned[BenchmarkParams]:
+        """An unset grid is the recipe's inputs.shapes; both runtimes measured here are keyed:
+        the engine's, and torch + transformers for PyTorch."""
+        planned = super().plan(params, at)
+        grid = params.model_copy(update={
+            "batch": params.batch or at.shapes.get("batch") or [1],
+            "sequence": params.sequence or at.shapes.get("sequence") or [128]})
+        return cls.planned(grid, resources=planned.resources,
+                           toolchain=tuple(sorted({*planned.toolchain, "torch", "transformers"})))
 
-    @classmethod
-    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
-        """Both runtimes measured here: the engine's, and torch + transformers for PyTorch."""
-        return tuple(sorted({*engine_toolchain(inputs, reference), "torch", "transformers"}))
-
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: StepContext[BenchmarkParams]) -> dict[str, Any]:
         require_cpu(ctx.hardware, "benchmark")
         from orchestrator.runtime.engines import detect_precision, open_engine
 
@@ -174,13 +174,14 @@ class Benchmark(EngineCheck):
         return metrics
 
     @classmethod
-    def summarize(cls, params: Any, metrics: dict[str, Any],
-                  reference: dict[str, Any] | None) -> dict[str, Any]:
-        """The metrics as measured: the reference figures come from the same task."""
-        return {**metrics, "results": {k: dict(v) for k, v in metrics["results"].items()}}
+    def judge(cls, params: BenchmarkParams, metrics: dict[str, Any],
+              reference: dict[str, Any] | None) -> Verdict:
+        """The metrics as measured (the reference figures come from the same task), gated."""
+        summary = {**metrics, "results": {k: dict(v) for k, v in metrics["results"].items()}}
+        return Verdict(summary, cls.failures(params, metrics))
 
     @classmethod
-    def gate(cls, params: Any, metrics: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
+    def failures(cls, params: BenchmarkParams, metrics: dict[str, Any]) -> list[str]:
         """min_speedup is judged on the point estimate of the paired speed-up; the message gives
         its interval (and the noise, when the point was measured on a busy machine)."""
         need = params.min_speedup

@@ -6,10 +6,10 @@ from typing import Any
 
 from orchestrator import formats
 from orchestrator.runtime.engines import toolchain_for_format
-from orchestrator.step import Resources, Step
+from orchestrator.step import P, PlanContext, Planned, Resources, Step
 
 
-class EngineCheck(Step):
+class EngineCheck(Step[P]):
     """Base of the checks that run an engine (parity, benchmark): measured on the target's
     hardware (keyed by device and accelerator; a cuda target's check needs a CUDA device), keyed
     by the runtime of the engine under test only."""
@@ -20,12 +20,9 @@ class EngineCheck(Step):
     hardware_keys = ("device", "accelerator")
 
     @classmethod
-    def toolchain_for(cls, inputs: dict[str, str], reference: bool) -> tuple[str, ...]:
-        return engine_toolchain(inputs, reference)
-
-    @classmethod
-    def resources_for(cls, hardware: dict[str, Any]) -> Resources:
-        return on_device(cls.resources, hardware)
+    def plan(cls, params: P, at: PlanContext) -> Planned[P]:
+        return cls.planned(params, toolchain=engine_toolchain(at.input_formats, at.reference),
+                           resources=on_device(cls.resources, at.hardware.model_dump()))
 
 
 def on_device(resources: Resources, hardware: dict[str, Any]) -> Resources:

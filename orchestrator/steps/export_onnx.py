@@ -31,7 +31,7 @@ class ExportOnnxParams(BaseModel):
         "'eager' is needed for the ONNX Runtime optimizer to fuse Attention.")
 
 
-class ExportOnnx(Step):
+class ExportOnnx(Step[ExportOnnxParams]):
     name = "export-onnx"
     version = "1"
     description = ("Export a Hugging Face model folder to ONNX (inputs input_ids, attention_mask, "
@@ -44,7 +44,7 @@ class ExportOnnx(Step):
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers", "onnx", "onnxscript")
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: StepContext[ExportOnnxParams]) -> dict[str, Any]:
         import onnx
         import torch
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.runtime import hf
-from orchestrator.step import Resources, Step, StepContext
+from orchestrator.step import PlanContext, Planned, Resources, Step, StepContext
 from orchestrator.steps.openvino_convert import ir_summary, normalize_names, telemetry_opt_out
 
 Mode = Literal["int8", "weights-int8", "weights-int4", "weights-int4-asym"]
@@ -46,7 +46,7 @@ CALIBRATION = ("preset", "samples", "fast_bias_correction", "max_length")
 INT4_ONLY = ("group_size", "ratio")
 
 
-class NncfQuantize(Step):
+class NncfQuantize(Step[NncfQuantizeParams]):
     name = "nncf-quantize"
     version = "1"
     description = ("Quantize an OpenVINO IR with NNCF: int8 static quantization (calibrated on the "
@@ -54,25 +54,23 @@ class NncfQuantize(Step):
     Params = NncfQuantizeParams
     inputs = ("model", "source", "samples")
 
-    @classmethod
-    def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
-        """Calibration params only matter to int8; group size and ratio only to int4."""
-        unused: tuple[str, ...] = () if params.mode == "int8" else CALIBRATION
-        if not params.mode.startswith("weights-int4"):
-            unused += INT4_ONLY
-        return cls.unused_params(params, unused)
-
-    @classmethod
-    def inputs_for(cls, params: Any) -> tuple[str, ...]:
-        """Weight-only compression does not calibrate: it does not depend on the samples."""
-        return cls.inputs if params.mode == "int8" else ("model",)
     outputs = {"model": "ir/"}
     input_formats = {"model": ("openvino-ir",)}
     output_formats = {"model": "openvino-ir"}
     resources = Resources(cpu=2, memory_gb=6)
     toolchain = ("openvino", "nncf")
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    @classmethod
+    def plan(cls, params: NncfQuantizeParams, at: PlanContext) -> Planned[NncfQuantizeParams]:
+        """Only int8 calibrates (reads the samples, uses the calibration params); group size and
+        ratio only apply to int4."""
+        unused: tuple[str, ...] = () if params.mode == "int8" else CALIBRATION
+        if not params.mode.startswith("weights-int4"):
+            unused += INT4_ONLY
+        inputs = cls.inputs if params.mode == "int8" else ("model",)
+        return cls.planned(params, inputs=inputs, unused=unused)
+
+    def run(self, ctx: StepContext[NncfQuantizeParams]) -> dict[str, Any]:
         telemetry_opt_out()
         import nncf
         import openvino as ov
@@ -116,7 +114,7 @@ def _ir_file(path: Path) -> Path:
                      "put openvino-convert before nncf-quantize")
 
 
-def calibration_data(ctx: StepContext, model: Any) -> list[dict[str, Any]]:
+def calibration_data(ctx: StepContext[NncfQuantizeParams], model: Any) -> list[dict[str, Any]]:
     """One feed dict per sample (batch 1, truncated to max_length), keyed by the IR's inputs."""
     p: NncfQuantizeParams = ctx.params
     tokenizer = hf.load_tokenizer(ctx.input("source"), ctx.model.trust_remote_code)

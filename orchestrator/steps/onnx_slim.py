@@ -22,7 +22,7 @@ class OnnxSlimParams(BaseModel):
         None, description="onnxslim fusion patterns to leave out (e.g. FusionGelu).")
 
 
-class OnnxSlim(Step):
+class OnnxSlim(Step[OnnxSlimParams]):
     name = "onnx-slim"
     version = "1"
     description = ("Simplify an ONNX graph with onnxslim (run it after ort-optimize: before it, "
@@ -35,7 +35,7 @@ class OnnxSlim(Step):
     resources = Resources(cpu=1, memory_gb=4)
     toolchain = ("onnxslim", "onnx")
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: StepContext[OnnxSlimParams]) -> dict[str, Any]:
         import onnx
         import onnxslim
 

@@ -46,7 +46,7 @@ class OpenvinoConvertParams(BaseModel):
         "inference precision either way). False keeps fp32 weights.")
 
 
-class OpenvinoConvert(Step):
+class OpenvinoConvert(Step[OpenvinoConvertParams]):
     name = "openvino-convert"
     version = "1"
     description = ("Convert an ONNX model (or the PyTorch model, source: pytorch) to OpenVINO IR "
@@ -63,7 +63,7 @@ class OpenvinoConvert(Step):
     # a stale engine. nncf is not used here, so it stays out of this key.
     toolchain = ("openvino", "torch", "transformers")
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: StepContext[OpenvinoConvertParams]) -> dict[str, Any]:
         telemetry_opt_out()
         import openvino as ov
 
@@ -97,7 +97,7 @@ def _onnx_file(path: Path) -> Path:
     return path
 
 
-def _from_pytorch(ctx: StepContext) -> Any:
+def _from_pytorch(ctx: StepContext[OpenvinoConvertParams]) -> Any:
     import openvino as ov
     import torch
 

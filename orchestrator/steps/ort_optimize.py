@@ -31,7 +31,7 @@ class OrtOptimizeParams(BaseModel):
                           "(inputs and outputs stay float32); for GPUs.")
 
 
-class OrtOptimize(Step):
+class OrtOptimize(Step[OrtOptimizeParams]):
     name = "ort-optimize"
     version = "2"
     description = ("Fuse Attention, SkipLayerNormalization, EmbedLayerNormalization and GELU with "
@@ -44,7 +44,7 @@ class OrtOptimize(Step):
     resources = Resources(cpu=1, memory_gb=4)
     toolchain = ("onnxruntime", "onnx")
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: StepContext[OrtOptimizeParams]) -> dict[str, Any]:
         import onnx
 
         p: OrtOptimizeParams = ctx.params

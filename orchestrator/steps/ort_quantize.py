@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.runtime import hf
-from orchestrator.step import Resources, Step, StepContext
+from orchestrator.step import PlanContext, Planned, Resources, Step, StepContext
 
 QUANT_OP = re.compile(r"(?i:quant)|Integer|^Q[A-Z]|^Cast$")
 # What static mode quantizes by default: ops on the attention-mask path (Add, Where, Softmax)
@@ -52,31 +52,29 @@ STATIC_ONLY = ("activation_type", "calibration_samples", "calibrate_method", "ex
 WEIGHT_ONLY = ("weight_type", "per_channel", "reduce_range", "op_types")
 
 
-class OrtQuantize(Step):
+class OrtQuantize(Step[OrtQuantizeParams]):
     name = "ort-quantize"
     version = "1"
     description = "Quantize an ONNX model with ONNX Runtime (dynamic or static int8, or fp16)."
     Params = OrtQuantizeParams
     inputs = ("model", "source", "samples")
 
-    @classmethod
-    def complete_params(cls, params: Any, model: dict[str, Any]) -> Any:
-        """Calibration params only matter to static mode; weight params not to fp16."""
-        if params.mode == "fp16":
-            return cls.unused_params(params, STATIC_ONLY + WEIGHT_ONLY)
-        return params if params.mode == "static" else cls.unused_params(params, STATIC_ONLY)
-
-    @classmethod
-    def inputs_for(cls, params: Any) -> tuple[str, ...]:
-        """Only static quantization calibrates: the others do not depend on the samples."""
-        return cls.inputs if params.mode == "static" else ("model",)
     outputs = {"model": "model.onnx"}
     input_formats = {"model": ("onnx",)}
     output_formats = {"model": "onnx"}
     resources = Resources(cpu=1, memory_gb=4)
     toolchain = ("onnxruntime", "onnx", "onnxconverter-common")
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    @classmethod
+    def plan(cls, params: OrtQuantizeParams, at: PlanContext) -> Planned[OrtQuantizeParams]:
+        """Only static quantization calibrates (reads the samples) and uses the calibration
+        params; fp16 uses no weight params either."""
+        if params.mode == "static":
+            return cls.planned(params)
+        unused = STATIC_ONLY + WEIGHT_ONLY if params.mode == "fp16" else STATIC_ONLY
+        return cls.planned(params, inputs=("model",), unused=unused)
+
+    def run(self, ctx: StepContext[OrtQuantizeParams]) -> dict[str, Any]:
         import onnx
 
         p: OrtQuantizeParams = ctx.params
@@ -116,7 +114,7 @@ def _dynamic(p: OrtQuantizeParams, src: Path, out: Path) -> None:
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def _static(p: OrtQuantizeParams, src: Path, out: Path, ctx: StepContext) -> None:
+def _static(p: OrtQuantizeParams, src: Path, out: Path, ctx: StepContext[OrtQuantizeParams]) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
@@ -171,7 +169,7 @@ def _after_gelu(path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.name and is_gelu(n.input[0], 0)]
 
 
-def _with_shapes(src: Path, dest: Path, ctx: StepContext) -> Path:
+def _with_shapes(src: Path, dest: Path, ctx: StepContext[OrtQuantizeParams]) -> Path:
     """The model with symbolic shape inference (needed on fused graphs: without it the quantizer
     cannot type the outputs of contrib ops such as Attention and quantizes no activations)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process

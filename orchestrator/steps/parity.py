@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.runtime import hf
-from orchestrator.step import Resources, StepContext
+from orchestrator.step import Resources, StepContext, Verdict
 from orchestrator.steps.checks import EngineCheck, require_cpu
 
 # Defaults per engine precision, from all-MiniLM-L6-v2 (64 samples, 2 threads) vs PyTorch fp32:
@@ -51,7 +51,7 @@ class ParityParams(BaseModel):
                                    "tasks (None: default).")
 
 
-class Parity(EngineCheck):
+class Parity(EngineCheck[ParityParams]):
     name = "parity"
     version = "1"
     description = "Compare the engine's outputs with the PyTorch reference on the sample texts."
@@ -65,7 +65,7 @@ class Parity(EngineCheck):
     resources = Resources(cpu=2, memory_gb=4)
     gate_fields = GATES
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: StepContext[ParityParams]) -> dict[str, Any]:
         require_cpu(ctx.hardware, "parity")
         if ctx.reference:
             return self._reference(ctx)
@@ -112,7 +112,7 @@ class Parity(EngineCheck):
             metrics["top1_agreement"] = _sig(float(np.concatenate(agree).mean()))
         return metrics
 
-    def _reference(self, ctx: StepContext) -> dict[str, Any]:
+    def _reference(self, ctx: StepContext[ParityParams]) -> dict[str, Any]:
         """The reference task: run PyTorch once on the tokenized samples and store inputs and
         outputs, so that every target's parity needs neither torch nor the tokenizer."""
         import numpy as np
@@ -127,7 +127,7 @@ class Parity(EngineCheck):
                 "batches": len(batches), "task": ctx.model.task, "runtime": runtime}
 
     @classmethod
-    def thresholds(cls, params: Any, metrics: dict[str, Any]) -> dict[str, float | None]:
+    def thresholds(cls, params: ParityParams, metrics: dict[str, Any]) -> dict[str, float | None]:
         """The effective thresholds: explicit params, else the defaults for the precision."""
         defaults = DEFAULTS.get(str(metrics.get("precision")), DEFAULTS["fp32"])
         out = {g: getattr(params, g) if getattr(params, g) is not None else defaults[g]
@@ -137,7 +137,16 @@ class Parity(EngineCheck):
         return out
 
     @classmethod
-    def gate(cls, params: Any, metrics: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
+    def judge(cls, params: ParityParams, metrics: dict[str, Any],
+              reference: dict[str, Any] | None) -> Verdict:
+        summary = {**metrics, "thresholds": cls.thresholds(params, metrics)}
+        if reference is not None:
+            summary["reference_runtime"] = reference.get("runtime")
+        return Verdict(summary, cls.failures(params, metrics))
+
+    @classmethod
+    def failures(cls, params: ParityParams, metrics: dict[str, Any]) -> list[str]:
+        """Why the metrics fail this target's thresholds (empty: they pass)."""
         problems: list[str] = []
         t = cls.thresholds(params, metrics)
         prec = metrics.get("precision")
@@ -158,16 +167,9 @@ class Parity(EngineCheck):
                 problems.append(f"{label} {v} > {lim} (over by {by}{origin})")
         return problems
 
-    @classmethod
-    def summarize(cls, params: Any, metrics: dict[str, Any],
-                  reference: dict[str, Any] | None) -> dict[str, Any]:
-        out = {**metrics, "thresholds": cls.thresholds(params, metrics)}
-        if reference is not None:
-            out["reference_runtime"] = reference.get("runtime")
-        return out
 
-
-def _reference_batches(ctx: StepContext) -> tuple[list[tuple[dict[str, Any], Any]], dict[str, Any]]:
+def _reference_batches(
+        ctx: StepContext[ParityParams]) -> tuple[list[tuple[dict[str, Any], Any]], dict[str, Any]]:
     """Tokenized sample batches with the PyTorch reference outputs, and the reference runtime."""
     import numpy as np
 

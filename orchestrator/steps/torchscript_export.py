@@ -22,7 +22,7 @@ class TorchscriptExportParams(BaseModel):
                          "container outputs instead of tracing them silently).")
 
 
-class TorchscriptExport(Step):
+class TorchscriptExport(Step[TorchscriptExportParams]):
     name = "torchscript-export"
     version = "1"
     description = ("Trace a Hugging Face model folder to TorchScript; the module takes "
@@ -35,7 +35,7 @@ class TorchscriptExport(Step):
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers")
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: StepContext[TorchscriptExportParams]) -> dict[str, Any]:
         import torch
 
         p: TorchscriptExportParams = ctx.params

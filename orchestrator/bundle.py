@@ -1,0 +1,129 @@
+"""A target folder as a deployable bundle: the engine plus what a serving host needs beside it.
+
+- `tokenizer/`: the model source's tokenizer files;
+- `signature.json`: the engine's inputs and outputs (names, dtypes, shapes, dynamic axes named),
+  the task, and the post-processing the parity check applied (mean pooling over the attention
+  mask + L2 normalization for feature-extraction; logits for classification);
+- `load_example.py`: a short script that loads the engine with its runtime, tokenizes a text and
+  applies the post-processing (`python load_example.py "some text"`).
+
+The files are blobs in the cache like the engine, listed in the manifest's `bundle` section, so
+the folder is materialized (and swapped in) whole and `deploy-build verify DIR` can check it.
+The signature is read from the engine once per engine digest (ONNX or OpenVINO imported then)
+and remembered in the cache, so a cached build imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from orchestrator.manifest import dumps
+
+TOKENIZER_FILES = ("added_tokens.json", "merges.txt", "sentencepiece.bpe.model",
+                   "special_tokens_map.json", "spiece.model", "tokenizer.json",
+                   "tokenizer_config.json", "vocab.json", "vocab.txt")
+SIGNATURE = "signature.json"
+EXAMPLE = "load_example.py"
+MEMO = "signatures"
+
+
+def postprocess(task: str) -> dict[str, Any]:
+    if task == "feature-extraction":
+        return {"output": "last_hidden_state", "steps": ["mean_pool(attention_mask)", "l2_normalize"],
+                "gives": "sentence embedding, one unit vector per text"}
+    per_token = task == "token-classification"
+    return {"output": "logits", "steps": ["argmax(-1)"],
+            "gives": "a label id per token" if per_token else "a label id per text"}
+
+
+RUNTIMES = {"onnx": "onnxruntime", "openvino-ir": "openvino"}  # engine format -> its runtime
+
+
+def engine_of(manifest: dict[str, Any], fmt: str) -> tuple[str, dict[str, Any]] | None:
+    """(runtime, artifact) of the target's engine, when it is one a bundle is made for."""
+    runtime = RUNTIMES.get(fmt)
+    models = [a for a in manifest.get("artifacts", []) if a.get("name") == "model"]
+    if runtime is None or len(models) != 1:
+        return None
+    return runtime, models[0]
+
+
+def _onnx_signature(path: Path) -> dict[str, Any]:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+
+    def one(v: Any) -> dict[str, Any]:
+        t = v.type.tensor_type
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
+        return {"name": v.name, "dtype": str(helper.tensor_dtype_to_np_dtype(t.elem_type)),
+                "shape": dims, "dynamic_axes": {str(i): d for i, d in enumerate(dims)
+                                                if isinstance(d, str) or d is None}}
+
+    return {"inputs": [one(v) for v in model.graph.input if v.name not in inits],
+            "outputs": [one(v) for v in model.graph.output]}
+
+
+def _ov_signature(xml: Path, weights: Path) -> dict[str, Any]:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml), str(weights))
+
+    def one(port: Any) -> dict[str, Any]:
+        shape = port.get_partial_shape()
+        dims = [d.get_length() if d.is_static else None for d in shape]
+        return {"name": port.get_any_name(), "dtype": port.get_element_type().to_dtype().name,
+                "shape": dims, "dynamic_axes": {str(i): None for i, d in enumerate(dims) if d is None}}
+
+    return {"inputs": [one(p) for p in model.inputs], "outputs": [one(p) for p in model.outputs]}
+
+
+def signature(store: Any, runtime: str, artifact: dict[str, Any]) -> dict[str, Any]:
+    """The engine's inputs and outputs, read once per engine digest and remembered."""
+    memo = Path(store.root) / MEMO / f"{artifact['digest']}.json"
+    try:
+        return dict(json.loads(memo.read_text()))
+    except (OSError, ValueError):
+        pass
+    if runtime == "onnxruntime":
+        sig = _onnx_signature(store.blob_path(artifact["digest"]))
+    else:
+        files = store.tree_files(artifact["digest"])
+        xml = next(r for r in sorted(files) if r.endswith(".xml"))
+        binary = xml[:-4] + ".bin"
+        sig = _ov_signature(store.blob_path(files[xml][0]), store.blob_path(files[binary][0]))
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f".{memo.name}.tmp")
+    tmp.write_text(json.dumps(sig, sort_keys=True))
+    tmp.replace(memo)
+    return sig
+
+
+def _file(name: str, blob: Any) -> dict[str, Any]:
+    return {"name": name, "path": name, "digest": blob.digest, "size": blob.size, "kind": "file"}
+
+
+def add_bundle(manifest: dict[str, Any], store: Any, source: Path | None, fmt: str) -> None:
+    """Add the bundle's files (stored as blobs) and its `bundle` section to an ok manifest whose
+    engine (of format ``fmt``) is one a bundle is made for."""
+    found = engine_of(manifest, fmt)
+    if found is None or manifest.get("status") != "ok":
+        return
+    runtime, artifact = found
+    task = manifest["model"]["task"]
+    doc = {"runtime": runtime, "engine": artifact["path"], "task": task,
+           **signature(store, runtime, artifact), "postprocess": postprocess(task)}
+    files = []
+    if source is not None and source.is_dir():
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                files.append(_file(f"tokenizer/{name}", store.put_file(source / name)))
+    files.append(_file(SIGNATURE, store.put_bytes(dumps(doc).encode())))
+    example = resources.files("orchestrator").joinpath("bundle_example.py").read_bytes()
+    files.append(_file(EXAMPLE, store.put_bytes(example)))
+    manifest["bundle"] = {"files": files, "signature": doc}

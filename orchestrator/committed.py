@@ -1,0 +1,74 @@
+"""Committed manifests: `--manifests DIR` writes `DIR/<recipe>/<target>.json` for review.
+
+Only a target that was built and judged in this build is written (ok, or failed a gate: both
+were measured here); a target skipped here (no CUDA device, a failed upstream task) never
+overwrites the committed manifest that another machine wrote. The text is the manifest of
+`build/` byte for byte, so two builds of the same inputs from empty caches write identical
+files apart from the fields in MEASURED.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any
+
+from orchestrator.manifest import dumps
+
+# Fields that two honest builds of the same inputs may disagree on: measured latencies and
+# everything the benchmark saw; parity figures, where the CPU's instruction set (AVX-512, VNNI,
+# AMX) changes the numerics; and the digests of engines recorded as not byte-reproducible
+# (TensorRT plans), with the keys of the checks that measured them.
+MEASURED = (
+    "benchmark.*",
+    "checks.*.max_abs_diff", "checks.*.mean_cosine", "checks.*.min_cosine",
+    "checks.*.top1_agreement",
+)
+NOT_REPRODUCIBLE_KINDS = ("tensorrt-engine",)
+
+
+def target_path(folder: Path, label: str) -> Path:
+    recipe, _, target = label.partition("/")
+    return folder / recipe / f"{target}.json"
+
+
+def write_committed(folder: Path, table: list[Any]) -> list[Path]:
+    """Write each judged target's manifest; returns the files that changed."""
+    written = []
+    for label, manifest, _status, _failures in table:
+        if manifest is None:
+            continue
+        path = target_path(folder, label)
+        text = dumps(manifest)
+        try:
+            if path.read_text() == text:
+                continue
+        except OSError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k in sorted(value):
+            out.update(_flat(value[k], f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flat(v, f"{prefix}.{i}"))
+        return out
+    return {prefix: value}
+
+
+def reproducible_part(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's leaves (dotted paths) that must be identical across two builds."""
+    flat = _flat(manifest)
+    return {k: v for k, v in flat.items() if not any(fnmatch.fnmatchcase(k, p) for p in MEASURED)}

@@ -1,0 +1,138 @@
+"""`deploy-build diff --format md`: a pull-request comment (GitHub-flavoured Markdown).
+
+A compact table first (one row per target: status, parity, size, latency, speed-up, each with its
+change and an arrow); then, per changed target, the changed task keys with why and every change,
+folded in `<details>`. Latency inside the measured spread reads `noise ±x%`, not a regression.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+UP, DOWN, SAME, NOISE = "↑", "↓", "=", "≈"
+HEADER = ("target", "status", "parity (mean cosine)", "size", "latency (median)", "speed-up")
+
+
+def _esc(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _arrow(delta: float | None) -> str:
+    if delta is None or delta == 0:
+        return SAME
+    return UP if delta > 0 else DOWN
+
+
+def _mb(n: int | None) -> str:
+    return "-" if not n else f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 1024:.1f} KB"
+
+
+def status_cell(c: dict[str, Any]) -> str:
+    a, b = c["status"]["old"], c["status"]["new"]
+    if c["change"] in ("added", "removed"):
+        return f"{b or a} ({c['change']})"
+    return f"{a} → **{b}**" if a != b else str(b)
+
+
+def parity_cell(c: dict[str, Any]) -> str:
+    p = c["parity"].get("mean_cosine")
+    if not p:
+        return "-"
+    a, b, d = p["old"], p["new"], p["delta"]
+    if d is None:
+        return f"{a if a is not None else '-'} → {b if b is not None else '-'}"
+    if d == 0:
+        return f"{b:.4f}"
+    return f"{a:.4f} → {b:.4f} ({d:+.4f}) {_arrow(d)}"
+
+
+def size_cell(c: dict[str, Any]) -> str:
+    s = c["size"]
+    if s["old"] == s["new"]:
+        return _mb(s["new"])
+    change = f" ({s['pct']:+.1f}%) {_arrow(s['pct'])}" if s["pct"] is not None else ""
+    return f"{_mb(s['old'])} → {_mb(s['new'])}{change}"
+
+
+def latency_cell(c: dict[str, Any]) -> str:
+    parts = []
+    for key, p in c["latency"].items():
+        a, b = p["old"], p["new"]
+        if p["pct"] is None:
+            parts.append(f"{key} {a if a is not None else '-'} → {b if b is not None else '-'} ms")
+        elif p["verdict"] == "noise":
+            parts.append(f"{key} {a:g} → {b:g} ms ({p['pct']:+.1f}%, noise ±{p['band_pct']:g}%) {NOISE}")
+        elif p["verdict"] == "same":
+            parts.append(f"{key} {b:g} ms")
+        else:
+            band = f", band ±{p['band_pct']:g}%" if p["band_pct"] is not None else ""
+            parts.append(f"{key} {a:g} → {b:g} ms ({p['pct']:+.1f}%{band}) {_arrow(p['pct'])}")
+    return "<br>".join(parts) or "-"
+
+
+def _x(v: Any, interval: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:g}x" + (f" [{interval[0]:g}-{interval[1]:g}]" if isinstance(interval, list) else "")
+
+
+def speedup_cell(c: dict[str, Any]) -> str:
+    parts = []
+    for key, p in c["speedup"].items():
+        if p["verdict"] == "same":
+            parts.append(f"{key} {_x(p['new'], p['new_interval'])}")
+            continue
+        mark = NOISE if p["verdict"] == "noise" else _arrow(p["pct"])
+        word = " noise" if p["verdict"] == "noise" else ""
+        parts.append(f"{key} {_x(p['old'], p['old_interval'])} → {_x(p['new'], p['new_interval'])}"
+                     f"{word} {mark}")
+    return "<br>".join(parts) or "-"
+
+
+def table(comparisons: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for label, c in comparisons.items():
+        cells = (f"`{label}`", status_cell(c), parity_cell(c), size_cell(c), latency_cell(c),
+                 speedup_cell(c))
+        lines.append("| " + " | ".join(_esc(x) for x in cells) + " |")
+    return lines
+
+
+def details(label: str, c: dict[str, Any]) -> list[str]:
+    n = len(c["details"])
+    lines = ["<details>", f"<summary>{label}: {c['change']}, {n} change{'s' if n != 1 else ''}, "
+             f"{len(c['keys'])} task key{'s' if len(c['keys']) != 1 else ''} changed</summary>", ""]
+    if c["keys"]:
+        lines.append("**Task keys that changed, and why**")
+        lines.append("")
+        for k in c["keys"]:
+            old, new = (k["old"] or "-")[:12], (k["new"] or "-")[:12]
+            lines.append(f"- `{k['step']}` `{old}` → `{new}`: {'; '.join(k['why'])}")
+        lines.append("")
+    if c["details"]:
+        lines.append("**Changes**")
+        lines.append("")
+        lines.extend(f"- {_esc(d)}" for d in c["details"])
+        lines.append("")
+    lines.append("</details>")
+    return lines
+
+
+def render(comparisons: dict[str, dict[str, Any]], regressions: list[str]) -> str:
+    changed = sum(1 for c in comparisons.values() if c["change"] != "same")
+    lines = [f"### deploy-build diff: {changed} of {len(comparisons)} targets changed", ""]
+    lines.extend(table(comparisons))
+    lines.append("")
+    lines.append(f"{UP}/{DOWN} went up/down; {NOISE} inside the measured spread (noise, not a "
+                 "regression); latency is the engine's median.")
+    lines.append("")
+    if regressions:
+        lines.append(f"**{len(regressions)} --fail-on rule(s) broken:**")
+        lines.append("")
+        lines.extend(f"- :x: {_esc(r)}" for r in regressions)
+        lines.append("")
+    for label, c in comparisons.items():
+        if c["change"] != "same":
+            lines.extend(details(label, c))
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,234 @@
+"""The executor contract, for the local executor and the Ray executor against a real Ray cluster
+started on loopback (a head node, and a worker node that offers a custom accelerator resource).
+
+Each test runs real worker processes on the fake steps: a result comes back with its outputs
+stored, a failing step is a failed job with its log tail (never retried), a limit kills a task,
+cancel stops what runs. On Ray, a task for an accelerator runs on the node that offers it, and a
+task that no node can run finishes at once with the reason instead of waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.executors.local import Finished, Job, LocalExecutor
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+ACCELERATOR = "edge-box"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A real two-node Ray cluster on 127.0.0.1 (`ray start --block`, so stopping the test's
+    processes stops the nodes; nothing else on the machine is touched)."""
+    pytest.importorskip("ray", reason="pip install -e '.[ray]'")
+    ray_bin = Path(os.sys.executable).with_name("ray")
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # socket paths must stay short
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    common = ["--block", "--node-ip-address=127.0.0.1", "--object-store-memory=80000000",
+              "--disable-usage-stats"]
+    head = subprocess.Popen([str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", f"--temp-dir={temp}", *common],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    nodes: list[subprocess.Popen[bytes]] = [head]
+    try:
+        import ray
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                         configure_logging=False)
+                break
+            except (ConnectionError, RuntimeError):
+                if time.monotonic() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        nodes.append(subprocess.Popen(
+            [str(ray_bin), "start", f"--address={address}", "--num-cpus=1",
+             f"--resources={{\"accelerator:{ACCELERATOR}\": 1}}", *common],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+            assert time.monotonic() < deadline, "the Ray worker node did not join"
+            time.sleep(0.3)
+        yield address
+    finally:
+        import ray
+
+        ray.shutdown()
+        for p in reversed(nodes):
+            p.terminate()
+        for p in nodes:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(params=["local", "ray"])
+def executor(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if request.param == "local":
+        ex: Any = LocalExecutor(jobs=2)
+    else:
+        from orchestrator.executors.ray_cluster import RayExecutor
+
+        ex = RayExecutor(request.getfixturevalue("ray_address"))
+    yield ex
+    ex.cancel_all()
+
+
+def job(tmp_path: Path, cls: str, params: dict[str, Any], *, name: str = "t",
+        accelerator: str | None = None, **kw: Any) -> Job:
+    model = tmp_path / "model.txt"
+    model.write_text("hello")
+    scratch = tmp_path / f"scratch-{name}"
+    spec = {
+        "ref": {"file": str(FIXTURES / "fake_steps.py"), "class": cls},
+        "step": cls, "params": params, "inputs": {"model": str(model)},
+        "out_dir": str(scratch / "out"), "hardware": {"device": "cpu", "accelerator": accelerator},
+        "model": {"task": "feature-extraction", "trust_remote_code": False}, "threads": 1,
+        "store": str(tmp_path / "cache"), "reference": False,
+    }
+    return Job(name, spec, scratch, 1, name, **kw)
+
+
+def wait(ex: Any, n: int = 1, timeout: float = 120) -> list[Finished]:
+    got: list[Finished] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"only {len(got)} of {n} jobs finished"
+        ex.enforce_limits()
+        got.extend(ex.poll(0.2))
+    return got
+
+
+def test_a_job_runs_and_its_outputs_are_stored(executor: Any, tmp_path: Path) -> None:
+    executor.start(job(tmp_path, "Upper", {"suffix": "!"}))
+    (fin,) = wait(executor)
+    assert fin.ok and fin.returncode == 0, fin.log
+    out = fin.result["outputs"]["model"] if fin.result else {}
+    from orchestrator.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "cache")
+    try:
+        assert store.read_bytes(out["digest"]) == b"HELLO!"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("how,why", [("raise", "boom on purpose"), ("exit", "")])
+def test_a_failing_step_is_a_failed_job_with_its_log(executor: Any, tmp_path: Path, how: str,
+                                                     why: str) -> None:
+    executor.start(job(tmp_path, "Fail", {"how": how}))
+    (fin,) = wait(executor)
+    assert not fin.ok and fin.result is None
+    assert fin.returncode == (7 if how == "exit" else 1)
+    assert "about to fail" in fin.log and why in fin.log
+    assert fin.log.count("about to fail") == 1  # a step failure is never retried
+
+
+def test_a_limit_kills_the_task(executor: Any, tmp_path: Path) -> None:
+    executor.start(job(tmp_path, "Fail", {"how": "hang", "seconds": 60}, timeout_s=2,
+                       limit_where={"timeout_s": "set at r.yaml:3:4"}))
+    t0 = time.monotonic()
+    (fin,) = wait(executor)
+    assert not fin.ok and fin.reason and fin.reason.startswith("timed out after")
+    assert "set at r.yaml:3:4" in fin.reason
+    assert time.monotonic() - t0 < 30
+
+
+def test_cancel_stops_what_runs(executor: Any, tmp_path: Path) -> None:
+    executor.start(job(tmp_path, "Fail", {"how": "hang", "seconds": 60}))
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    executor.cancel_all()
+    assert time.monotonic() - t0 < 20
+    assert executor.running == {} and executor.poll(0.1) == []
+
+
+def test_an_exclusive_job_runs_alone(executor: Any, tmp_path: Path) -> None:
+    assert executor.can_start(1, exclusive=True)
+    executor.start(job(tmp_path, "Upper", {"sleep": 1.0}, name="a"))
+    assert not executor.can_start(1, exclusive=True)
+    wait(executor)
+
+
+def test_a_task_for_an_accelerator_runs_on_the_node_that_offers_it(ray_address: str,
+                                                                   tmp_path: Path) -> None:
+    import ray
+
+    from orchestrator.executors.ray_cluster import RayExecutor
+
+    ex = RayExecutor(ray_address)
+    edge = [n["NodeID"] for n in ray.nodes()
+            if n["Alive"] and f"accelerator:{ACCELERATOR}" in n["Resources"]]
+    assert len(edge) == 1
+    for i in range(3):
+        ex.start(job(tmp_path, "Upper", {"suffix": str(i)}, name=f"e{i}", accelerator=ACCELERATOR))
+    fins = wait(ex, 3)
+    assert all(f.ok for f in fins), [f.log for f in fins]
+    assert {ex.ran_on[f.task_id] for f in fins} == set(edge)
+
+
+def test_a_task_no_node_can_run_finishes_at_once_with_the_reason(ray_address: str,
+                                                                 tmp_path: Path) -> None:
+    from orchestrator.executors.ray_cluster import RayExecutor
+
+    ex = RayExecutor(ray_address)
+    t0 = time.monotonic()
+    ex.start(job(tmp_path, "Upper", {}, accelerator="jetson-orin"))
+    gpu = job(tmp_path, "Upper", {}, name="g")
+    gpu.cuda = 1
+    ex.start(gpu)
+    fins = {f.task_id: f for f in wait(ex, 2, timeout=10)}
+    assert time.monotonic() - t0 < 5
+    assert "no node of the Ray cluster offers accelerator:jetson-orin" in (fins["t"].reason or "")
+    assert "GPU 1" in (fins["g"].reason or "")
+    assert not fins["t"].ok and ex.running == {}
+
+
+def test_a_build_on_the_ray_cluster_matches_a_local_build(ray_address: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`deploy-build --executor ray --ray-address ADDR`: the same tasks run, the same manifests
+    (byte for byte) as a local build; a second build on the cluster is all hits."""
+    from conftest import FAKE_RECIPE, Project
+
+    recipe = FAKE_RECIPE.replace("  b:\n", f"  b:\n    hardware: {{accelerator: {ACCELERATOR}}}\n")
+    builds = {}
+    for where in ("local", "ray"):
+        (tmp_path / where).mkdir()
+        project = Project(tmp_path / where)
+        r = project.recipe(recipe)
+        extra = ("--executor", "ray", "--ray-address", ray_address) if where == "ray" else ()
+        s = project.build_json(r, capsys, *extra)
+        assert s["rc"] == 0, s["err"]
+        assert {t["status"] for t in s["tasks"]} == {"run"}
+        builds[where] = project
+    for target in ("a", "b"):
+        local, ray_ = (builds[w].out / "demo" / target / "manifest.json" for w in ("local", "ray"))
+        assert local.read_bytes() == ray_.read_bytes()
+    again = builds["ray"].build_json(builds["ray"].root / "r.yaml", capsys, "--executor", "ray",
+                                     "--ray-address", ray_address)
+    assert {t["status"] for t in again["tasks"]} == {"hit"}

@@ -1,0 +1,68 @@
+"""Recipe folders and globs, -t globs, and the history appended by builds that did work."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import FAKE_RECIPE, Project
+
+from orchestrator.history import read_history
+
+OTHER = FAKE_RECIPE.replace("name: demo", "name: other").replace('suffix: "!"', 'suffix: "?"')
+
+
+def _targets(project: Project, capsys, *args: str) -> list[str]:
+    capsys.readouterr()
+    assert project.run(*args, "--dry-run", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    return sorted({t for task in doc["tasks"] for t in task["targets"]})
+
+
+def test_folders_globs_and_target_globs(project: Project, capsys) -> None:
+    (project.root / "pyproject.toml").write_text("")  # the project: plugins above recipes/ allowed
+    recipes = project.root / "recipes"
+    recipes.mkdir()
+    (recipes / "demo.yaml").write_text(FAKE_RECIPE.replace("fake_steps.py", "../fake_steps.py")
+                                       .replace("./model", "../model"))
+    (recipes / "other.yaml").write_text(OTHER.replace("fake_steps.py", "../fake_steps.py")
+                                        .replace("./model", "../model"))
+    (recipes / "notes.txt").write_text("not a recipe")
+    everything = ["demo/a", "demo/b", "other/a", "other/b"]
+    assert _targets(project, capsys, str(recipes)) == everything
+    assert _targets(project, capsys, str(recipes / "*.yaml")) == everything
+    assert _targets(project, capsys, str(recipes / "d*.yaml")) == ["demo/a", "demo/b"]
+    # a file named twice (by a glob and by name) is one recipe, not a duplicate name
+    assert _targets(project, capsys, str(recipes / "*.yaml"), str(recipes / "demo.yaml")) == everything
+    assert _targets(project, capsys, str(recipes), "-t", "[a]") == ["demo/a", "other/a"]
+    assert _targets(project, capsys, str(recipes), "-t", "b", "-t", "*") == everything
+    assert project.run(str(recipes / "x*.yaml")) == 1
+    assert "no recipe matches" in capsys.readouterr().err
+    assert project.run(str(recipes), "-t", "z*") == 1
+    assert "-t 'z*' matches no target" in capsys.readouterr().err
+    empty = project.root / "empty"
+    empty.mkdir()
+    assert project.run(str(empty)) == 1
+    assert "no recipe (*.yaml, *.yml) in the folder" in capsys.readouterr().err
+
+
+def test_history_appended_by_runs_that_did_work(project: Project, capsys) -> None:
+    r = project.recipe(FAKE_RECIPE)
+    history = project.cache / "history.jsonl"
+    assert project.run(str(r)) == 0
+    assert project.run(str(r)) == 0  # a no-op build appends nothing
+    runs = read_history(history)
+    assert [e["run"] for e in runs] == [1]
+    a = runs[0]["targets"]["demo/a"]
+    assert a["status"] == "ok" and set(a["keys"]) == {"1:fake-upper", "2:fake-tree"}
+    assert all(len(k) == 64 for k in a["keys"].values())
+    assert a["size"] > 0 and a["latency_ms"] == {} and a["parity"] == {}
+    assert project.run(str(project.recipe(FAKE_RECIPE.replace("files: 2", "files: 3")))) == 0
+    runs = read_history(history)
+    assert [e["run"] for e in runs] == [1, 2]
+    assert runs[1]["targets"]["demo/a"]["keys"]["2:fake-tree"] != a["keys"]["2:fake-tree"]
+    assert runs[1]["targets"]["demo/b"]["keys"] == runs[0]["targets"]["demo/b"]["keys"]
+    # with --manifests DIR the history lies beside DIR
+    manifests = project.root / "manifests"
+    assert project.run(str(r), "--manifests", str(manifests), "--force") == 0
+    assert [e["run"] for e in read_history(project.root / "history.jsonl")] == [1]
+    assert len(read_history(history)) == 2
