@@ -41,7 +41,8 @@ def remote_settings(args: argparse.Namespace, recipes: Sequence[Any] = ()
 
 def open_remote(url: str, mode: str, where: str = "--remote-cache") -> Any:
     """The Remote for url, probed (an unreachable one is switched off with one warning)."""
-    from orchestrator.store.remote import OPTIONS_ENV, SIGNING_KEY_ENV, Mode, Remote
+    from orchestrator.store.entries import SIGNING_KEY_ENV
+    from orchestrator.store.remote import OPTIONS_ENV, Mode, Remote
 
     raw_options = os.environ.get(OPTIONS_ENV) or "{}"
     try:

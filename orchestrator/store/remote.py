@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
 import os
 import sys
@@ -36,10 +35,10 @@ from typing import Any, Literal, TypeVar
 
 from orchestrator.hashing import canonical_json
 from orchestrator.store.base import InvalidEntry
+from orchestrator.store.entries import encode_entry
 
 Mode = Literal["read", "write", "readwrite"]
 MODES: tuple[Mode, ...] = ("read", "write", "readwrite")
-SIGNING_KEY_ENV = "DEPLOY_BUILD_CACHE_SIGNING_KEY"
 OPTIONS_ENV = "DEPLOY_BUILD_REMOTE_OPTIONS"  # JSON: fsspec storage options (endpoint_url, ...)
 TRANSFERS = 16  # concurrent requests
 LEASE_TTL_S = 600.0
@@ -48,52 +47,12 @@ MAX_PACK_BYTES = 64 * 2**20
 T = TypeVar("T")
 
 
-class UntrustedEntry(InvalidEntry):
-    """A remote action entry that a reader holding the signing key refuses."""
-
-
 class RemoteUnavailable(Exception):
     pass
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr)
-
-
-def signature(sign_key: bytes, key: str, entry: dict[str, Any]) -> str:
-    body = canonical_json({"entry": entry, "key": key}).encode()
-    return "hmac-sha256:" + hmac.new(sign_key, body, hashlib.sha256).hexdigest()
-
-
-def encode_entry(key: str, entry: dict[str, Any], sign_key: bytes | None) -> bytes:
-    doc: dict[str, Any] = {"entry": entry, "key": key}
-    if sign_key:
-        doc["sig"] = signature(sign_key, key, entry)
-    return canonical_json(doc).encode()
-
-
-def decode_entry(key: str, raw: bytes, sign_key: bytes | None) -> dict[str, Any]:
-    """The entry in a remote object; InvalidEntry when malformed, UntrustedEntry when a reader
-    with the signing key finds no signature or a wrong one."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidEntry(f"remote entry not JSON ({raw[:40]!r})") from None
-    if not (isinstance(doc, dict) and isinstance(doc.get("entry"), dict)):
-        raise InvalidEntry("remote entry is not an {'entry': ...} object")
-    if doc.get("key") != key:
-        raise InvalidEntry(f"remote entry is stored under {key[:12]} but names key "
-                           f"{str(doc.get('key'))[:12]}")
-    if sign_key:
-        sig = doc.get("sig")
-        if not isinstance(sig, str):
-            raise UntrustedEntry(f"remote entry {key[:12]} is unsigned and {SIGNING_KEY_ENV} is "
-                                 "set: refused")
-        if not hmac.compare_digest(sig, signature(sign_key, key, doc["entry"])):
-            raise UntrustedEntry(f"remote entry {key[:12]} is signed with another key than "
-                                 f"{SIGNING_KEY_ENV}: refused")
-    entry: dict[str, Any] = doc["entry"]
-    return entry
 
 
 class Remote:

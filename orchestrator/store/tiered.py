@@ -23,8 +23,9 @@ from typing import Any
 
 from orchestrator.hashing import sha256_file
 from orchestrator.store.base import Blob, BlobError, CorruptBlob, InvalidEntry, MissingBlob
+from orchestrator.store.entries import UntrustedEntry
 from orchestrator.store.local import READ_ONLY, LocalStore
-from orchestrator.store.remote import Remote, UntrustedEntry
+from orchestrator.store.remote import Remote
 
 REFUSED = "rbad:"  # index prefix: a remote blob this machine found corrupt
 
@@ -58,7 +59,7 @@ class TieredStore(LocalStore):
         return None if raw is None else self._decode(key, raw)
 
     def _decode(self, key: str, raw: bytes) -> dict[str, Any]:
-        from orchestrator.store.remote import decode_entry
+        from orchestrator.store.entries import decode_entry
 
         try:
             entry = decode_entry(key, raw, self.remote.sign_key)

@@ -14,9 +14,9 @@ from typing import Any
 
 from orchestrator.hashing import sha256_file
 from orchestrator.store.base import Blob, BlobError, InvalidEntry
+from orchestrator.store.entries import decode_entry
 from orchestrator.store.gc import local_entries
 from orchestrator.store.local import LocalStore
-from orchestrator.store.remote import decode_entry
 from orchestrator.store.tiered import TieredStore
 
 BATCH = 500  # action entries per batched request
