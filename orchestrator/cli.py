@@ -184,6 +184,10 @@ def _cache_commands(c: argparse.ArgumentParser) -> None:
                             "project)")
         if name != "gc":
             _remote_flags(a)
+        else:
+            a.add_argument("--remote-cache", metavar="URL", default=None,
+                           help="collect this remote cache too (given here only, never taken "
+                                "from the environment)")
         if name in ("ls", "stats"):
             a.add_argument("--json", action="store_true", help="print JSON")
         if name == "gc":

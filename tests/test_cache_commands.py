@@ -108,3 +108,38 @@ def test_verify_extends_to_the_remote(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "remote blob" in err and "corrupt" in err and "remote action entry" in err
     assert not tree_file.exists()
     assert main(args) == 0  # what was bad is gone; the rest is intact
+
+
+def test_gc_of_the_remote_keeps_what_builds_still_use(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from orchestrator.store.gc import GRACE_S
+    from orchestrator.store.remote import Remote
+    from orchestrator.store.remote_gc import collect_remote
+
+    shared = tmp_path / "shared"
+    url = shared.as_uri()
+    one = _project(tmp_path / "one")
+    r = one.recipe(FAKE_RECIPE)
+    assert one.run(str(r), "--remote-cache", url) == 0
+    r.write_text(FAKE_RECIPE.replace('suffix: "!"', 'suffix: "?"'))
+    assert one.run(str(r), "--remote-cache", url) == 0
+    assert len(list(shared.glob("ac/*"))) == 8
+    old = time.time() - 10 * 86400  # all of it written ten days ago
+    for f in [*shared.glob("ac/*"), *shared.glob("packs/*")]:
+        os.utime(f, (old, old))
+    r.write_text(FAKE_RECIPE)
+    assert one.run(str(r), "--remote-cache", url) == 0  # "!" used today (local hits): its pack
+    report = collect_remote(Remote(url), None, 86400.0, set())
+    assert report.entries_removed == 4 and len(list(shared.glob("ac/*"))) == 4  # the "?" ones
+    assert len(list(shared.glob("packs/*"))) == 1  # the old packs went with them
+    two = _project(tmp_path / "two")
+    s = two.build_json(two.recipe(FAKE_RECIPE), capsys, "--remote-cache", url)
+    assert {t["status"] for t in s["tasks"]} == {"hit"}, s["err"]
+    report = collect_remote(Remote(url), 0, None, set(), now=time.time() + 2 * GRACE_S)
+    assert report.entries_removed == 4 and report.blobs_removed > 0
+    assert not list(shared.glob("ac/*"))
+    assert main(["cache", "gc", "--cache", str(two.cache), "--max-age", "30d",
+                 "--remote-cache", url]) == 0
+    assert "cache gc: remote" in capsys.readouterr().err

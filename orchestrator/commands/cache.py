@@ -245,10 +245,22 @@ def gc(args: argparse.Namespace) -> int:
         report = collect(store, max_bytes, max_age, keep)
     finally:
         store.close()
-    print(f"cache gc: {report.entries_removed} action entries and {report.blobs_removed} blobs "
+    _print_gc("cache gc", report)
+    if not args.remote_cache:
+        return EXIT_OK
+    from orchestrator.store.config import open_remote
+    from orchestrator.store.remote_gc import collect_remote
+
+    remote = open_remote(args.remote_cache, "readwrite")
+    report = collect_remote(remote, max_bytes, max_age, keep)
+    _print_gc(f"cache gc: remote {remote.url}", report)
+    return EXIT_BUILD_FAILED if remote.disabled else EXIT_OK
+
+
+def _print_gc(what: str, report: Any) -> None:
+    print(f"{what}: {report.entries_removed} action entries and {report.blobs_removed} blobs "
           f"removed ({_mib(report.bytes_freed)} freed, {_mib(report.bytes_left)} left; "
           f"{report.kept_by_manifest} entries kept by --keep manifests)", file=sys.stderr)
-    return EXIT_OK
 
 
 def push(args: argparse.Namespace) -> int:

@@ -157,13 +157,24 @@ class Remote:
         body = canonical_json({"entries": {k: encode_entry(k, e, self.sign_key).decode()
                                            for k, e in sorted(entries.items())}}).encode()
         path = f"{self.base}/packs/{hashlib.sha256(body).hexdigest()}.json"
-
-        def put() -> None:
-            if not self.fs.exists(path):
-                self._write(path, body)
-
+        # written even when it exists: its time says when these entries were last used (gc)
         with contextlib.suppress(FileNotFoundError):
-            self.guard("writing a pack", put, None)
+            self.guard("writing a pack", lambda: self._write(path, body), None)
+
+    def has_entries(self, keys: list[str]) -> set[str]:
+        """Which keys have an entry on the remote: a few existence checks, or for many keys one
+        listing of ac/."""
+        if not keys or not self.can_read and not self.can_write:
+            return set()
+        if len(keys) > 64:
+            return set(keys) & set(self.list_entries())
+
+        def exists(key: str) -> bool:
+            return bool(self.fs.exists(self.entry_path(key)))
+
+        none: list[bool] = []
+        found = self.guard("checking entries", lambda: self._map(exists, keys), none)
+        return {k for k, there in zip(keys, found, strict=False) if there}
 
     def read_packs(self, newest: int = PACKS_READ) -> dict[str, bytes]:
         """key -> entry object, from the newest packs (each decoded later like an ac/ object:

@@ -285,6 +285,8 @@ class TieredStore(LocalStore):
     def close(self) -> None:
         """Leave a pack of the entries this build used (readwrite/write); keep locally the remote
         entries whose blobs are all local now; then close."""
+        if self.used and self.remote.can_write:  # local hits the remote holds count as uses
+            self._on_remote |= self.remote.has_entries(sorted(set(self.used) - self._on_remote))
         packed = {k: e for k, e in self.used.items() if k in self._on_remote}
         if packed:  # only what the remote holds: a pack is a faster way to its ac/ objects
             self.remote.put_pack(packed)
