@@ -183,7 +183,12 @@ class TieredStore(LocalStore):
         """Download (verified, concurrently) the blobs a build is about to need; what was
         missing or refused, one line each (the caller plans again: those tasks are misses now)."""
         problems: list[str] = []
-        files = sorted({b.digest for b in blobs if not self._local_ok(b.digest)})
+        missing = {b.digest: b.size for b in blobs if not self._local_ok(b.digest)}
+        total = sum(missing.values())
+        if total > 2**20:
+            self.remote.log(f"remote: fetching {len(missing)} output(s) ({total / 2**20:.1f} MiB) "
+                            f"that this build needs from {self.remote.url}")
+        files = sorted(d for d in missing)
         self._fetch(files, problems)
         for tree in sorted({b.digest for b in blobs if b.kind == "tree"}):
             if self._local_ok(tree):
