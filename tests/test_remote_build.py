@@ -36,6 +36,12 @@ def test_second_machine_builds_nothing(kind: str, tmp_path: Path, request: pytes
     assert second["rc"] == 0, second["err"]
     assert {t["status"] for t in second["tasks"]} == {"hit"}, second["err"]
     assert _manifests(one.out) and _manifests(one.out) == _manifests(two.out)
+    from orchestrator.cli import main
+
+    capsys.readouterr()
+    assert main(["cache", "stats", "--cache", str(two.cache), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)["steps"]
+    assert stats["fake-tree"]["hit"] == stats["fake-tree"]["remote_hit"] == 1
     tree = two.out / "demo" / "a" / "ir"
     first_tree = one.out / "demo" / "a" / "ir"
     assert sorted(p.name for p in tree.iterdir()) == sorted(p.name for p in first_tree.iterdir())

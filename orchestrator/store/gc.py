@@ -32,6 +32,12 @@ def record_use(store: LocalStore, graph: Any, outcomes: dict[str, Any]) -> None:
     counts: dict[str, dict[str, int]] = dict(store.get_meta(STATS_KEY) or {})
     fetched = getattr(store, "fetched", {})
     mark = getattr(store, "mark_used", None)
+    with store.index.transact():  # one write to the index, not one per task
+        _record(store, graph, outcomes, counts, fetched, mark, now)
+
+
+def _record(store: LocalStore, graph: Any, outcomes: dict[str, Any],
+            counts: dict[str, dict[str, int]], fetched: Any, mark: Any, now: int) -> None:
     for tid, o in sorted(outcomes.items()):
         if o.status not in ("hit", "run") or not o.key:
             continue

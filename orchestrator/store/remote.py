@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -78,6 +79,7 @@ class Remote:
         self.is_local = "file" in protos or "local" in protos
         self.known: set[str] = set()  # digests seen on the remote in this process
         self.bytes_in = self.bytes_out = self.blobs_in = self.blobs_out = 0
+        self.lock = threading.Lock()  # for the counters, updated by transfer threads
 
     # ---- what may be done -------------------------------------------------------------------
     @property

@@ -242,8 +242,9 @@ class TieredStore(LocalStore):
             os.chmod(tmp, READ_ONLY)
             os.replace(tmp, dest)
             self._remember(dest, digest)
-            self.remote.bytes_in += size
-            self.remote.blobs_in += 1
+            with self.remote.lock:
+                self.remote.bytes_in += size
+                self.remote.blobs_in += 1
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
