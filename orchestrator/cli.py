@@ -28,6 +28,7 @@ commands:
   deploy-build report [--out FILE]   an HTML report (table, charts, trend) from the build history
   deploy-build verify DIR            check a target folder (a bundle) against its manifest
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
+  deploy-build cache ls|stats|gc|push|pull   inspect, collect, and sync with a remote cache
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
 3 internal error (the traceback goes to a deploy-build-crash-*.log file in the temp folder),
@@ -174,14 +175,44 @@ def parser() -> argparse.ArgumentParser:
 
     _review_parsers(sub)
 
-    c = sub.add_parser("cache", help="maintain the local cache")
-    csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
-    v = csub.add_parser("verify", help="re-hash every blob and tree; remove corrupt ones and the "
-                                       "action entries that name them (exit 2 if any)")
-    v.add_argument("--cache", metavar="DIR", default=None,
-                   help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
-    v.set_defaults(func="orchestrator.commands.cache:verify")
+    c = sub.add_parser("cache", help="inspect and maintain the local (and remote) cache")
+    _cache_commands(c)
     return top
+
+
+def _cache_commands(c: argparse.ArgumentParser) -> None:
+    csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
+    actions = {
+        "ls": "list the action entries (with --remote-cache: and which the remote holds)",
+        "stats": "per step: hits (from the remote among them), runs, hit rate, entries, bytes",
+        "gc": "remove entries unused for --max-age, then the least recently used until the "
+              "cache fits --max-size; never what --keep manifests name; then unneeded blobs",
+        "verify": "re-hash every blob and tree; remove corrupt ones and the action entries that "
+                  "name them (exit 2 if any); with --remote-cache, the remote's too",
+        "push": "upload every local entry the remote lacks (blobs first)",
+        "pull": "download every remote entry missing here, blobs verified",
+    }
+    for name, text in actions.items():
+        a = csub.add_parser(name, help=text, description=text)
+        a.add_argument("--cache", metavar="DIR", default=None,
+                       help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the "
+                            "project)")
+        if name != "gc":
+            _remote_flags(a)
+        else:
+            a.add_argument("--remote-cache", metavar="URL", default=None,
+                           help="collect this remote cache too (given here only, never taken "
+                                "from the environment)")
+        if name in ("ls", "stats"):
+            a.add_argument("--json", action="store_true", help="print JSON")
+        if name == "gc":
+            a.add_argument("--max-size", metavar="SIZE", help="e.g. 20G: the most the blobs "
+                           "still needed may take")
+            a.add_argument("--max-age", metavar="AGE", help="e.g. 30d: remove entries no build "
+                           "used for this long")
+            a.add_argument("--keep", nargs="*", default=[], metavar="MANIFEST",
+                           help="manifests (or folders of them, e.g. build/) whose tasks are kept")
+        a.set_defaults(func=f"orchestrator.commands.cache:{name}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,8 @@ from orchestrator.plan import Plan, make_plan, resolve_sources
 from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
 from orchestrator.registry import Registry
 from orchestrator.sources import StatCache
-from orchestrator.store.config import attach_remote, prefetch_remote
+from orchestrator.store.config import attach_remote, fetch_for_build, prefetch_remote
+from orchestrator.store.gc import record_use
 from orchestrator.store.local import LocalStore
 
 MAX_RECIPE_BYTES = 2**20
@@ -218,6 +219,9 @@ def run(args: argparse.Namespace) -> int:
     except FatalError:
         s.store.close()
         raise
+    if fetch_for_build(s.store, s.plan):  # a remote blob was lost or refused: those are misses
+        s.plan = make_plan(s.graph, s.store, s.plan.sources, force=args.force,
+                           rebench=args.rebench, cuda_devices=cuda_devices())
     done = build_and_judge(args, s)
     if isinstance(done, int):
         return done
@@ -276,6 +280,7 @@ def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
             return e.code
         reporter.close()
         remember_hits(s.plan, outcomes, s.store)
+        record_use(s.store, s.graph, outcomes)
         try:
             return Judged(outcomes, *judge(args, s, outcomes))
         except KeyboardInterrupt as e:  # each target folder is whole: the new or the old version
