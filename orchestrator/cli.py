@@ -14,7 +14,8 @@ from typing import NoReturn
 
 from orchestrator import __version__
 
-COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "report", "verify", "cache")
+COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "report", "verify", "cache",
+            "doctor")
 
 EPILOG = """\
 commands:
@@ -28,6 +29,8 @@ commands:
   deploy-build report [--out FILE]    an HTML report (table, charts, trend) from the build history
   deploy-build verify DIR            check a target folder (a bundle) against its manifest
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
+  deploy-build doctor [RECIPE...]    this machine's CPU, GPUs and runtimes; which targets can
+                                     build and be measured here, and why not
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
 3 internal error (the traceback goes to a deploy-build-crash-*.log file in the temp folder),
@@ -107,6 +110,9 @@ def parser() -> argparse.ArgumentParser:
                         "history file goes beside DIR")
     b.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout at the end (progress stays on stderr)")
+    b.add_argument("--require-all", action="store_true", dest="require_all",
+                   help="exit 2 when a target is skipped because this machine lacks its hardware "
+                        "or runtime (default: skipped targets are reported, exit 0)")
     b.set_defaults(func="orchestrator.commands.build:run")
 
     e = sub.add_parser("explain", help="why each task of a target would run")
@@ -166,7 +172,20 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--cache", metavar="DIR", default=None,
                    help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
     v.set_defaults(func="orchestrator.commands.cache:verify")
+    _doctor(sub)
     return top
+
+
+def _doctor(sub: argparse._SubParsersAction[_Parser]) -> None:
+    dr = sub.add_parser("doctor", help="this machine's facts and runtimes; which targets of the "
+                                       "recipes can build and be measured here, and why not")
+    dr.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe YAML file(s)")
+    dr.add_argument("-t", "--target", action="append", dest="targets", metavar="TARGET",
+                    help="only this target (repeatable)")
+    dr.add_argument("--allow-plugin-path", action="append", default=[], metavar="PATH",
+                    dest="allow_plugin_path", help="as for build")
+    dr.add_argument("--json", action="store_true", help="print the report as JSON")
+    dr.set_defaults(func="orchestrator.commands.doctor:run")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

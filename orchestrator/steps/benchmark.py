@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.step import PlanContext, Planned, Resources, StepContext, Verdict
-from orchestrator.steps.checks import EngineCheck, require_cpu
+from orchestrator.steps.checks import EngineCheck, device_of
 
 Positive = Annotated[int, Field(ge=1)]
 
@@ -114,15 +114,16 @@ class Benchmark(EngineCheck[BenchmarkParams]):
                            toolchain=tuple(sorted({*planned.toolchain, "torch", "transformers"})))
 
     def run(self, ctx: StepContext[BenchmarkParams]) -> dict[str, Any]:
-        require_cpu(ctx.hardware, "benchmark")
         from orchestrator.runtime.engines import detect_precision, open_engine
 
         p: BenchmarkParams = ctx.params
         model, source, trc = ctx.input("model"), ctx.input("source"), ctx.model.trust_remote_code
         vocab = _vocab_size(source)
+        device = device_of(ctx.hardware)
         engine = open_engine(model, p.threads, p.precision_hint, task=ctx.model.task,
-                             trust_remote_code=trc)
-        reference = open_engine(source, p.threads, task=ctx.model.task, trust_remote_code=trc)
+                             trust_remote_code=trc, device=device)
+        reference = open_engine(source, p.threads, task=ctx.model.task, trust_remote_code=trc,
+                                device=device)
         if reference.runtime != "pytorch":
             raise ValueError(f"the benchmark's reference is the model source run by PyTorch; "
                              f"{source} opens as {reference.runtime}")
