@@ -14,7 +14,8 @@ from typing import Any, NoReturn
 
 from orchestrator import __version__
 
-COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "report", "verify", "cache")
+COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "report", "verify", "cache",
+            "doctor")
 
 EPILOG = """\
 commands:
@@ -29,6 +30,8 @@ commands:
   deploy-build verify DIR            check a target folder (a bundle) against its manifest
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
   deploy-build cache ls|stats|gc|push|pull   inspect, collect, and sync with a remote cache
+  deploy-build doctor [RECIPE...]    this machine's CPU, GPUs and runtimes; which targets can
+                                     build and be measured here, and why not
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
 3 internal error (the traceback goes to a deploy-build-crash-*.log file in the temp folder),
@@ -127,6 +130,9 @@ def _build_parser(sub: Any) -> None:
                         "history file goes beside DIR")
     b.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout at the end (progress stays on stderr)")
+    b.add_argument("--require-all", action="store_true", dest="require_all",
+                   help="exit 2 when a target is skipped because this machine lacks its hardware "
+                        "or runtime (default: skipped targets are reported, exit 0)")
     b.set_defaults(func="orchestrator.commands.build:run")
 
 
@@ -177,7 +183,20 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cache", help="inspect and maintain the local (and remote) cache")
     _cache_commands(c)
+    _doctor(sub)
     return top
+
+
+def _doctor(sub: argparse._SubParsersAction[_Parser]) -> None:
+    dr = sub.add_parser("doctor", help="this machine's facts and runtimes; which targets of the "
+                                       "recipes can build and be measured here, and why not")
+    dr.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe YAML file(s)")
+    dr.add_argument("-t", "--target", action="append", dest="targets", metavar="TARGET",
+                    help="only this target (repeatable)")
+    dr.add_argument("--allow-plugin-path", action="append", default=[], metavar="PATH",
+                    dest="allow_plugin_path", help="as for build")
+    dr.add_argument("--json", action="store_true", help="print the report as JSON")
+    dr.set_defaults(func="orchestrator.commands.doctor:run")
 
 
 def _cache_commands(c: argparse.ArgumentParser) -> None:

@@ -154,7 +154,7 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
         "status": "failed" if failures else "ok",
         "recipe": {"name": recipe.name, "digest": recipe.digest},
         "target": tp.name,
-        "hardware": target.hardware.model_dump(mode="json"),
+        "hardware": target.hardware.record(),
         "model": {
             "source": recipe.model.model.source,
             "revision": recipe.model.model.revision,

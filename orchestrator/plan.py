@@ -273,14 +273,20 @@ def pending_reasons(task: Task, graph: BuildGraph, decisions: dict[str, Decision
 
 
 def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
-              force: bool = False, rebench: bool = False, cuda_devices: int = 0) -> Plan:
+              force: bool = False, rebench: bool = False, cuda_devices: int = 0,
+              skips: dict[str, str] | None = None) -> Plan:
+    """``skips``: task id -> why this machine cannot run it (orchestrator.fit)."""
     decisions: dict[str, Decision] = {}
+    skips = skips or {}
     outputs: dict[str, dict[str, Any]] = {}
     for task in graph.tasks():
         ups = [u for u in graph.dag.predecessors(task.id) if u in decisions]
         skipped = [u for u in ups if decisions[u].status == "SKIP"]
         if skipped:
             decisions[task.id] = Decision("SKIP", [f"upstream {graph.task(skipped[0]).label} is skipped"])
+            continue
+        if task.id in skips:
+            decisions[task.id] = Decision("SKIP", [skips[task.id]])
             continue
         need = task.resources.cuda
         if need > cuda_devices:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.keys import TOKENIZERS
 from orchestrator.runtime import hf
 from orchestrator.step import PlanContext, Planned, Resources, StepContext, Verdict
-from orchestrator.steps.checks import EngineCheck, require_cpu
+from orchestrator.steps.checks import EngineCheck, device_of
 
 TASK = "sequence-classification"
 
@@ -61,7 +61,6 @@ class Accuracy(EngineCheck[AccuracyParams]):
                            toolchain=tuple(sorted({*planned.toolchain, *TOKENIZERS})))
 
     def run(self, ctx: StepContext[AccuracyParams]) -> dict[str, Any]:
-        require_cpu(ctx.hardware, "accuracy")
         import numpy as np
 
         from orchestrator.runtime.engines import detect_precision, open_engine
@@ -70,7 +69,8 @@ class Accuracy(EngineCheck[AccuracyParams]):
         source, model = ctx.input("source"), ctx.input("model")
         labels, texts = read_labelled(ctx.input("labelled"), _label_ids(source), p.max_samples)
         tokenizer = hf.load_tokenizer(source, trc)
-        engine = open_engine(model, ctx.threads, p.precision_hint, task=TASK, trust_remote_code=trc)
+        engine = open_engine(model, ctx.threads, p.precision_hint, task=TASK, trust_remote_code=trc,
+                             device=device_of(ctx.hardware))
         predicted: list[Any] = []
         for i in range(0, len(texts), p.batch_size):
             enc = hf.encode(tokenizer, texts[i:i + p.batch_size], max_length=p.max_length)

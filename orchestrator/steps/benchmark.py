@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.machine import cpu_model
 from orchestrator.step import PlanContext, Planned, Resources, StepContext, Verdict
-from orchestrator.steps.checks import EngineCheck, require_cpu
+from orchestrator.steps.checks import EngineCheck, device_of
 
 Positive = Annotated[int, Field(ge=1)]
 
@@ -118,7 +118,6 @@ class Benchmark(EngineCheck[BenchmarkParams]):
                            toolchain=tuple(sorted({*planned.toolchain, "torch", "transformers"})))
 
     def run(self, ctx: StepContext[BenchmarkParams]) -> dict[str, Any]:
-        require_cpu(ctx.hardware, "benchmark")
         from orchestrator.runtime.engines import detect_precision, engine_kind, open_engine
         from orchestrator.runtime.footprint import measure_open
 
@@ -126,12 +125,15 @@ class Benchmark(EngineCheck[BenchmarkParams]):
         model, source, trc = ctx.input("model"), ctx.input("source"), ctx.model.trust_remote_code
         vocab = _vocab_size(source)
         grid = [(b, s) for b in p.batch or [1] for s in p.sequence or [128]]
+        device = device_of(ctx.hardware)
         # the engine first, alone in the process beside its runtime: its load time and memory
         engine, footprint = measure_open(
             engine_kind(model), lambda: open_engine(model, p.threads, p.precision_hint,
-                                                    task=ctx.model.task, trust_remote_code=trc),
+                                                    task=ctx.model.task, trust_remote_code=trc,
+                                                    device=device),
             [synthetic(b, s, vocab) for b, s in grid])
-        reference = open_engine(source, p.threads, task=ctx.model.task, trust_remote_code=trc)
+        reference = open_engine(source, p.threads, task=ctx.model.task, trust_remote_code=trc,
+                                device=device)
         if reference.runtime != "pytorch":
             raise ValueError(f"the benchmark's reference is the model source run by PyTorch; "
                              f"{source} opens as {reference.runtime}")
