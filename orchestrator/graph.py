@@ -120,7 +120,7 @@ class Source:
 
     id: str
     recipe: str
-    what: str  # "model" | "samples"
+    what: str  # "model" | "samples" | "labelled" (the field of the recipe's inputs)
 
 
 @dataclass
@@ -201,6 +201,7 @@ class _Where:
     model: dict[str, Any]
     src_model: str
     src_samples: str | None
+    src_labelled: str | None = None
 
 
 def _format_of(dag: Any, node: str, out: str) -> str:
@@ -216,6 +217,8 @@ def _wiring(at: _Where, upstream: tuple[str, str],
     wired = {"model": upstream, "source": (at.src_model, SOURCE_OUTPUT)}
     if at.src_samples is not None:
         wired["samples"] = (at.src_samples, SOURCE_OUTPUT)
+    if at.src_labelled is not None:
+        wired["labelled"] = (at.src_labelled, SOURCE_OUTPUT)
     if reference_task is not None:
         wired["reference"] = (reference_task, "reference")
     return wired
@@ -228,8 +231,13 @@ def plan_use(use: StepUse, at: _Where, formats_in: dict[str, str],
     cls = use.info.cls
     params = use.params.model_copy(update=overrides) if overrides else use.params
     ctx = PlanContext(Hardware.model_validate(at.hardware), formats_in,
-                      dict(at.model.get("shapes", {})), reference=overrides is not None)
-    planned = cls.plan(params, ctx)
+                      dict(at.model.get("shapes", {})), reference=overrides is not None,
+                      task=at.model.get("task", "feature-extraction"))
+    try:
+        planned = cls.plan(params, ctx)
+    except ValueError as e:  # the step says this use cannot work, and why
+        raise FatalError(f"{cls.kind if cls.kind == 'check' else 'step'} {use.info.name!r} at "
+                         f"{use.where}: {e}") from None
     stray = [i for i in planned.inputs if i not in cls.inputs]
     if stray or not isinstance(planned.resources, Resources):
         raise FatalError(f"step {use.info.name!r} ({use.info.origin}): plan() returned inputs "
@@ -289,11 +297,16 @@ def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) 
         if recipe.model.inputs.samples is not None:
             src_samples = Source(f"src:{recipe.name}:samples", recipe.name, "samples")
             dag.add_node(src_samples.id, obj=src_samples)
+        src_labelled = None
+        if recipe.model.inputs.labelled is not None:
+            src_labelled = Source(f"src:{recipe.name}:labelled", recipe.name, "labelled")
+            dag.add_node(src_labelled.id, obj=src_labelled)
         for tname, target in recipe.model.targets.items():
             if only_targets and tname not in only_targets:
                 continue
             at = _Where(recipe.name, tname, target.hardware.model_dump(), model_info, src_model.id,
-                        src_samples.id if src_samples else None)
+                        src_samples.id if src_samples else None,
+                        src_labelled.id if src_labelled else None)
             upstream = (src_model.id, SOURCE_OUTPUT)
             ids: list[str] = []
             for i, use in enumerate(recipe.steps[tname]):

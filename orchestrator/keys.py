@@ -17,6 +17,8 @@ from orchestrator.hashing import sha256_json
 KEY_SCHEMA = 2
 # a task that tokenizes text (calibration, the parity reference) depends on these too
 TOKENIZERS = ("tokenizers", "transformers")
+# distributions that install the same module under another name (the gpu extra's onnxruntime)
+DIST_ALIASES = {"onnxruntime": ("onnxruntime-gpu",)}
 
 
 def _normalize(name: str) -> str:
@@ -53,7 +55,13 @@ def dist_version(name: str) -> str:
     try:
         return version(name)
     except PackageNotFoundError:
-        return "not-installed"
+        pass
+    for alias in DIST_ALIASES.get(name, ()):  # onnxruntime-gpu provides the onnxruntime module
+        try:
+            return f"{version(alias)} ({alias})"
+        except PackageNotFoundError:
+            pass
+    return "not-installed"
 
 
 def toolchain(packages: tuple[str, ...]) -> dict[str, str]:

@@ -69,13 +69,13 @@ def resolve_sources(graph: BuildGraph, stats: StatCache) -> dict[str, ResolvedSo
             where = recipe.where("model", "source")
             path = resolve_model_path(m.source, recipe.base_dir, m.revision, where)
             what = f"model (model.source at {where})"
-        else:
-            samples = recipe.model.inputs.samples
-            assert samples is not None
-            path = recipe.resolve(samples)
-            where = recipe.where("inputs", "samples")
-            check_samples(path, where)
-            what = f"samples (inputs.samples at {where})"
+        else:  # a text file of the recipe's inputs: samples, labelled
+            text = getattr(recipe.model.inputs, src.what)
+            assert text is not None
+            path = recipe.resolve(text)
+            where = recipe.where("inputs", src.what)
+            check_samples(path, where, src.what)
+            what = f"{src.what} (inputs.{src.what} at {where})"
         out[node] = ResolvedSource(path, stats.blob(path, what))
     return out
 
@@ -83,7 +83,7 @@ def resolve_sources(graph: BuildGraph, stats: StatCache) -> dict[str, ResolvedSo
 MAX_SAMPLES_BYTES = 64 * 2**20  # parity and calibration use a few hundred lines
 
 
-def check_samples(path: Path, where: str) -> None:
+def check_samples(path: Path, where: str, field: str = "samples") -> None:
     """A samples file must be a regular UTF-8 text file of at most MAX_SAMPLES_BYTES with at least
     one non-empty line. It is read in chunks: never whole into memory, never blocking (a FIFO or
     device is refused before it is read)."""
@@ -92,7 +92,7 @@ def check_samples(path: Path, where: str) -> None:
     from orchestrator.errors import FatalError
     from orchestrator.hashing import NotRegularFile, open_regular
 
-    what = f"samples file {path} (inputs.samples at {where})"
+    what = f"{field} file {path} (inputs.{field} at {where})"
     try:
         f = open_regular(path)
     except FileNotFoundError:
@@ -101,7 +101,7 @@ def check_samples(path: Path, where: str) -> None:
         raise FatalError(f"{what} not found; fix the path (relative to the recipe)") from None
     except NotRegularFile as e:
         if path.is_dir():
-            raise FatalError(f"samples {path} (inputs.samples at {where}) is a folder; give a text "
+            raise FatalError(f"{field} {path} (inputs.{field} at {where}) is a folder; give a text "
                              "file with one sample per line") from None
         raise FatalError(f"{what} {e.strerror}; give a regular text file with one sample per "
                          "line") from None
@@ -273,14 +273,20 @@ def pending_reasons(task: Task, graph: BuildGraph, decisions: dict[str, Decision
 
 
 def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
-              force: bool = False, rebench: bool = False, cuda_devices: int = 0) -> Plan:
+              force: bool = False, rebench: bool = False, cuda_devices: int = 0,
+              skips: dict[str, str] | None = None) -> Plan:
+    """``skips``: task id -> why this machine cannot run it (orchestrator.fit)."""
     decisions: dict[str, Decision] = {}
+    skips = skips or {}
     outputs: dict[str, dict[str, Any]] = {}
     for task in graph.tasks():
         ups = [u for u in graph.dag.predecessors(task.id) if u in decisions]
         skipped = [u for u in ups if decisions[u].status == "SKIP"]
         if skipped:
             decisions[task.id] = Decision("SKIP", [f"upstream {graph.task(skipped[0]).label} is skipped"])
+            continue
+        if task.id in skips:
+            decisions[task.id] = Decision("SKIP", [skips[task.id]])
             continue
         need = task.resources.cuda
         if need > cuda_devices:

@@ -231,3 +231,27 @@ def test_a_build_on_the_ray_cluster_matches_a_local_build(ray_address: str, tmp_
     again = builds["ray"].build_json(builds["ray"].root / "r.yaml", capsys, "--executor", "ray",
                                      "--ray-address", ray_address)
     assert {t["status"] for t in again["tasks"]} == {"hit"}
+
+
+def test_what_the_cluster_builds_reaches_another_machine_through_the_remote_cache(
+        ray_address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A nightly on the Ray cluster with a remote cache (a shared folder here); a machine with an
+    empty cache and no cluster then takes every task from the remote, manifests byte-identical."""
+    from conftest import FAKE_RECIPE, Project
+
+    url = (tmp_path / "remote").as_uri()
+    recipe = FAKE_RECIPE.replace("  b:\n", f"  b:\n    hardware: {{accelerator: {ACCELERATOR}}}\n")
+    builds = {}
+    for where, extra in (("cluster", ("--executor", "ray", "--ray-address", ray_address)),
+                         ("laptop", ("--remote-cache-mode", "read"))):
+        (tmp_path / where).mkdir()
+        project = Project(tmp_path / where)
+        builds[where] = project.build_json(project.recipe(recipe), capsys, "--remote-cache", url,
+                                           *extra)
+        assert builds[where]["rc"] == 0, builds[where]["err"]
+    assert {t["status"] for t in builds["cluster"]["tasks"]} == {"run"}
+    assert {t["status"] for t in builds["laptop"]["tasks"]} == {"hit"}
+    for target in ("a", "b"):
+        one, two = (tmp_path / w / "build" / "demo" / target / "manifest.json"
+                    for w in ("cluster", "laptop"))
+        assert one.read_bytes() == two.read_bytes()

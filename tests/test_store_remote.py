@@ -214,3 +214,25 @@ def test_an_unreachable_remote_degrades_to_local_only_with_one_warning(tmp_path:
     assert s.get_action(KEY) == entry and s.get_action("d" * 64) is None
     assert len(said) == 1 and "unusable" in said[0] and "local cache only" in said[0]
     s.close()
+
+
+def test_a_build_leaves_a_pack_that_saves_the_next_machine_its_lookups(
+        remote: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = remote("a")
+    entry = _write(a, tmp_path)
+    other = {**entry, "metrics": {"nodes": 4}}
+    a.put_action("e" * 64, other)
+    a.close()  # leaves packs/<digest>.json with both entries
+    b = remote("b")
+    asked: list[str] = []
+    orig = b.remote.get_entries
+    monkeypatch.setattr(b.remote, "get_entries", lambda keys: (asked.extend(keys), orig(keys))[1])
+    b._packed = b.remote.read_packs()
+    assert sorted(b._packed) == [KEY, "e" * 64]
+    assert b.get_action(KEY) == entry and b.get_action("e" * 64) == other
+    assert asked == []
+    # a pack is only a faster way to the same objects: an object filed under another key is refused
+    c = remote("c")
+    c._packed = {KEY: c.remote.read_packs()["e" * 64]}
+    got, why = usable_entry(c, KEY)
+    assert got is None and "names key eeeeeeeeeeee" in (why or "")

@@ -10,18 +10,20 @@ import signal
 import sqlite3
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK, FatalError
+from orchestrator.fit import Fit, fit_graph
 from orchestrator.graph import BuildGraph, compile_graph
 from orchestrator.hashing import file_kind
 from orchestrator.plan import Plan, make_plan, resolve_sources
 from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
 from orchestrator.registry import Registry
 from orchestrator.sources import StatCache
-from orchestrator.store.config import attach_remote, prefetch_remote
+from orchestrator.store.config import attach_remote, fetch_for_build, prefetch_remote
+from orchestrator.store.gc import record_use
 from orchestrator.store.local import LocalStore
 
 MAX_RECIPE_BYTES = 2**20
@@ -34,6 +36,7 @@ class Session:
     out: Path
     graph: BuildGraph
     plan: Plan
+    fit: Fit = field(default_factory=Fit)  # what this machine skips, and why
 
 
 def project_root(start: Path) -> Path:
@@ -75,9 +78,12 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
         graph = _restrict(graph, only)
     sources = resolve_sources(graph, StatCache(store.index))
     prefetch_remote(store, graph, sources)
+    from orchestrator.machine import detect
+
+    fit = fit_graph(graph, detect())
     plan = make_plan(graph, store, sources, force=force, rebench=rebench,
-                     cuda_devices=cuda_devices())
-    return Session(recipes, store, out, graph, plan)
+                     cuda_devices=cuda_devices(), skips=fit.tasks)
+    return Session(recipes, store, out, graph, plan, fit)
 
 
 def check_recipe_file(path: Path) -> None:
@@ -221,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
     except FatalError:
         s.store.close()
         raise
+    if fetch_for_build(s.store, s.plan):  # a remote blob was lost or refused: those are misses
+        s.plan = make_plan(s.graph, s.store, s.plan.sources, force=args.force,
+                           rebench=args.rebench, cuda_devices=cuda_devices())
     done = build_and_judge(args, s)
     if isinstance(done, int):
         return done
@@ -279,6 +288,7 @@ def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
             return e.code
         reporter.close()
         remember_hits(s.plan, outcomes, s.store)
+        record_use(s.store, s.graph, outcomes)
         try:
             return Judged(outcomes, *judge(args, s, outcomes))
         except KeyboardInterrupt as e:  # each target folder is whole: the new or the old version
@@ -303,7 +313,11 @@ def summary(args: argparse.Namespace, s: Session, j: Judged) -> int:
             "targets": j.targets,
         }
         print(json.dumps(out, indent=2, sort_keys=True))
-    return EXIT_BUILD_FAILED if j.failed else EXIT_OK
+    if j.failed:
+        return EXIT_BUILD_FAILED
+    from orchestrator.skipped import require_all
+
+    return require_all(args, j.targets)
 
 
 def in_process(args: argparse.Namespace) -> int:
@@ -336,6 +350,12 @@ def judge(args: argparse.Namespace, s: Session, outcomes: dict[str, Any]
     for tp in s.graph.targets:
         manifest, failures, complete = build_manifest(tp, s.graph, outcomes, s.plan.sources)
         label = f"{tp.recipe.name}/{tp.name}"
+        if label in s.fit.targets:
+            from orchestrator.skipped import record_skip
+
+            targets[label] = record_skip(s.out, tp, manifest, s.fit.targets[label])
+            table.append((label, None, "skipped", [s.fit.targets[label]]))
+            continue
         if complete:  # judged: ok, or failed a gate (then the manifest says why, with no engine)
             from orchestrator.bundle import add_bundle
 

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from orchestrator.worker import TaskSpec
 
 LOG_TAIL_LINES = 25
+# no telemetry or phone-home from OpenVINO, NNCF or the hub during a build (set for every worker,
+# and in this process before it imports one of them itself)
+NO_TELEMETRY = {"CI": "true", "NNCF_CI": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
+                "OPENVINO_NO_TELEMETRY": "1"}
 LIMIT_POLL_S = 0.1
 
 
@@ -123,12 +127,10 @@ class LocalExecutor:
             devices = [d for d in self.devices if d not in busy][:job.cuda]
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
         threads = str(job.spec.threads)
+        env.update(NO_TELEMETRY)
         env.update({
             "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
             "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-            # no telemetry or phone-home from OpenVINO, NNCF or the hub during a build
-            "CI": "true", "NNCF_CI": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-            "DO_NOT_TRACK": "1", "OPENVINO_NO_TELEMETRY": "1",
             # sources are resolved (and downloaded, for hub ids) while planning: a step
             # reads local folders only and never reaches the network
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",

@@ -83,6 +83,10 @@ class Store(Protocol):
     def materialize(self, blob: Blob, dest: Path) -> None:
         """Place the blob at dest (hard link, falling back to copy); a tree becomes a folder."""
 
+    def ensure(self, blob: Blob) -> None:
+        """Make the blob (a tree: every file in it) readable at blob_path: a store in front of a
+        remote downloads what it lacks; the local store has it or it is missing."""
+
 
 class BlobError(Exception):
     pass

@@ -239,6 +239,9 @@ class LocalStore:
                 st = dest.stat()
                 self.index.set(index_keys.placed(dest), [digest, st.st_ino, st.st_mtime_ns, st.st_size])
 
+    def ensure(self, blob: Blob) -> None:
+        """Here a blob is local or missing: nothing to fetch (the tiered store downloads)."""
+
     def materialize(self, blob: Blob, dest: Path) -> None:
         if blob.kind == "file":
             self._place(blob.digest, dest)
