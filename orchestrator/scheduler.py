@@ -1,5 +1,7 @@
-"""Run a plan: dispatch RUN tasks to the executor in DAG order, re-checking keys as inputs become
-known (early cutoff), record action entries only for successful tasks, then write manifests.
+"""Run a plan (`Scheduler`): start RUN tasks on the executor in DAG order, decide again a task
+whose key is known only once its inputs are built (early cutoff), and record action entries for
+successful tasks only. Judging the targets and writing manifests is the build command's part
+(commands/build.py), after this.
 
 Builds sharing a cache build each task once: a task runs under its action key's lock, and a build
 that finds the key locked waits (starting other ready tasks meanwhile) and then looks in the store
