@@ -42,7 +42,7 @@ def _record(store: LocalStore, graph: Any, outcomes: dict[str, Any],
         if o.status not in ("hit", "run") or not o.key:
             continue
         if mark is not None and o.entry is not None:
-            mark(o.key, o.entry)
+            mark(o.key, o.entry.to_json())
         c = counts.setdefault(graph.task(tid).step, {"hit": 0, "run": 0, "remote_hit": 0})
         c[o.status] = c.get(o.status, 0) + 1
         if o.status == "hit" and o.key in fetched:
