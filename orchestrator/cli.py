@@ -150,7 +150,9 @@ def _info_parsers(sub: Any) -> None:
     sc.set_defaults(func="orchestrator.commands.info:schema")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only="build"``, just that command (what a build parses:
+    building every other command's parser would cost a no-op build a few ms)."""
     top = _Parser(
         prog="deploy-build",
         description="Compile YAML deployment recipes into cached, verified, benchmarked engines.",
@@ -160,6 +162,8 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     _build_parser(sub)
+    if only == "build":
+        return top
 
     e = sub.add_parser("explain", help="why each task of a target would run")
     _common(e)
@@ -238,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] not in COMMANDS and not args_list[0].startswith("-"):
         args_list.insert(0, "build")
-    args = parser().parse_args(args_list)
+    args = parser("build" if args_list[:1] == ["build"] else None).parse_args(args_list)
     if not getattr(args, "func", None):
         parser().print_help(sys.stderr)
         return 1

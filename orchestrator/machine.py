@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -125,6 +123,9 @@ def _read(path: str) -> str:
 
 def _smi(*args: str) -> tuple[str | None, str | None]:
     """(stdout, None) of nvidia-smi, or (None, why it gave nothing)."""
+    import shutil
+    import subprocess
+
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None, "nvidia-smi is not on PATH"

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import FAKE_RECIPE, Project
 
 HEAVY = ("torch", "transformers", "onnxruntime", "openvino", "nncf", "onnx", "tensorrt", "ray",
@@ -165,3 +166,12 @@ def test_dry_run_json(project: Project, capsys) -> None:
     assert first["label"] == "a/1:fake-upper" and first["status"] == "run"
     assert first["reasons"] == ["new"] and first["targets"] == ["demo/a", "demo/b"]
     assert len(first["key"]) == 64
+
+
+def test_the_build_only_parser_parses_a_build_as_the_whole_one() -> None:
+    from orchestrator.cli import parser
+
+    words = ["build", "r.yaml", "-t", "a", "--jobs", "3", "--fail-fast", "--json"]
+    assert vars(parser("build").parse_args(words)) == vars(parser().parse_args(words))
+    with pytest.raises(SystemExit):
+        parser("build").parse_args(["diff", "a", "b"])  # only build is there
