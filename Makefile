@@ -21,7 +21,7 @@ bert-edge: $(STAMP)
 	$(BIN)/deploy-build recipes/bert-edge.yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator tests plugins benchmarks
+	$(BIN)/ruff check orchestrator tests plugins benchmarks examples
 	$(BIN)/mypy
 
 test: $(STAMP) lint

@@ -10,11 +10,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from orchestrator import __version__
 
-COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "report", "verify", "cache")
+COMMANDS = ("build", "explain", "steps", "schema", "diff", "graph", "report", "verify", "cache",
+            "doctor")
 
 EPILOG = """\
 commands:
@@ -24,11 +25,13 @@ commands:
   deploy-build schema                print the recipe JSON Schema (for editors)
   deploy-build diff OLD NEW          compare two manifests, folders or a git revision (HEAD~1 .)
                                      (--format text|md|json; exit 2 on a broken --fail-on rule)
-  deploy-build graph RECIPE...        the task DAG (--format mermaid|dot), marked from the last build
-  deploy-build report [--out FILE]    an HTML report (table, charts, trend) from the build history
+  deploy-build graph RECIPE...       the task DAG (--format mermaid|dot), marked from the last build
+  deploy-build report [--out FILE]   an HTML report (table, charts, trend) from the build history
   deploy-build verify DIR            check a target folder (a bundle) against its manifest
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
   deploy-build cache ls|stats|gc|push|pull   inspect, collect, and sync with a remote cache
+  deploy-build doctor [RECIPE...]    this machine's CPU, GPUs and runtimes; which targets can
+                                     build and be measured here, and why not
 
 exit codes: 0 ok, 1 user error (bad recipe or flag), 2 build failed (a task or a check gate),
 3 internal error (the traceback goes to a deploy-build-crash-*.log file in the temp folder),
@@ -69,15 +72,34 @@ def _remote_flags(p: argparse.ArgumentParser) -> None:
                         "readwrite (the default; also $DEPLOY_BUILD_REMOTE_CACHE_MODE)")
 
 
-def parser() -> argparse.ArgumentParser:
-    top = _Parser(
-        prog="deploy-build",
-        description="Compile YAML deployment recipes into cached, verified, benchmarked engines.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    top.add_argument("--version", action="version", version=f"deploy-build {__version__}")
-    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def _review_parsers(sub: Any) -> None:
+    """graph, report and verify: for pull requests, nightlies and serving hosts."""
+    g = sub.add_parser("graph", help="the task DAG as Mermaid or Graphviz dot, marked hit/run/"
+                                     "fail/skip from the last build")
+    _common(g)
+    g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
+                   help="mermaid (default; renders in GitHub PR descriptions) or dot")
+    g.set_defaults(func="orchestrator.commands.graph:run")
 
+    rp = sub.add_parser("report", help="one self-contained HTML page (table, charts, trend) from "
+                                       "the build history")
+    rp.add_argument("--out", metavar="FILE", default=None,
+                    help="where to write it (default: build/report.html in the project)")
+    rp.add_argument("--history", metavar="FILE", default=None,
+                    help="the history file (default: beside --manifests DIR, else in the cache)")
+    rp.add_argument("--manifests", metavar="DIR", default=None,
+                    help="the committed manifests folder the builds were given")
+    rp.add_argument("--cache", metavar="DIR", default=None,
+                    help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
+    rp.set_defaults(func="orchestrator.commands.report:run")
+
+    vf = sub.add_parser("verify", help="check a target folder (or a copy of it) against its manifest")
+    vf.add_argument("folder", metavar="DIR", help="a target folder, e.g. build/bert-edge/cpu-int8")
+    vf.set_defaults(func="orchestrator.commands.verify:run")
+
+
+def _build_parser(sub: Any) -> None:
+    """`deploy-build build` (the default command) and its flags."""
     b = sub.add_parser("build", help="build recipes (the default command)")
     _common(b)
     b.add_argument("--dry-run", "--plan", action="store_true", dest="dry_run",
@@ -108,13 +130,14 @@ def parser() -> argparse.ArgumentParser:
                         "history file goes beside DIR")
     b.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout at the end (progress stays on stderr)")
+    b.add_argument("--require-all", action="store_true", dest="require_all",
+                   help="exit 2 when a target is skipped because this machine lacks its hardware "
+                        "or runtime (default: skipped targets are reported, exit 0)")
     b.set_defaults(func="orchestrator.commands.build:run")
 
-    e = sub.add_parser("explain", help="why each task of a target would run")
-    _common(e)
-    e.add_argument("--json", action="store_true", help="print the decisions as JSON")
-    e.set_defaults(func="orchestrator.commands.build:explain")
 
+def _info_parsers(sub: Any) -> None:
+    """`deploy-build steps` and `deploy-build schema`."""
     s = sub.add_parser("steps", help="list steps and checks with their params and origin")
     s.add_argument("--plugins", nargs="*", default=[], metavar="FILE",
                    help="also load these plugin files; listing imports them and every installed "
@@ -125,6 +148,25 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--plugins", nargs="*", default=[], metavar="FILE",
                     help="also load these plugin files (importing them runs their code)")
     sc.set_defaults(func="orchestrator.commands.info:schema")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(
+        prog="deploy-build",
+        description="Compile YAML deployment recipes into cached, verified, benchmarked engines.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"deploy-build {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    _build_parser(sub)
+
+    e = sub.add_parser("explain", help="why each task of a target would run")
+    _common(e)
+    e.add_argument("--json", action="store_true", help="print the decisions as JSON")
+    e.set_defaults(func="orchestrator.commands.build:explain")
+
+    _info_parsers(sub)
 
     d = sub.add_parser("diff", help="compare two manifests (files, folders of them, or a git "
                                     "revision of the tracked ones)")
@@ -137,32 +179,24 @@ def parser() -> argparse.ArgumentParser:
                         "'latency+10%%'")
     d.set_defaults(func="orchestrator.commands.diff:run")
 
-    g = sub.add_parser("graph", help="the task DAG as Mermaid or Graphviz dot, marked hit/run/"
-                                     "fail/skip from the last build")
-    _common(g)
-    g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
-                   help="mermaid (default; renders in GitHub PR descriptions) or dot")
-    g.set_defaults(func="orchestrator.commands.graph:run")
-
-    rp = sub.add_parser("report", help="one self-contained HTML page (table, charts, trend) from "
-                                       "the build history")
-    rp.add_argument("--out", metavar="FILE", default=None,
-                    help="where to write it (default: build/report.html in the project)")
-    rp.add_argument("--history", metavar="FILE", default=None,
-                    help="the history file (default: beside --manifests DIR, else in the cache)")
-    rp.add_argument("--manifests", metavar="DIR", default=None,
-                    help="the committed manifests folder the builds were given")
-    rp.add_argument("--cache", metavar="DIR", default=None,
-                    help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
-    rp.set_defaults(func="orchestrator.commands.report:run")
-
-    vf = sub.add_parser("verify", help="check a target folder (or a copy of it) against its manifest")
-    vf.add_argument("folder", metavar="DIR", help="a target folder, e.g. build/bert-edge/cpu-int8")
-    vf.set_defaults(func="orchestrator.commands.verify:run")
+    _review_parsers(sub)
 
     c = sub.add_parser("cache", help="inspect and maintain the local (and remote) cache")
     _cache_commands(c)
+    _doctor(sub)
     return top
+
+
+def _doctor(sub: argparse._SubParsersAction[_Parser]) -> None:
+    dr = sub.add_parser("doctor", help="this machine's facts and runtimes; which targets of the "
+                                       "recipes can build and be measured here, and why not")
+    dr.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe YAML file(s)")
+    dr.add_argument("-t", "--target", action="append", dest="targets", metavar="TARGET",
+                    help="only this target (repeatable)")
+    dr.add_argument("--allow-plugin-path", action="append", default=[], metavar="PATH",
+                    dest="allow_plugin_path", help="as for build")
+    dr.add_argument("--json", action="store_true", help="print the report as JSON")
+    dr.set_defaults(func="orchestrator.commands.doctor:run")
 
 
 def _cache_commands(c: argparse.ArgumentParser) -> None:

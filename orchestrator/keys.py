@@ -14,6 +14,8 @@ from orchestrator.hashing import sha256_json
 KEY_SCHEMA = 2
 # a task that tokenizes text (calibration, the parity reference) depends on these too
 TOKENIZERS = ("tokenizers", "transformers")
+# distributions that install the same module under another name (the gpu extra's onnxruntime)
+DIST_ALIASES = {"onnxruntime": ("onnxruntime-gpu",)}
 
 
 @cache
@@ -23,27 +25,13 @@ def dist_version(name: str) -> str:
     try:
         return version(name)
     except PackageNotFoundError:
-        return "not-installed"
-
-
-@cache
-def machine_fact(name: str) -> str:
-    """Facts about this machine that a measurement depends on (never a host name)."""
-    import os
-    import platform
-
-    if name == "cpu_count":
-        return str(os.cpu_count())
-    if name == "cpu_model":
+        pass
+    for alias in DIST_ALIASES.get(name, ()):  # onnxruntime-gpu provides the onnxruntime module
         try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        except OSError:
+            return f"{version(alias)} ({alias})"
+        except PackageNotFoundError:
             pass
-        return platform.processor() or platform.machine()
-    raise KeyError(f"unknown machine fact {name!r}; known: cpu_model, cpu_count")
+    return "not-installed"
 
 
 def toolchain(packages: tuple[str, ...]) -> dict[str, str]:

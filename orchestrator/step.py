@@ -7,7 +7,8 @@ A step is a class with:
   the task key,
 - ``inputs``: the named inputs it reads (``model``: the previous step's output or, for the first
   step, the model source; ``source``: the model source folder; ``samples``: the recipe's sample
-  text file, absent from ``ctx.inputs`` when the recipe has none; ``reference``: for a check
+  text file, absent from ``ctx.inputs`` when the recipe has none; ``labelled``: the recipe's
+  labelled file (``label<TAB>text`` lines), likewise; ``reference``: for a check
   with ``reference`` set, the ``reference`` output of its reference task),
 - ``outputs``: output name -> file name; a name ending in ``/`` is a folder (stored as a tree),
 - ``input_formats``: the formats the ``model`` input may have (``("onnx",)``; see
@@ -43,12 +44,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 StepKind = Literal["transform", "check"]
-KNOWN_INPUTS = ("model", "source", "samples", "reference")
+KNOWN_INPUTS = ("model", "source", "samples", "labelled", "reference")
 P = TypeVar("P", bound=BaseModel)
 
 
@@ -56,11 +57,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Requirements(_Strict):
+    """What the machine must have to build and measure a target (orchestrator.fit checks it)."""
+
+    cpu_features: tuple[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+$")], ...] = Field(
+        (), description="CPU ISA features, as /proc/cpuinfo names them (avx512_vnni, amx_int8)")
+    compute_capability: float | None = Field(
+        None, gt=0, description="Lowest CUDA compute capability, e.g. 8.0 (cuda targets only)")
+    memory_gb: float | None = Field(
+        None, gt=0, description="Least memory: of one GPU on a cuda target, of the machine on a cpu one")
+
+
 class Hardware(_Strict):
     device: Literal["cpu", "cuda"] = "cpu"
     accelerator: str | None = Field(
-        None, description="Accelerator type (e.g. 'A100', 'orin'); routes tasks on a cluster."
+        None, description="Accelerator type (e.g. 'A100', 'orin'); routes tasks on a cluster, and "
+                          "on a cuda target the GPU's name must contain it."
     )
+    requires: Requirements = Field(default_factory=Requirements)
+
+    @model_validator(mode="after")
+    def _cuda_only(self) -> Hardware:
+        if self.device != "cuda" and self.requires.compute_capability is not None:
+            raise ValueError("requires.compute_capability applies to device: cuda only")
+        return self
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's form: ``requires`` only when the target sets one."""
+        out = self.model_dump(mode="json", exclude={"requires"})
+        req = self.requires.model_dump(mode="json", exclude_defaults=True)
+        if req:
+            out["requires"] = req
+        return out
 
 
 class Resources(BaseModel):
@@ -205,6 +233,7 @@ class PlanContext:
     # the recipe's inputs.shapes (they reach the key only through the params a step fills from them)
     shapes: dict[str, list[int]] = field(default_factory=dict)
     reference: bool = False  # this is a check's reference task (model = the model source)
+    task: str = "feature-extraction"  # the recipe's model.task
 
 
 @dataclass(frozen=True)

@@ -78,10 +78,24 @@ def test_cuda_target_is_skipped_with_why_on_a_cpu_machine(project: Project, caps
         "    input_formats = {'model': ('any',)}\n    output_formats = {'model': 'bin'}\n"
         "    def run(self, ctx):\n        raise RuntimeError('must not run')\n")
     text = text.replace("[fake_steps.py]", "[fake_steps.py, gpu_step.py]")
-    s = project.build_json(project.recipe(text), capsys)
+    recipe = project.recipe(text)
+    s = project.build_json(recipe, capsys)
+    why = "needs a CUDA device; this machine has no CUDA device"
     assert s["by_label"]["b/3:gpu-only"]["status"] == "skip"
-    assert s["by_label"]["b/3:gpu-only"]["reasons"] == ["needs 1 CUDA device(s); this executor has 0"]
-    assert s["targets"]["demo/b"]["status"] == "failed" and s["rc"] == 2
+    assert s["by_label"]["b/3:gpu-only"]["reasons"] == [why]
+    # the hardware-independent steps of the skipped target still build (and are cached)
+    assert s["by_label"]["b/2:fake-const"]["status"] == "run"
+    assert s["targets"]["demo/b"]["status"] == "skipped" and s["targets"]["demo/b"]["reason"] == why
+    assert s["status"] == "ok" and s["rc"] == 0
+    assert f"target demo/b SKIPPED: {why}" in s["err"]
+    import json
+
+    m = json.loads((project.out / "demo/b/manifest.json").read_text())
+    assert m["status"] == "skipped" and m["skipped"] == why and m["artifacts"] == []
+    assert [st["step"] for st in m["steps"]] == ["fake-upper", "fake-const"]
+    again = project.build_json(recipe, capsys, "--require-all")
+    assert again["rc"] == 2 and "--require-all: 1 target(s) skipped on this machine: demo/b" in again["err"]
+    assert again["by_label"]["b/2:fake-const"]["status"] == "hit"
 
 
 def test_internal_error_exits_3_with_a_log(monkeypatch, capsys) -> None:

@@ -90,5 +90,5 @@ def test_plugin_attributes_are_validated(project: Project, capsys) -> None:
     assert project.run(str(recipe)) == 1
     err = capsys.readouterr().err
     assert "'toolchain' must be a tuple of strings, got 'torch'" in err
-    assert "unknown hardware_keys ['gpu_model']; known: ['accelerator', 'device']" in err
+    assert "unknown hardware_keys ['gpu_model']; known: ['accelerator', 'device', 'requires']" in err
     assert "run must take exactly (self, ctx)" in err

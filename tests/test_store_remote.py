@@ -12,7 +12,7 @@ import pytest
 from remote_helpers import free_port, open_tiered, remote_url, s3_endpoint  # noqa: F401
 
 from orchestrator.plan import usable_entry
-from orchestrator.store.base import Blob, CorruptBlob, MissingBlob
+from orchestrator.store.base import ActionEntry, Blob, CorruptBlob, MissingBlob
 from orchestrator.store.local import LocalStore
 
 KEY = "a" * 64
@@ -85,7 +85,7 @@ def test_what_one_machine_stores_another_reads(backend: Backend, tmp_path: Path)
     assert b.get_action("b" * 64) is None
     assert b.get_action(KEY) == entry
     got, why = usable_entry(b, KEY)
-    assert got == entry and why is None
+    assert got == ActionEntry.from_json(entry) and why is None
     fb = Blob.from_json(entry["outputs"]["model"])
     tb = Blob.from_json(entry["outputs"]["ir"])
     assert b.read_bytes(fb.digest) == b"engine bytes"
@@ -162,8 +162,8 @@ def test_readers_with_the_key_refuse_unsigned_and_foreign_entries(remote: Any, t
     got, why = usable_entry(remote("strict2", key=b"team-secret"), KEY)
     assert got is None and "signed with another key" in (why or "")
     entry = _write(remote("ci", key=b"team-secret"), tmp_path)
-    assert usable_entry(remote("strict3", key=b"team-secret"), KEY)[0] == entry
-    assert usable_entry(remote("keyless-reader"), KEY)[0] == entry
+    assert usable_entry(remote("strict3", key=b"team-secret"), KEY)[0] == ActionEntry.from_json(entry)
+    assert usable_entry(remote("keyless-reader"), KEY)[0] == ActionEntry.from_json(entry)
 
 
 def test_modes(remote: Any, tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_a_remote_hit_is_kept_locally(remote: Any, tmp_path: Path) -> None:
     b.get_action(KEY)
     b.close()
     local = LocalStore(tmp_path / "b")
-    assert usable_entry(local, KEY)[0] == entry
+    assert usable_entry(local, KEY)[0] == ActionEntry.from_json(entry)
     local.close()
 
 

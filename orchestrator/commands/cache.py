@@ -22,6 +22,7 @@ from typing import Any
 
 from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK, FatalError
 from orchestrator.hashing import NotRegularFile, file_kind, sha256_file
+from orchestrator.store import index as index_keys
 from orchestrator.store.base import Blob, InvalidEntry
 from orchestrator.store.local import LocalStore
 
@@ -104,10 +105,11 @@ def verify_store(store: LocalStore) -> dict[str, Any]:
                 store._discard(path)
                 removed += 1
     entries = entries_removed = trees = 0
-    keys = [k for k in store.index.iterkeys() if isinstance(k, str) and k.startswith("ac:")]
+    keys = [k for k in store.index.iterkeys()
+            if isinstance(k, str) and k.startswith(index_keys.ACTION)]
     for k in keys:
         entries += 1
-        key = k[3:]
+        key = k.removeprefix(index_keys.ACTION)
         why: str | None
         try:
             entry = store.get_action(key)

@@ -64,10 +64,13 @@ def engine_kind(path: Path) -> str:
             return "onnxruntime"
         if any(path.glob("*.pt")):
             return "torchscript"
+        if any(path.glob("*.plan")):
+            return "tensorrt"
         if has_config:
             return "pytorch"
     else:
-        suffix = {".onnx": "onnxruntime", ".xml": "openvino", ".pt": "torchscript"}
+        suffix = {".onnx": "onnxruntime", ".xml": "openvino", ".pt": "torchscript",
+                  ".plan": "tensorrt"}
         if path.suffix in suffix:
             return suffix[path.suffix]
     raise ValueError(f"cannot tell what kind of model {path} is: expected a Hugging Face folder "
@@ -99,51 +102,76 @@ def toolchain_for_format(fmt: str) -> tuple[str, ...]:
     return RUNTIME_TOOLCHAIN[kind]
 
 
-def _one_file(path: Path, pattern: str, preferred: str) -> Path:
+def model_file(path: Path, suffix: str, hint: str = "") -> Path:
+    """The model file of an input: the path itself when it is a ``suffix`` file, else in the
+    folder ``model<suffix>``, else its one ``*<suffix>`` file. ``hint`` ends the error: what to
+    put before the step that wanted it."""
     if not path.is_dir():
-        return path
-    if (path / preferred).is_file():
-        return path / preferred
-    found = sorted(path.glob(pattern))
+        if path.suffix == suffix:
+            return path
+        raise ValueError(f"input model {path.name} is not a {suffix} file{hint}")
+    if (path / f"model{suffix}").is_file():
+        return path / f"model{suffix}"
+    found = sorted(path.glob(f"*{suffix}"))
     if len(found) != 1:
-        raise ValueError(f"expected one {pattern} file in {path}, found {[f.name for f in found]}")
+        raise ValueError(f"expected one *{suffix} file in {path}, found "
+                         f"{[f.name for f in found]}{hint}")
     return found[0]
 
 
 def open_engine(path: Path, threads: int, precision_hint: str = "f32", *,
                 task: str = "feature-extraction", trust_remote_code: bool = False,
-                profile_dir: Path | None = None) -> Engine:
-    """Open the model at path on the CPU with ``threads`` threads. ``precision_hint`` is the
-    OpenVINO INFERENCE_PRECISION_HINT (always set: on bf16 CPUs the default silently is bf16);
-    ``profile_dir`` turns on the ONNX Runtime profiler (ignored by the other runtimes)."""
+                profile_dir: Path | None = None, device: str = "cpu") -> Engine:
+    """Open the model at path with ``threads`` threads on ``device`` (the target's: ``cpu`` or
+    ``cuda``). ``precision_hint`` is the OpenVINO INFERENCE_PRECISION_HINT (always set: on bf16
+    CPUs the default silently is bf16); ``profile_dir`` turns on the ONNX Runtime profiler
+    (ignored by the other runtimes)."""
     kind = engine_kind(path)
     threads = max(1, threads)
     output = hf.output_names(task)[0]
     if kind == "onnxruntime":
-        return _open_ort(_one_file(path, "*.onnx", "model.onnx"), threads, output, profile_dir)
+        return _open_ort(model_file(path, ".onnx"), threads, output, profile_dir, device)
+    if device != "cpu" and kind == "openvino":
+        raise RuntimeError("OpenVINO engines are measured on the CPU only; give the target "
+                           "hardware: {device: cpu}")
     if kind == "openvino":
-        return _open_ov(_one_file(path, "*.xml", "model.xml"), threads, precision_hint, output)
+        return _open_ov(model_file(path, ".xml"), threads, precision_hint, output)
     if kind == "torchscript":
-        return _open_ts(_one_file(path, "*.pt", "model.pt"), threads, output)
-    return _open_torch(path, threads, task, trust_remote_code, output)
+        return _open_ts(model_file(path, ".pt"), threads, output)
+    return _open_torch(path, threads, task, trust_remote_code, output, device)
+
+
+def torch_device(device: str) -> tuple[str, str | None]:
+    """(the torch device to use, why it is not the one asked for): a cuda target's PyTorch
+    reference runs on the GPU when this torch has CUDA, else on the CPU (the pinned torch is a
+    CPU build) with the reason recorded."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return "cpu", f"torch {torch.__version__} has no usable CUDA: the reference ran on the CPU"
+    return device, None
 
 
 def _open_torch(path: Path, threads: int, task: str, trust_remote_code: bool,
-                output: str) -> Engine:
+                output: str, device: str = "cpu") -> Engine:
     import torch
 
     torch.set_num_threads(threads)
-    model = hf.load_model(path, task, trust_remote_code).float()  # the reference is fp32
+    where, why = torch_device(device)
+    model = hf.load_model(path, task, trust_remote_code).float().to(where)  # fp32 reference
     accepted = set(inspect.signature(model.forward).parameters)
     names = [n for n in hf.input_names() if n in accepted]
 
     def fn(feed: dict[str, Any]) -> Any:
         with torch.inference_mode():
-            out = model(**{k: torch.from_numpy(v) for k, v in feed.items()}, return_dict=True)
-        return out[output].float().numpy()
+            out = model(**{k: torch.from_numpy(v).to(where) for k, v in feed.items()},
+                        return_dict=True)
+        return out[output].float().cpu().numpy()
 
     settings = {"runtime": "pytorch", "version": torch.__version__, "threads": threads,
-                "attn_implementation": "eager", "dtype": "float32"}
+                "attn_implementation": "eager", "dtype": "float32", "device": where}
+    if why:
+        settings["device_note"] = why
     return Engine("pytorch", names, fn, settings)
 
 
@@ -170,7 +198,25 @@ def _open_ts(path: Path, threads: int, output: str) -> Engine:
     return Engine("torchscript", names, fn, settings)
 
 
-def _open_ort(path: Path, threads: int, output: str, profile_dir: Path | None) -> Engine:
+# a cuda target's ONNX engine: TensorRT's provider first where present, then CUDA's
+CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def ort_providers(available: list[str], device: str) -> list[str]:
+    """The providers for a session on ``device``; a cuda device with no GPU provider is an
+    error that says what to install."""
+    if device != "cuda":
+        return ["CPUExecutionProvider"]
+    gpu = [p for p in CUDA_PROVIDERS if p in available]
+    if not gpu:
+        raise RuntimeError(f"a cuda target's ONNX engine needs ONNX Runtime's CUDA or TensorRT "
+                           f"provider; this onnxruntime has {available}: install the gpu extra "
+                           "(pip install 'deploy-build[gpu]', which brings onnxruntime-gpu)")
+    return [*gpu, "CPUExecutionProvider"]
+
+
+def _open_ort(path: Path, threads: int, output: str, profile_dir: Path | None,
+              device: str = "cpu") -> Engine:
     import numpy as np
     import onnxruntime as ort
 
@@ -182,7 +228,7 @@ def _open_ort(path: Path, threads: int, output: str, profile_dir: Path | None) -
     if profile_dir is not None:
         so.enable_profiling = True
         so.profile_file_prefix = str(profile_dir / "ort-profile")
-    providers = ["CPUExecutionProvider"]
+    providers = ort_providers(ort.get_available_providers(), device)
     sess = ort.InferenceSession(str(path), so, providers=providers)
     types = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
     dtypes = {i.name: types.get(i.type, np.int64) for i in sess.get_inputs()}
@@ -230,7 +276,7 @@ def detect_precision(path: Path) -> str:
     if kind == "onnxruntime":
         import onnx
 
-        proto = onnx.load(str(_one_file(path, "*.onnx", "model.onnx")), load_external_data=False)
+        proto = onnx.load(str(model_file(path, ".onnx")), load_external_data=False)
         ops = {n.op_type for n in proto.graph.node}
         if ops & QUANT_OPS or any(op.startswith("QLinear") for op in ops):
             return "int8"
@@ -238,7 +284,7 @@ def detect_precision(path: Path) -> str:
             return "fp16"
         return "fp32"
     if kind == "openvino":
-        text = _one_file(path, "*.xml", "model.xml").read_text(errors="replace")
+        text = model_file(path, ".xml").read_text(errors="replace")
         if "FakeQuantize" in text or _OV_INT.search(text):
             return "int8"
         # f16 Constants in an IR are compressed storage (save_model's default): the CPU plugin

@@ -32,11 +32,9 @@ def on_device(resources: Resources, hardware: dict[str, Any]) -> Resources:
     return resources
 
 
-def require_cpu(hardware: dict[str, Any], what: str) -> None:
-    if hardware.get("device", "cpu") != "cpu":
-        raise RuntimeError(f"{what} measures on the CPU only (ONNX Runtime CPU provider, OpenVINO "
-                           f"CPU, PyTorch CPU); a {hardware.get('device')} target needs a "
-                           "GPU runtime this version does not have")
+def device_of(hardware: dict[str, Any]) -> str:
+    """Where a check runs its engine and reference: the target's device (cpu or cuda)."""
+    return str(hardware.get("device") or "cpu")
 
 
 def engine_toolchain(inputs: dict[str, str], reference: bool) -> tuple[str, ...]:

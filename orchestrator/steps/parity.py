@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.runtime import hf
 from orchestrator.step import Resources, StepContext, Verdict
-from orchestrator.steps.checks import EngineCheck, require_cpu
+from orchestrator.steps.checks import EngineCheck, device_of
 
 # Defaults per engine precision, from all-MiniLM-L6-v2 (64 samples, 2 threads) vs PyTorch fp32:
 # legacy ONNX export 3.1e-6 max abs diff; OpenVINO IR with f32 weights 3.9e-6, with fp16-stored
@@ -55,7 +55,6 @@ class Parity(EngineCheck[ParityParams]):
     name = "parity"
     version = "1"
     description = "Compare the engine's outputs with the PyTorch reference on the sample texts."
-    Params = ParityParams
     inputs = ("model", "source", "samples", "reference")
     outputs = {"reference": "reference/"}
     output_formats = {"reference": "parity-reference"}
@@ -66,7 +65,6 @@ class Parity(EngineCheck[ParityParams]):
     gate_fields = GATES
 
     def run(self, ctx: StepContext[ParityParams]) -> dict[str, Any]:
-        require_cpu(ctx.hardware, "parity")
         if ctx.reference:
             return self._reference(ctx)
         import numpy as np
@@ -77,7 +75,7 @@ class Parity(EngineCheck[ParityParams]):
         task, trc = ctx.model.task, ctx.model.trust_remote_code
         model = ctx.input("model")
         engine = open_engine(model, ctx.threads, p.precision_hint, task=task,
-                             trust_remote_code=trc)
+                             trust_remote_code=trc, device=device_of(ctx.hardware))
         cosines: list[Any] = []
         agree: list[Any] = []
         max_diff = 0.0
@@ -182,11 +180,11 @@ def _reference_batches(
         raise ValueError("parity has no sample texts to compare (the samples file is empty)")
     source = ctx.input("source")
     tokenizer = hf.load_tokenizer(source, trc)
-    reference = open_engine(source, ctx.threads, task=task, trust_remote_code=trc)
+    reference = open_engine(source, ctx.threads, task=task, trust_remote_code=trc,
+                            device=device_of(ctx.hardware))
     out = []
     for i in range(0, len(texts), p.batch_size):
-        enc = tokenizer(texts[i:i + p.batch_size], padding=True, truncation=True,
-                        max_length=p.max_length, return_tensors="np")
+        enc = hf.encode(tokenizer, texts[i:i + p.batch_size], max_length=p.max_length)
         batch = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
         out.append((batch, reference.run(batch)))
     return out, reference.describe()

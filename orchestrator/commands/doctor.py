@@ -1,0 +1,113 @@
+"""`deploy-build doctor [RECIPE...]`: this machine's facts, the installed runtimes, and which
+targets of the recipes can build and be measured here, and why not. Opens no cache, runs no step."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from orchestrator.errors import EXIT_OK
+from orchestrator.fit import Fit, fit_graph, installed
+from orchestrator.machine import Machine, detect
+
+RUNTIMES = ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
+            "tensorrt", "ai-edge-litert", "litert-torch", "ai-edge-quantizer")
+# the ISA features that decide int8/bf16 speed on x86 (all flags are in --json)
+CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                "amx_tile", "amx_int8", "amx_bf16")
+
+
+def ort_providers() -> list[str] | None:
+    """ONNX Runtime's execution providers (imports onnxruntime: ~0.1 s), None if not installed."""
+    if installed("onnxruntime") is None:
+        return None
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+def runtimes() -> dict[str, Any]:
+    out: dict[str, Any] = {name: installed(name) for name in RUNTIMES}
+    out["onnxruntime_providers"] = ort_providers()
+    return out
+
+
+def machine_lines(m: Machine) -> list[str]:
+    features = [f for f in CPU_FEATURES if f in m.cpu_flags]
+    absent = [f for f in CPU_FEATURES if f not in m.cpu_flags]
+    lines = [f"cpu: {m.cpu_model} ({m.cpu_count} cores)",
+             f"  features: {' '.join(features) or 'none'}"
+             + (f" (absent: {' '.join(absent)})" if absent else ""),
+             f"memory: {m.memory_gb:.1f} GB"]
+    if m.gpus:
+        lines += [f"cuda: driver {m.driver}, CUDA {m.cuda_version or '?'}"]
+        lines += [f"  gpu {g.describe()}" for g in m.gpus]
+    elif m.device_nodes:
+        lines.append(f"cuda: /dev/nvidia{m.device_nodes[0]} exists but no GPU is usable: "
+                     f"{m.gpu_problem}")
+    else:
+        lines.append("cuda: no CUDA device (no /dev/nvidia* device node)")
+    return lines
+
+
+def target_rows(graph: Any, fit: Fit) -> dict[str, dict[str, Any]]:
+    """Per target: ok / skipped with the reason, and which of its tasks run here."""
+    out: dict[str, dict[str, Any]] = {}
+    for tp in graph.targets:
+        label = f"{tp.recipe.name}/{tp.name}"
+        positions = {tid: pos for tid in tp.task_ids()
+                     for r, t, pos in graph.task(tid).labels if (r, t) == (tp.recipe.name, tp.name)}
+        builds = [positions[t] for t in tp.steps if t not in fit.tasks]
+        measured = [positions[t] for c in tp.checks.values() for t in c.ids() if t not in fit.tasks]
+        skipped = {positions[t]: fit.tasks[t] for t in tp.task_ids() if t in fit.tasks}
+        out[label] = {"status": "skipped" if label in fit.targets else "ok",
+                      "reason": fit.targets.get(label), "runs_here": builds + measured,
+                      "not_here": skipped,
+                      "hardware": tp.recipe.model.targets[tp.name].hardware.record()}
+    return out
+
+
+def _recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    if not args.recipes:
+        return {}
+    from orchestrator.graph import compile_graph
+    from orchestrator.recipe import load_recipe
+    from orchestrator.registry import Registry
+    from orchestrator.selection import expand_recipes
+
+    paths = expand_recipes(args.recipes)
+    allow = args.allow_plugin_path or ()
+    recipes = [load_recipe(p, Registry(), allow_plugins=allow) for p in paths]
+    graph = compile_graph(recipes, args.targets)
+    return target_rows(graph, fit_graph(graph, detect()))
+
+
+def run(args: argparse.Namespace) -> int:
+    m = detect()
+    rows = _recipes(args)
+    found = runtimes()
+    if args.json:
+        print(json.dumps({"machine": m.as_json(), "runtimes": found, "targets": rows},
+                         indent=2, sort_keys=True))
+        return EXIT_OK
+    print("machine:")
+    print("\n".join(f"  {line}" for line in machine_lines(m)))
+    print("runtimes:")
+    for name in RUNTIMES:
+        extra = ""
+        if name == "onnxruntime" and found["onnxruntime_providers"]:
+            extra = f" (providers: {', '.join(found['onnxruntime_providers'])})"
+        print(f"  {name:<18} {found[name] or 'not installed'}{extra}")
+    if rows:
+        print("targets:")
+    for label, row in rows.items():
+        if row["status"] == "ok":
+            print(f"  {label}: builds and is measured here")
+            continue
+        print(f"  {label}: SKIPPED here: {row['reason']}")
+        if row["runs_here"]:
+            print(f"    still built and cached here: {', '.join(row['runs_here'])}")
+        for pos, why in row["not_here"].items():
+            print(f"    not here: {pos}: {why}")
+    return EXIT_OK
