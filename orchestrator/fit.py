@@ -31,7 +31,7 @@ def _needs(hw: Hardware) -> str:
     if hw.accelerator:
         parts.append(f"accelerator {hw.accelerator}")
     if hw.requires.compute_capability is not None:
-        parts.append(f"compute capability >= {hw.requires.compute_capability:g}")
+        parts.append(f"compute capability >= {hw.requires.compute_capability:.1f}")
     if hw.requires.memory_gb is not None:
         parts.append(f">= {hw.requires.memory_gb:g} GB of GPU memory")
     return "cuda " + ", ".join(parts) if parts else "a CUDA device"

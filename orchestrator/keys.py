@@ -51,7 +51,26 @@ def machine_fact(name: str) -> str:
         except OSError:
             pass
         return platform.processor() or platform.machine()
-    raise KeyError(f"unknown machine fact {name!r}; known: cpu_model, cpu_count")
+    if name in GPU_FACTS:
+        return gpu_fact(name)
+    raise KeyError(f"unknown machine fact {name!r}; known: {', '.join(MACHINE_FACTS)}")
+
+
+GPU_FACTS = ("gpu_name", "gpu_compute_capability", "cuda_version")
+MACHINE_FACTS = ("cpu_model", "cpu_count", *GPU_FACTS)
+
+
+def gpu_fact(name: str) -> str:
+    """The first GPU's name or compute capability, or the driver's CUDA version ("none" without a
+    GPU): what a TensorRT engine and its timing cache are built for."""
+    from orchestrator.machine import detect
+
+    m = detect()
+    if name == "cuda_version":
+        return m.cuda_version or "none"
+    if not m.gpus:
+        return "none"
+    return m.gpus[0].name if name == "gpu_name" else m.gpus[0].compute_capability
 
 
 def toolchain(packages: tuple[str, ...]) -> dict[str, str]:

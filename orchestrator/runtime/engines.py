@@ -82,6 +82,7 @@ RUNTIME_TOOLCHAIN = {
     "openvino": ("openvino",),
     "torchscript": ("torch",),
     "pytorch": ("torch", "transformers"),
+    "tensorrt": ("tensorrt",),
 }
 
 
@@ -90,6 +91,7 @@ RUNTIME_BY_FORMAT = {
     formats.ONNX: "onnxruntime",
     formats.OPENVINO_IR: "openvino",
     formats.TORCHSCRIPT: "torchscript",
+    formats.TENSORRT_ENGINE: "tensorrt",
 }
 
 
@@ -98,7 +100,8 @@ def toolchain_for_format(fmt: str) -> tuple[str, ...]:
     the runtime layer does not know gets every runtime: never wrong, only less cached."""
     kind = RUNTIME_BY_FORMAT.get(fmt)
     if kind is None:
-        return tuple(sorted({p for v in RUNTIME_TOOLCHAIN.values() for p in v}))
+        return tuple(sorted({p for k, v in RUNTIME_TOOLCHAIN.items() if k != "tensorrt"
+                             for p in v}))  # TensorRT runs only its own engine format
     return RUNTIME_TOOLCHAIN[kind]
 
 
@@ -126,6 +129,11 @@ def open_engine(path: Path, threads: int, precision_hint: str = "f32", *,
     if kind == "onnxruntime":
         return _open_ort(_one_file(path, "*.onnx", "model.onnx"), threads, output, profile_dir,
                          device)
+    if kind == "tensorrt":
+        from orchestrator.runtime.trt import open_trt
+
+        runtime, names, fn, settings = open_trt(_one_file(path, "*.plan", "model.plan"), output)
+        return Engine(runtime, names, fn, settings)
     if device != "cpu" and kind == "openvino":
         raise RuntimeError("OpenVINO engines are measured on the CPU only; give the target "
                                "hardware: {device: cpu}")
@@ -285,6 +293,11 @@ def detect_precision(path: Path) -> str:
         # f16 Constants in an IR are compressed storage (save_model's default): the CPU plugin
         # decompresses them and computes in the inference precision, so they count as fp32.
         return "fp32"
+    if kind == "tensorrt":  # precision comes from the ONNX graph it was built from (engine.json)
+        import json
+
+        about = (path if path.is_dir() else path.parent) / "engine.json"
+        return str(json.loads(about.read_text()).get("precision", "fp32"))
     # Hugging Face folders and TorchScript: the PyTorch engine runs them in fp32.
     return "fp32"
 
