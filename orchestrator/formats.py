@@ -24,10 +24,11 @@ OPENVINO_IR = "openvino-ir"
 TORCHSCRIPT = "torchscript"
 TENSORRT_ENGINE = "tensorrt-engine"
 TENSORRT_TIMING_CACHE = "tensorrt-timing-cache"
+TFLITE = "tflite"
 TEXT = "text"
 ANY = "any"
 # what the runtime layer (parity, benchmark) can open and run
-ENGINES = (HF_MODEL, ONNX, OPENVINO_IR, TORCHSCRIPT, TENSORRT_ENGINE)
+ENGINES = (HF_MODEL, ONNX, OPENVINO_IR, TORCHSCRIPT, TENSORRT_ENGINE, TFLITE)
 # formats of the inputs the engine provides itself (not the previous step's output)
 FIXED_INPUTS = {"source": HF_MODEL, "samples": TEXT, "reference": "parity-reference"}
 
@@ -122,6 +123,17 @@ def _tensorrt_engine(path: Path) -> str | None:
     return None
 
 
+def _tflite(path: Path) -> str | None:
+    problem = _nonempty_file(path)
+    if problem:
+        return problem
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head[4:8] != b"TFL3":
+        return "it is not a LiteRT/TFLite flatbuffer (no TFL3 identifier)"
+    return None
+
+
 FORMATS: dict[str, Format] = {
     HF_MODEL: Format(HF_MODEL, "a Hugging Face model folder (config.json, weights, tokenizer)",
                      _hf_model),
@@ -133,6 +145,7 @@ FORMATS: dict[str, Format] = {
                             _tensorrt_engine),
     TENSORRT_TIMING_CACHE: Format(TENSORRT_TIMING_CACHE, "a TensorRT timing cache (serialized)",
                                   _nonempty_file),
+    TFLITE: Format(TFLITE, "a LiteRT (TensorFlow Lite) flatbuffer, static shapes", _tflite),
     TEXT: Format(TEXT, "a text file"),
     "parity-reference": Format("parity-reference", "tokenized samples and PyTorch outputs (.npy)"),
     ANY: Format(ANY, "anything (accepted as input only)"),

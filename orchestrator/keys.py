@@ -53,11 +53,16 @@ def machine_fact(name: str) -> str:
         return platform.processor() or platform.machine()
     if name in GPU_FACTS:
         return gpu_fact(name)
+    if name == "litert_env":
+        from orchestrator.edge.litert_env import fingerprint
+
+        return fingerprint()
     raise KeyError(f"unknown machine fact {name!r}; known: {', '.join(MACHINE_FACTS)}")
 
 
 GPU_FACTS = ("gpu_name", "gpu_compute_capability", "cuda_version")
-MACHINE_FACTS = ("cpu_model", "cpu_count", *GPU_FACTS)
+# litert_env: the package versions of the LiteRT steps' own environment (orchestrator.edge)
+MACHINE_FACTS = ("cpu_model", "cpu_count", *GPU_FACTS, "litert_env")
 
 
 def gpu_fact(name: str) -> str:

@@ -38,6 +38,8 @@ BUILTINS: dict[str, str] = {
     "openvino-convert": "orchestrator.steps.openvino_convert:OpenvinoConvert",
     "nncf-quantize": "orchestrator.steps.nncf_quantize:NncfQuantize",
     "tensorrt-build": "orchestrator.steps.tensorrt_build:TensorrtBuild",
+    "litert-convert": "orchestrator.steps.litert_convert:LitertConvert",
+    "litert-quantize": "orchestrator.steps.litert_quantize:LitertQuantize",
     "parity": "orchestrator.steps.parity:Parity",
     "benchmark": "orchestrator.steps.benchmark:Benchmark",
 }
