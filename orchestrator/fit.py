@@ -23,6 +23,7 @@ CUDA_RUNTIME: dict[str, str | None] = {
     formats.TORCHSCRIPT: "torch",
     formats.HF_MODEL: "torch",
     "tensorrt-engine": "tensorrt",
+    formats.TFLITE: None,
 }
 
 
@@ -31,7 +32,7 @@ def _needs(hw: Hardware) -> str:
     if hw.accelerator:
         parts.append(f"accelerator {hw.accelerator}")
     if hw.requires.compute_capability is not None:
-        parts.append(f"compute capability >= {hw.requires.compute_capability:g}")
+        parts.append(f"compute capability >= {hw.requires.compute_capability:.1f}")
     if hw.requires.memory_gb is not None:
         parts.append(f">= {hw.requires.memory_gb:g} GB of GPU memory")
     return "cuda " + ", ".join(parts) if parts else "a CUDA device"
@@ -85,6 +86,10 @@ def runtime_problem(task: Any, toolchain: tuple[str, ...]) -> str | None:
     """Why a task cannot run here for want of a runtime (None: it can): a distribution of its
     toolchain that is not installed, or, for a check on a cuda target, no CUDA runtime for the
     engine it measures."""
+    env = getattr(task.info.cls, "environment_problem", None)  # a step with its own environment
+    why = env(task.step) if callable(env) else None
+    if why:
+        return str(why)
     for dist in toolchain:
         if installed(dist) is None:
             return f"{task.step} needs {dist}, which is not installed here{_hint(dist)}"
