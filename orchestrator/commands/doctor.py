@@ -53,11 +53,9 @@ def machine_lines(m: Machine) -> list[str]:
 
 def blocked(graph: Any, fit: Fit) -> dict[str, str]:
     """Every task that cannot run here: those fit skips and everything downstream of them."""
-    import networkx as nx
-
     out = dict(fit.tasks)
     for tid in list(fit.tasks):
-        for d in nx.descendants(graph.dag, tid):
+        for d in sorted(graph.dag.descendants(tid)):
             out.setdefault(d, f"upstream {graph.task(tid).label} is skipped")
     return out
 
