@@ -22,10 +22,13 @@ HF_MODEL = "hf-model"
 ONNX = "onnx"
 OPENVINO_IR = "openvino-ir"
 TORCHSCRIPT = "torchscript"
+TENSORRT_ENGINE = "tensorrt-engine"
+TENSORRT_TIMING_CACHE = "tensorrt-timing-cache"
+TFLITE = "tflite"
 TEXT = "text"
 ANY = "any"
 # what the runtime layer (parity, benchmark) can open and run
-ENGINES = (HF_MODEL, ONNX, OPENVINO_IR, TORCHSCRIPT)
+ENGINES = (HF_MODEL, ONNX, OPENVINO_IR, TORCHSCRIPT, TENSORRT_ENGINE, TFLITE)
 # formats of the inputs the engine provides itself (not the previous step's output)
 FIXED_INPUTS = {"source": HF_MODEL, "samples": TEXT, "labelled": TEXT,
                 "reference": "parity-reference"}
@@ -107,12 +110,43 @@ def _torchscript(path: Path) -> str | None:
     return None
 
 
+def _tensorrt_engine(path: Path) -> str | None:
+    if not path.is_dir():
+        return "it is not a folder"
+    plan, about = path / "model.plan", path / "engine.json"
+    problem = _nonempty_file(plan)
+    if problem:
+        return f"model.plan: {problem}"
+    try:
+        json.loads(about.read_text())
+    except (ValueError, OSError) as e:
+        return f"engine.json (the engine's build facts) is missing or does not parse ({e})"
+    return None
+
+
+def _tflite(path: Path) -> str | None:
+    problem = _nonempty_file(path)
+    if problem:
+        return problem
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head[4:8] != b"TFL3":
+        return "it is not a LiteRT/TFLite flatbuffer (no TFL3 identifier)"
+    return None
+
+
 FORMATS: dict[str, Format] = {
     HF_MODEL: Format(HF_MODEL, "a Hugging Face model folder (config.json, weights, tokenizer)",
                      _hf_model),
     ONNX: Format(ONNX, "one ONNX model file", _onnx),
     OPENVINO_IR: Format(OPENVINO_IR, "an OpenVINO IR folder (model.xml + model.bin)", _openvino_ir),
     TORCHSCRIPT: Format(TORCHSCRIPT, "a TorchScript archive (torch.jit.save)", _torchscript),
+    TENSORRT_ENGINE: Format(TENSORRT_ENGINE, "a TensorRT engine folder (model.plan: a serialized "
+                            "engine for one GPU type; engine.json: how it was built)",
+                            _tensorrt_engine),
+    TENSORRT_TIMING_CACHE: Format(TENSORRT_TIMING_CACHE, "a TensorRT timing cache (serialized)",
+                                  _nonempty_file),
+    TFLITE: Format(TFLITE, "a LiteRT (TensorFlow Lite) flatbuffer, static shapes", _tflite),
     TEXT: Format(TEXT, "a text file"),
     "parity-reference": Format("parity-reference", "tokenized samples and PyTorch outputs (.npy)"),
     ANY: Format(ANY, "anything (accepted as input only)"),

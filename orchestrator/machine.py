@@ -12,7 +12,7 @@ import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,30 @@ def cpu_count() -> str:
     return str(os.cpu_count())
 
 
-FACTS: dict[str, Callable[[], str]] = {"cpu_model": cpu_model, "cpu_count": cpu_count}
+def gpu_fact(name: str) -> str:
+    """The first GPU's name or compute capability, or the driver's CUDA version ("none" without a
+    GPU): what a TensorRT engine and its timing cache are built for."""
+    m = detect()
+    if name == "cuda_version":
+        return m.cuda_version or "none"
+    if not m.gpus:
+        return "none"
+    return m.gpus[0].name if name == "gpu_name" else m.gpus[0].compute_capability
+
+
+def litert_env() -> str:
+    """The package versions of the LiteRT steps' own environment (orchestrator.edge)."""
+    from orchestrator.edge.litert_env import fingerprint
+
+    return str(fingerprint())
+
+
+GPU_FACTS = ("gpu_name", "gpu_compute_capability", "cuda_version")
+FACTS: dict[str, Callable[[], str]] = {
+    "cpu_model": cpu_model, "cpu_count": cpu_count, "litert_env": litert_env,
+    **{name: partial(gpu_fact, name) for name in GPU_FACTS},
+}
+MACHINE_FACTS = tuple(FACTS)
 
 
 @cache

@@ -39,6 +39,9 @@ BUILTINS: dict[str, str] = {
     "torchscript-export": "orchestrator.steps.torchscript_export:TorchscriptExport",
     "openvino-convert": "orchestrator.steps.openvino_convert:OpenvinoConvert",
     "nncf-quantize": "orchestrator.steps.nncf_quantize:NncfQuantize",
+    "tensorrt-build": "orchestrator.steps.tensorrt_build:TensorrtBuild",
+    "litert-convert": "orchestrator.steps.litert_convert:LitertConvert",
+    "litert-quantize": "orchestrator.steps.litert_quantize:LitertQuantize",
     "parity": "orchestrator.steps.parity:Parity",
     "benchmark": "orchestrator.steps.benchmark:Benchmark",
     "size": "orchestrator.steps.size:Size",
@@ -370,9 +373,11 @@ def validate_step(cls: Any) -> list[str]:
     unknown_hw = [k for k in cls.hardware_keys if k not in Hardware.model_fields]
     if unknown_hw:
         problems.append(f"unknown hardware_keys {unknown_hw}; known: {sorted(Hardware.model_fields)}")
-    unknown_machine = [k for k in cls.machine_keys if k not in ("cpu_model", "cpu_count")]
+    from orchestrator.machine import MACHINE_FACTS
+
+    unknown_machine = [k for k in cls.machine_keys if k not in MACHINE_FACTS]
     if unknown_machine:
-        problems.append(f"unknown machine_keys {unknown_machine}; known: ['cpu_count', 'cpu_model']")
+        problems.append(f"unknown machine_keys {unknown_machine}; known: {sorted(MACHINE_FACTS)}")
     if cls.run is not Step.run and getattr(cls.run, "__code__", None) is not None \
             and cls.run.__code__.co_argcount != 2:
         problems.append("run must take exactly (self, ctx)")

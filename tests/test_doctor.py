@@ -45,9 +45,9 @@ def test_doctor_explains_each_target(recipe: Path, capsys: pytest.CaptureFixture
     assert "  onnxruntime        " in out and "CPUExecutionProvider" in out
     assert "  hw/cpu: builds and is measured here\n" in out
     assert "  hw/needs-amx: SKIPPED here: needs CPU feature not_a_real_flag; this CPU (" in out
-    assert ("  hw/gpu: SKIPPED here: needs cuda compute capability >= 8; this machine has no CUDA "
+    assert ("  hw/gpu: SKIPPED here: needs cuda compute capability >= 8.0; this machine has no CUDA "
             "device\n    still built and cached here: 1:export-onnx, 2:ort-quantize\n") in out
-    assert "    not here: check:parity: needs cuda compute capability >= 8;" in out
+    assert "    not here: check:parity: needs cuda compute capability >= 8.0;" in out
 
 
 def test_doctor_json(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:

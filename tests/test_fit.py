@@ -37,7 +37,7 @@ def test_cuda_targets_on_a_machine_without_a_gpu() -> None:
     assert unmet(hw(device="cuda"), CPU_ONLY) == [
         "needs a CUDA device; this machine has no CUDA device"]
     assert unmet(hw(device="cuda", requires={"compute_capability": 8.0}), CPU_ONLY) == [
-        "needs cuda compute capability >= 8; this machine has no CUDA device"]
+        "needs cuda compute capability >= 8.0; this machine has no CUDA device"]
     broken = Machine("x", 1, frozenset(), 1.0, (0,), gpu_problem="nvidia-smi is not on PATH")
     assert unmet(hw(device="cuda"), broken) == [
         "needs a CUDA device; this machine has no CUDA device (nvidia-smi is not on PATH)"]

@@ -80,10 +80,19 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
     prefetch_remote(store, graph, sources)
     from orchestrator.machine import detect
 
-    fit = fit_graph(graph, detect())
+    fit = fit_graph(graph, detect(), _cluster_view(args))
     plan = make_plan(graph, store, sources, force=force, rebench=rebench,
                      cuda_devices=cuda_devices(), skips=fit.tasks)
     return Session(recipes, store, out, graph, plan, fit)
+
+
+def _cluster_view(args: argparse.Namespace) -> Any:
+    """With --executor ray, targets are judged by the cluster's nodes, not by this machine."""
+    if getattr(args, "executor", "local") != "ray":
+        return None
+    from orchestrator.executors import make_executor
+
+    return make_executor("ray", 1, getattr(args, "ray_address", None)).unmet
 
 
 def check_recipe_file(path: Path) -> None:

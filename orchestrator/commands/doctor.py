@@ -51,16 +51,26 @@ def machine_lines(m: Machine) -> list[str]:
     return lines
 
 
+def blocked(graph: Any, fit: Fit) -> dict[str, str]:
+    """Every task that cannot run here: those fit skips and everything downstream of them."""
+    out = dict(fit.tasks)
+    for tid in list(fit.tasks):
+        for d in sorted(graph.dag.descendants(tid)):
+            out.setdefault(d, f"upstream {graph.task(tid).label} is skipped")
+    return out
+
+
 def target_rows(graph: Any, fit: Fit) -> dict[str, dict[str, Any]]:
     """Per target: ok / skipped with the reason, and which of its tasks run here."""
     out: dict[str, dict[str, Any]] = {}
+    skip = blocked(graph, fit)
     for tp in graph.targets:
         label = f"{tp.recipe.name}/{tp.name}"
         positions = {tid: pos for tid in tp.task_ids()
                      for r, t, pos in graph.task(tid).labels if (r, t) == (tp.recipe.name, tp.name)}
-        builds = [positions[t] for t in tp.steps if t not in fit.tasks]
-        measured = [positions[t] for c in tp.checks.values() for t in c.ids() if t not in fit.tasks]
-        skipped = {positions[t]: fit.tasks[t] for t in tp.task_ids() if t in fit.tasks}
+        builds = [positions[t] for t in tp.steps if t not in skip]
+        measured = [positions[t] for c in tp.checks.values() for t in c.ids() if t not in skip]
+        skipped = {positions[t]: skip[t] for t in tp.task_ids() if t in skip}
         out[label] = {"status": "skipped" if label in fit.targets else "ok",
                       "reason": fit.targets.get(label), "runs_here": builds + measured,
                       "not_here": skipped,

@@ -70,7 +70,7 @@ def engine_kind(path: Path) -> str:
             return "pytorch"
     else:
         suffix = {".onnx": "onnxruntime", ".xml": "openvino", ".pt": "torchscript",
-                  ".plan": "tensorrt"}
+                  ".plan": "tensorrt", ".tflite": "litert"}
         if path.suffix in suffix:
             return suffix[path.suffix]
     raise ValueError(f"cannot tell what kind of model {path} is: expected a Hugging Face folder "
@@ -82,6 +82,8 @@ RUNTIME_TOOLCHAIN = {
     "openvino": ("openvino",),
     "torchscript": ("torch",),
     "pytorch": ("torch", "transformers"),
+    "tensorrt": ("tensorrt",),
+    "litert": ("ai-edge-litert",),
 }
 
 
@@ -90,6 +92,8 @@ RUNTIME_BY_FORMAT = {
     formats.ONNX: "onnxruntime",
     formats.OPENVINO_IR: "openvino",
     formats.TORCHSCRIPT: "torchscript",
+    formats.TENSORRT_ENGINE: "tensorrt",
+    formats.TFLITE: "litert",
 }
 
 
@@ -98,7 +102,8 @@ def toolchain_for_format(fmt: str) -> tuple[str, ...]:
     the runtime layer does not know gets every runtime: never wrong, only less cached."""
     kind = RUNTIME_BY_FORMAT.get(fmt)
     if kind is None:
-        return tuple(sorted({p for v in RUNTIME_TOOLCHAIN.values() for p in v}))
+        return tuple(sorted({p for k, v in RUNTIME_TOOLCHAIN.items() if k not in ("tensorrt", "litert")
+                             for p in v}))  # TensorRT and LiteRT run only their own format
     return RUNTIME_TOOLCHAIN[kind]
 
 
@@ -130,7 +135,20 @@ def open_engine(path: Path, threads: int, precision_hint: str = "f32", *,
     threads = max(1, threads)
     output = hf.output_names(task)[0]
     if kind == "onnxruntime":
-        return _open_ort(model_file(path, ".onnx"), threads, output, profile_dir, device)
+        return _open_ort(model_file(path, ".onnx"), threads, output, profile_dir,
+                         device)
+    if kind == "tensorrt":
+        from orchestrator.runtime.trt import open_trt
+
+        runtime, names, fn, settings = open_trt(model_file(path, ".plan"), output)
+        return Engine(runtime, names, fn, settings)
+    if kind == "litert":
+        if device != "cpu":
+            raise RuntimeError("LiteRT models are measured on the CPU (XNNPACK) here; give the "
+                               "target hardware: {device: cpu}")
+        from orchestrator.runtime.litert import open_litert
+
+        return Engine(*open_litert(path, threads))
     if device != "cpu" and kind == "openvino":
         raise RuntimeError("OpenVINO engines are measured on the CPU only; give the target "
                            "hardware: {device: cpu}")
@@ -290,6 +308,13 @@ def detect_precision(path: Path) -> str:
         # f16 Constants in an IR are compressed storage (save_model's default): the CPU plugin
         # decompresses them and computes in the inference precision, so they count as fp32.
         return "fp32"
+    if kind == "litert":
+        return _litert_precision(path)
+    if kind == "tensorrt":  # precision comes from the ONNX graph it was built from (engine.json)
+        import json
+
+        about = (path if path.is_dir() else path.parent) / "engine.json"
+        return str(json.loads(about.read_text()).get("precision", "fp32"))
     # Hugging Face folders and TorchScript: the PyTorch engine runs them in fp32.
     return "fp32"
 
@@ -297,3 +322,13 @@ def detect_precision(path: Path) -> str:
 def _ov_type(value: Any) -> str:
     """'f32' for an openvino Type (the effective INFERENCE_PRECISION_HINT)."""
     return str(value.to_string()) if hasattr(value, "to_string") else str(value)
+
+
+def _litert_precision(path: Path) -> str:
+    """'int8' when the flatbuffer holds int8 tensors, 'fp16' for float16 ones, else 'fp32'."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    types = {str(d["dtype"]) for d in Interpreter(model_path=str(path)).get_tensor_details()}
+    if any("int8" in t for t in types):
+        return "int8"
+    return "fp16" if any("float16" in t for t in types) else "fp32"
