@@ -32,6 +32,20 @@ def test_noop_build_imports_no_model_library(project: Project) -> None:
     assert "4 hit, 0 run" in out.stderr
 
 
+def test_noop_build_imports_no_graph_library_and_starts_no_executor(project: Project) -> None:
+    """A fully cached build walks the DAG without networkx and never loads an executor (nor
+    subprocess, which only running a task needs)."""
+    r = project.recipe(FAKE_RECIPE)
+    assert project.run(str(r)) == 0
+    lazy = ("networkx", "subprocess", "orchestrator.executors.local", "orchestrator.worker")
+    code = ("import sys\nfrom orchestrator.cli import main\n"
+            f"rc = main([{str(r)!r}, '--cache', {str(project.cache)!r}, '--out', {str(project.out)!r}])\n"
+            f"print(rc, [m for m in {lazy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0 []", out.stderr
+    assert "4 hit, 0 run" in out.stderr
+
+
 def test_steps_lists_builtins_and_plugins(project: Project, capsys) -> None:
     from orchestrator.cli import main
 
