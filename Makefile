@@ -35,7 +35,7 @@ bert-edge: $(STAMP) $(LITERT_STAMP)
 	$(BIN)/deploy-build recipes/bert-edge.yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator tests plugins benchmarks
+	$(BIN)/ruff check orchestrator tests plugins benchmarks examples
 	$(BIN)/mypy
 
 test: $(STAMP) $(LITERT_STAMP) lint

@@ -9,8 +9,9 @@
 
 The files are blobs in the cache like the engine, listed in the manifest's `bundle` section, so
 the folder is materialized (and swapped in) whole and `deploy-build verify DIR` can check it.
-The signature is read from the engine once per engine digest (ONNX or OpenVINO imported then)
-and remembered in the cache, so a cached build imports neither.
+The signature is read from the engine once per engine digest (the `onnx` package imported then;
+an OpenVINO IR's XML is read with the standard library) and remembered in the cache, so a cached
+build imports nothing for it.
 """
 
 from __future__ import annotations
@@ -69,18 +70,37 @@ def _onnx_signature(path: Path) -> dict[str, Any]:
             "outputs": [one(v) for v in model.graph.output]}
 
 
-def _ov_signature(xml: Path, weights: Path) -> dict[str, Any]:
-    import openvino as ov
+OV_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64", "i32": "int32",
+            "i8": "int8", "u8": "uint8", "boolean": "bool", "fp32": "float32", "fp16": "float16"}
 
-    model = ov.Core().read_model(str(xml), str(weights))
 
-    def one(port: Any) -> dict[str, Any]:
-        shape = port.get_partial_shape()
-        dims = [d.get_length() if d.is_static else None for d in shape]
-        return {"name": port.get_any_name(), "dtype": port.get_element_type().to_dtype().name,
-                "shape": dims, "dynamic_axes": {str(i): None for i, d in enumerate(dims) if d is None}}
+def _ov_port(port: Any, name: str, dtype: str) -> dict[str, Any]:
+    dims = [None if int(d.text or -1) < 0 else int(d.text or 0) for d in port.findall("dim")]
+    return {"name": name, "dtype": OV_TYPES.get(dtype.lower(), dtype.lower()), "shape": dims,
+            "dynamic_axes": {str(i): None for i, d in enumerate(dims) if d is None}}
 
-    return {"inputs": [one(p) for p in model.inputs], "outputs": [one(p) for p in model.outputs]}
+
+def _ov_signature(xml: Path) -> dict[str, Any]:
+    """Read from the IR's XML with the standard library: importing OpenVINO in the build's own
+    process would cost its start-up and write its telemetry."""
+    from xml.etree import ElementTree
+
+    layers = list(ElementTree.parse(xml).getroot().iter("layer"))
+    inputs, outputs = [], []
+    for layer in layers:
+        kind, layer_name = layer.get("type"), layer.get("name") or ""
+        if kind == "Parameter":
+            port = layer.find("output/port")
+            port = port if port is not None else ElementTree.Element("port")
+            data = layer.find("data")
+            dtype = (data.get("element_type") if data is not None else None) or "f32"
+            inputs.append(_ov_port(port, (port.get("names") or layer_name).split(",")[0], dtype))
+        elif kind == "Result":
+            port = layer.find("input/port")
+            port = port if port is not None else ElementTree.Element("port")
+            name = layer.get("output_names") or layer_name.split("/sink_port")[0]
+            outputs.append(_ov_port(port, name.split(",")[0], port.get("precision") or "f32"))
+    return {"inputs": inputs, "outputs": outputs}
 
 
 def signature(store: Any, runtime: str, artifact: dict[str, Any]) -> dict[str, Any]:
@@ -90,13 +110,15 @@ def signature(store: Any, runtime: str, artifact: dict[str, Any]) -> dict[str, A
         return dict(json.loads(memo.read_text()))
     except (OSError, ValueError):
         pass
+    from orchestrator.store.base import Blob
+
+    store.ensure(Blob(artifact["kind"], artifact["digest"], artifact["size"]))  # a remote hit
     if runtime == "onnxruntime":
         sig = _onnx_signature(store.blob_path(artifact["digest"]))
     else:
         files = store.tree_files(artifact["digest"])
         xml = next(r for r in sorted(files) if r.endswith(".xml"))
-        binary = xml[:-4] + ".bin"
-        sig = _ov_signature(store.blob_path(files[xml][0]), store.blob_path(files[binary][0]))
+        sig = _ov_signature(store.blob_path(files[xml][0]))
     memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_name(f".{memo.name}.tmp")
     tmp.write_text(json.dumps(sig, sort_keys=True))

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from orchestrator import __version__
 
@@ -25,10 +25,11 @@ commands:
   deploy-build schema                print the recipe JSON Schema (for editors)
   deploy-build diff OLD NEW          compare two manifests, folders or a git revision (HEAD~1 .)
                                      (--format text|md|json; exit 2 on a broken --fail-on rule)
-  deploy-build graph RECIPE...        the task DAG (--format mermaid|dot), marked from the last build
-  deploy-build report [--out FILE]    an HTML report (table, charts, trend) from the build history
+  deploy-build graph RECIPE...       the task DAG (--format mermaid|dot), marked from the last build
+  deploy-build report [--out FILE]   an HTML report (table, charts, trend) from the build history
   deploy-build verify DIR            check a target folder (a bundle) against its manifest
   deploy-build cache verify          re-hash every blob; remove corrupt ones and their entries
+  deploy-build cache ls|stats|gc|push|pull   inspect, collect, and sync with a remote cache
   deploy-build doctor [RECIPE...]    this machine's CPU, GPUs and runtimes; which targets can
                                      build and be measured here, and why not
 
@@ -71,15 +72,34 @@ def _remote_flags(p: argparse.ArgumentParser) -> None:
                         "readwrite (the default; also $DEPLOY_BUILD_REMOTE_CACHE_MODE)")
 
 
-def parser() -> argparse.ArgumentParser:
-    top = _Parser(
-        prog="deploy-build",
-        description="Compile YAML deployment recipes into cached, verified, benchmarked engines.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    top.add_argument("--version", action="version", version=f"deploy-build {__version__}")
-    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def _review_parsers(sub: Any) -> None:
+    """graph, report and verify: for pull requests, nightlies and serving hosts."""
+    g = sub.add_parser("graph", help="the task DAG as Mermaid or Graphviz dot, marked hit/run/"
+                                     "fail/skip from the last build")
+    _common(g)
+    g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
+                   help="mermaid (default; renders in GitHub PR descriptions) or dot")
+    g.set_defaults(func="orchestrator.commands.graph:run")
 
+    rp = sub.add_parser("report", help="one self-contained HTML page (table, charts, trend) from "
+                                       "the build history")
+    rp.add_argument("--out", metavar="FILE", default=None,
+                    help="where to write it (default: build/report.html in the project)")
+    rp.add_argument("--history", metavar="FILE", default=None,
+                    help="the history file (default: beside --manifests DIR, else in the cache)")
+    rp.add_argument("--manifests", metavar="DIR", default=None,
+                    help="the committed manifests folder the builds were given")
+    rp.add_argument("--cache", metavar="DIR", default=None,
+                    help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
+    rp.set_defaults(func="orchestrator.commands.report:run")
+
+    vf = sub.add_parser("verify", help="check a target folder (or a copy of it) against its manifest")
+    vf.add_argument("folder", metavar="DIR", help="a target folder, e.g. build/bert-edge/cpu-int8")
+    vf.set_defaults(func="orchestrator.commands.verify:run")
+
+
+def _build_parser(sub: Any) -> None:
+    """`deploy-build build` (the default command) and its flags."""
     b = sub.add_parser("build", help="build recipes (the default command)")
     _common(b)
     b.add_argument("--dry-run", "--plan", action="store_true", dest="dry_run",
@@ -115,11 +135,9 @@ def parser() -> argparse.ArgumentParser:
                         "or runtime (default: skipped targets are reported, exit 0)")
     b.set_defaults(func="orchestrator.commands.build:run")
 
-    e = sub.add_parser("explain", help="why each task of a target would run")
-    _common(e)
-    e.add_argument("--json", action="store_true", help="print the decisions as JSON")
-    e.set_defaults(func="orchestrator.commands.build:explain")
 
+def _info_parsers(sub: Any) -> None:
+    """`deploy-build steps` and `deploy-build schema`."""
     s = sub.add_parser("steps", help="list steps and checks with their params and origin")
     s.add_argument("--plugins", nargs="*", default=[], metavar="FILE",
                    help="also load these plugin files; listing imports them and every installed "
@@ -130,6 +148,25 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--plugins", nargs="*", default=[], metavar="FILE",
                     help="also load these plugin files (importing them runs their code)")
     sc.set_defaults(func="orchestrator.commands.info:schema")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(
+        prog="deploy-build",
+        description="Compile YAML deployment recipes into cached, verified, benchmarked engines.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"deploy-build {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    _build_parser(sub)
+
+    e = sub.add_parser("explain", help="why each task of a target would run")
+    _common(e)
+    e.add_argument("--json", action="store_true", help="print the decisions as JSON")
+    e.set_defaults(func="orchestrator.commands.build:explain")
+
+    _info_parsers(sub)
 
     d = sub.add_parser("diff", help="compare two manifests (files, folders of them, or a git "
                                     "revision of the tracked ones)")
@@ -142,36 +179,10 @@ def parser() -> argparse.ArgumentParser:
                         "'latency+10%%'")
     d.set_defaults(func="orchestrator.commands.diff:run")
 
-    g = sub.add_parser("graph", help="the task DAG as Mermaid or Graphviz dot, marked hit/run/"
-                                     "fail/skip from the last build")
-    _common(g)
-    g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
-                   help="mermaid (default; renders in GitHub PR descriptions) or dot")
-    g.set_defaults(func="orchestrator.commands.graph:run")
+    _review_parsers(sub)
 
-    rp = sub.add_parser("report", help="one self-contained HTML page (table, charts, trend) from "
-                                       "the build history")
-    rp.add_argument("--out", metavar="FILE", default=None,
-                    help="where to write it (default: build/report.html in the project)")
-    rp.add_argument("--history", metavar="FILE", default=None,
-                    help="the history file (default: beside --manifests DIR, else in the cache)")
-    rp.add_argument("--manifests", metavar="DIR", default=None,
-                    help="the committed manifests folder the builds were given")
-    rp.add_argument("--cache", metavar="DIR", default=None,
-                    help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
-    rp.set_defaults(func="orchestrator.commands.report:run")
-
-    vf = sub.add_parser("verify", help="check a target folder (or a copy of it) against its manifest")
-    vf.add_argument("folder", metavar="DIR", help="a target folder, e.g. build/bert-edge/cpu-int8")
-    vf.set_defaults(func="orchestrator.commands.verify:run")
-
-    c = sub.add_parser("cache", help="maintain the local cache")
-    csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
-    v = csub.add_parser("verify", help="re-hash every blob and tree; remove corrupt ones and the "
-                                       "action entries that name them (exit 2 if any)")
-    v.add_argument("--cache", metavar="DIR", default=None,
-                   help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
-    v.set_defaults(func="orchestrator.commands.cache:verify")
+    c = sub.add_parser("cache", help="inspect and maintain the local (and remote) cache")
+    _cache_commands(c)
     _doctor(sub)
     return top
 
@@ -186,6 +197,41 @@ def _doctor(sub: argparse._SubParsersAction[_Parser]) -> None:
                     dest="allow_plugin_path", help="as for build")
     dr.add_argument("--json", action="store_true", help="print the report as JSON")
     dr.set_defaults(func="orchestrator.commands.doctor:run")
+
+
+def _cache_commands(c: argparse.ArgumentParser) -> None:
+    csub = c.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
+    actions = {
+        "ls": "list the action entries (with --remote-cache: and which the remote holds)",
+        "stats": "per step: hits (from the remote among them), runs, hit rate, entries, bytes",
+        "gc": "remove entries unused for --max-age, then the least recently used until the "
+              "cache fits --max-size; never what --keep manifests name; then unneeded blobs",
+        "verify": "re-hash every blob and tree; remove corrupt ones and the action entries that "
+                  "name them (exit 2 if any); with --remote-cache, the remote's too",
+        "push": "upload every local entry the remote lacks (blobs first)",
+        "pull": "download every remote entry missing here, blobs verified",
+    }
+    for name, text in actions.items():
+        a = csub.add_parser(name, help=text, description=text)
+        a.add_argument("--cache", metavar="DIR", default=None,
+                       help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the "
+                            "project)")
+        if name != "gc":
+            _remote_flags(a)
+        else:
+            a.add_argument("--remote-cache", metavar="URL", default=None,
+                           help="collect this remote cache too (given here only, never taken "
+                                "from the environment)")
+        if name in ("ls", "stats"):
+            a.add_argument("--json", action="store_true", help="print JSON")
+        if name == "gc":
+            a.add_argument("--max-size", metavar="SIZE", help="e.g. 20G: the most the blobs "
+                           "still needed may take")
+            a.add_argument("--max-age", metavar="AGE", help="e.g. 30d: remove entries no build "
+                           "used for this long")
+            a.add_argument("--keep", nargs="*", default=[], metavar="MANIFEST",
+                           help="manifests (or folders of them, e.g. build/) whose tasks are kept")
+        a.set_defaults(func=f"orchestrator.commands.cache:{name}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,14 +18,13 @@ from orchestrator.manifest import dumps
 
 # Fields that two honest builds of the same inputs may disagree on: measured latencies and
 # everything the benchmark saw; parity figures, where the CPU's instruction set (AVX-512, VNNI,
-# AMX) changes the numerics; and the digests of engines recorded as not byte-reproducible
-# (TensorRT plans), with the keys of the checks that measured them.
+# AMX) changes the numerics. The digests of engines recorded as not byte-reproducible (a step
+# class with `reproducible = False`, as TensorRT plans are) are added by measured().
 MEASURED = (
     "benchmark.*",
     "checks.*.max_abs_diff", "checks.*.mean_cosine", "checks.*.min_cosine",
     "checks.*.top1_agreement",
 )
-NOT_REPRODUCIBLE_KINDS = ("tensorrt-engine",)
 
 
 def target_path(folder: Path, label: str) -> Path:
@@ -68,7 +67,22 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+def measured(manifest: dict[str, Any]) -> list[str]:
+    """MEASURED, plus, from the first step whose class says `reproducible = False` (its output
+    bytes differ from build to build, as TensorRT plans do), every digest and key after it."""
+    patterns = list(MEASURED)
+    steps = manifest.get("steps") or []
+    first = next((i for i, s in enumerate(steps) if s.get("reproducible") is False), None)
+    if first is not None:
+        patterns += [f"steps.{i}.{f}" for i in range(first, len(steps))
+                     for f in ("key", "outputs.*.digest", "outputs.*.size", "inputs.*.digest",
+                               "inputs.*.size", "metrics.*")]
+        patterns += ["artifacts.*.digest", "artifacts.*.size", "checks.*.key", "bundle.files.*"]
+    return patterns
+
+
 def reproducible_part(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest's leaves (dotted paths) that must be identical across two builds."""
-    flat = _flat(manifest)
-    return {k: v for k, v in flat.items() if not any(fnmatch.fnmatchcase(k, p) for p in MEASURED)}
+    patterns = measured(manifest)
+    return {k: v for k, v in _flat(manifest).items()
+            if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}

@@ -93,7 +93,7 @@ def runtime_problem(task: Any, toolchain: tuple[str, ...]) -> str | None:
     for dist in toolchain:
         if installed(dist) is None:
             return f"{task.step} needs {dist}, which is not installed here{_hint(dist)}"
-    if task.device != "cuda" or task.info.cls.kind != "check":
+    if task.hardware.get("device", "cpu") != "cuda" or task.info.cls.kind != "check":
         return None
     fmt = task.input_formats.get("model", "")
     if fmt not in CUDA_RUNTIME:

@@ -30,7 +30,8 @@ ANY = "any"
 # what the runtime layer (parity, benchmark) can open and run
 ENGINES = (HF_MODEL, ONNX, OPENVINO_IR, TORCHSCRIPT, TENSORRT_ENGINE, TFLITE)
 # formats of the inputs the engine provides itself (not the previous step's output)
-FIXED_INPUTS = {"source": HF_MODEL, "samples": TEXT, "reference": "parity-reference"}
+FIXED_INPUTS = {"source": HF_MODEL, "samples": TEXT, "labelled": TEXT,
+                "reference": "parity-reference"}
 
 Validator = Callable[[Path], "str | None"]
 

@@ -1,12 +1,15 @@
-"""Compile recipes into one networkx DAG of tasks. Identical tasks (same step, params, inputs and
-hardware properties) are one node, however many targets or recipes use them."""
+"""Compile recipes into one DAG of tasks. Identical tasks (same step, params, inputs and
+hardware properties) are one node, however many targets or recipes use them.
+
+The DAG is a small class of its own (`Dag`), not networkx: a no-op build walks it, and importing
+networkx would cost more than the whole walk."""
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
-
-import networkx as nx
 
 from orchestrator import formats
 from orchestrator.errors import FatalError
@@ -18,13 +21,106 @@ from orchestrator.step import Hardware, PlanContext, Planned, Resources, at_defa
 SOURCE_OUTPUT = "model"
 
 
+class _Nodes(dict[str, dict[str, Any]]):
+    """Node id -> attributes; ``nodes(data=True)`` gives (id, attributes) pairs, as in networkx."""
+
+    def __call__(self, data: bool = False) -> Any:
+        return list(self.items()) if data else list(self)
+
+
+class Dag:
+    """A directed acyclic graph of node ids with attributes: the subset of networkx's DiGraph
+    that the build uses (nodes, edges, predecessors, successors, ancestors, descendants,
+    subgraph), in insertion order."""
+
+    def __init__(self) -> None:
+        self.nodes = _Nodes()
+        self._pred: dict[str, list[str]] = {}
+        self._succ: dict[str, list[str]] = {}
+
+    def add_node(self, node: str, **attrs: Any) -> None:
+        self.nodes.setdefault(node, {}).update(attrs)
+        self._pred.setdefault(node, [])
+        self._succ.setdefault(node, [])
+
+    def add_edge(self, u: str, v: str) -> None:
+        for n in (u, v):
+            if n not in self.nodes:
+                self.add_node(n)
+        if v not in self._succ[u]:
+            self._succ[u].append(v)
+            self._pred[v].append(u)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self.nodes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.nodes)
+
+    def number_of_nodes(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        return [(u, v) for u, vs in self._succ.items() for v in vs]
+
+    def predecessors(self, node: str) -> Iterator[str]:
+        return iter(self._pred[node])
+
+    def successors(self, node: str) -> Iterator[str]:
+        return iter(self._succ[node])
+
+    def ancestors(self, node: str) -> set[str]:
+        return self._reach(node, self._pred)
+
+    def descendants(self, node: str) -> set[str]:
+        return self._reach(node, self._succ)
+
+    @staticmethod
+    def _reach(node: str, step: dict[str, list[str]]) -> set[str]:
+        seen: set[str] = set()
+        todo = list(step[node])
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.add(n)
+                todo.extend(step[n])
+        return seen
+
+    def subgraph(self, keep: set[str]) -> Dag:
+        """A copy holding only the nodes in keep and the edges between them."""
+        sub = Dag()
+        for n, attrs in self.nodes.items():
+            if n in keep:
+                sub.add_node(n, **attrs)
+        for u, v in self.edges:
+            if u in keep and v in keep:
+                sub.add_edge(u, v)
+        return sub
+
+    def topological(self) -> list[str]:
+        """Nodes in topological order; among the ready ones, lowest "seq" attribute first."""
+        indegree = {n: len(p) for n, p in self._pred.items()}
+        ready = [(self.nodes[n].get("seq", 0), n) for n, d in indegree.items() if d == 0]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            _, n = heapq.heappop(ready)
+            order.append(n)
+            for m in self._succ[n]:
+                indegree[m] -= 1
+                if indegree[m] == 0:
+                    heapq.heappush(ready, (self.nodes[m].get("seq", 0), m))
+        return order
+
+
 @dataclass(frozen=True)
 class Source:
     """A graph input that is not built: the model source or the samples file of a recipe."""
 
     id: str
     recipe: str
-    what: str  # "model" | "samples"
+    what: str  # "model" | "samples" | "labelled" (the field of the recipe's inputs)
 
 
 @dataclass
@@ -33,8 +129,7 @@ class Task:
     info: StepInfo
     params: dict[str, Any]  # validated, completed, JSON mode; gate fields removed: what is keyed and run
     inputs: dict[str, tuple[str, str]]  # input name -> (node id, output name)
-    hardware: dict[str, Any]
-    device: str
+    hardware: dict[str, Any]  # the target hardware properties the step depends on
     model: dict[str, Any]
     input_formats: dict[str, str] = field(default_factory=dict)  # input -> format it arrives in
     labels: list[tuple[str, str, str]] = field(default_factory=list)  # (recipe, target, position)
@@ -82,7 +177,7 @@ class TargetPlan:
 
 @dataclass
 class BuildGraph:
-    dag: Any  # nx.DiGraph; node attribute "obj" holds a Task or a Source
+    dag: Dag  # node attribute "obj" holds a Task or a Source
     targets: list[TargetPlan]
     recipes: list[Recipe]
 
@@ -93,9 +188,7 @@ class BuildGraph:
 
     def tasks(self) -> list[Task]:
         """Tasks in a stable topological order."""
-        order = nx.lexicographical_topological_sort(
-            self.dag, key=lambda n: self.dag.nodes[n].get("seq", 0))
-        return [o for n in order if isinstance(o := self.dag.nodes[n]["obj"], Task)]
+        return [o for n in self.dag.topological() if isinstance(o := self.dag.nodes[n]["obj"], Task)]
 
 
 @dataclass(frozen=True)
@@ -108,6 +201,7 @@ class _Where:
     model: dict[str, Any]
     src_model: str
     src_samples: str | None
+    src_labelled: str | None = None
 
 
 def _format_of(dag: Any, node: str, out: str) -> str:
@@ -123,6 +217,8 @@ def _wiring(at: _Where, upstream: tuple[str, str],
     wired = {"model": upstream, "source": (at.src_model, SOURCE_OUTPUT)}
     if at.src_samples is not None:
         wired["samples"] = (at.src_samples, SOURCE_OUTPUT)
+    if at.src_labelled is not None:
+        wired["labelled"] = (at.src_labelled, SOURCE_OUTPUT)
     if reference_task is not None:
         wired["reference"] = (reference_task, "reference")
     return wired
@@ -135,8 +231,13 @@ def plan_use(use: StepUse, at: _Where, formats_in: dict[str, str],
     cls = use.info.cls
     params = use.params.model_copy(update=overrides) if overrides else use.params
     ctx = PlanContext(Hardware.model_validate(at.hardware), formats_in,
-                      dict(at.model.get("shapes", {})), reference=overrides is not None)
-    planned = cls.plan(params, ctx)
+                      dict(at.model.get("shapes", {})), reference=overrides is not None,
+                      task=at.model.get("task", "feature-extraction"))
+    try:
+        planned = cls.plan(params, ctx)
+    except ValueError as e:  # the step says this use cannot work, and why
+        raise FatalError(f"{cls.kind if cls.kind == 'check' else 'step'} {use.info.name!r} at "
+                         f"{use.where}: {e}") from None
     stray = [i for i in planned.inputs if i not in cls.inputs]
     if stray or not isinstance(planned.resources, Resources):
         raise FatalError(f"step {use.info.name!r} ({use.info.origin}): plan() returned inputs "
@@ -165,7 +266,7 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
     tid = "t:" + sha256_json(identity)[:20]
     if tid not in dag:
         files = {name: _format_of(dag, node, out) for name, (node, out) in inputs.items()}
-        task = Task(tid, use.info, pjson, inputs, hw_used, at.hardware["device"], model,
+        task = Task(tid, use.info, pjson, inputs, hw_used, model,
                     files, reference=overrides is not None,
                     tokenizes="samples" in planned.inputs
                     and (cls.kind == "transform" or overrides is not None),
@@ -181,7 +282,7 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
 
 
 def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) -> BuildGraph:
-    dag = nx.DiGraph()
+    dag = Dag()
     plans: list[TargetPlan] = []
     for recipe in recipes:
         m = recipe.model.model
@@ -196,11 +297,16 @@ def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) 
         if recipe.model.inputs.samples is not None:
             src_samples = Source(f"src:{recipe.name}:samples", recipe.name, "samples")
             dag.add_node(src_samples.id, obj=src_samples)
+        src_labelled = None
+        if recipe.model.inputs.labelled is not None:
+            src_labelled = Source(f"src:{recipe.name}:labelled", recipe.name, "labelled")
+            dag.add_node(src_labelled.id, obj=src_labelled)
         for tname, target in recipe.model.targets.items():
             if only_targets and tname not in only_targets:
                 continue
             at = _Where(recipe.name, tname, target.hardware.model_dump(), model_info, src_model.id,
-                        src_samples.id if src_samples else None)
+                        src_samples.id if src_samples else None,
+                        src_labelled.id if src_labelled else None)
             upstream = (src_model.id, SOURCE_OUTPUT)
             ids: list[str] = []
             for i, use in enumerate(recipe.steps[tname]):

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,19 @@ def sha256_file(path: str | os.PathLike[str], follow: bool = True) -> str:
     with open_regular(path, follow) as f:
         # file_digest reads with a large buffer and releases the GIL.
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def tree_listing(root: Path, file_digest: Callable[[Path], tuple[str, int]]) -> tuple[bytes, int]:
+    """A folder as a tree: the JSON listing of relpath -> [digest, size] (what a tree blob holds;
+    its sha256 is the tree's digest) and the total size. ``file_digest`` gives a file's (digest,
+    size): hashed through a stat cache for a source, stored on the way for an output."""
+    files: dict[str, list[Any]] = {}
+    total = 0
+    for rel, p in walk_files(root):
+        digest, size = file_digest(p)
+        files[rel] = [digest, size]
+        total += size
+    return canonical_json({"files": files}).encode(), total
 
 
 def walk_files(root: Path) -> Iterator[tuple[str, Path]]:

@@ -68,8 +68,9 @@ def target_record(manifest: dict[str, Any] | None, status: str) -> dict[str, Any
 
 
 def append_history(path: Path, table: list[Any], outcomes: dict[str, Any]) -> bool:
-    """Append one line for this build when it did work; True when it did."""
-    if not any(o.status in ("run", "fail") for o in outcomes.values()):
+    """Append one line for this build when it did work (and judged targets: not for --only);
+    True when it did."""
+    if not table or not any(o.status in ("run", "fail") for o in outcomes.values()):
         return False
     previous = read_history(path)
     entry = {

@@ -34,50 +34,6 @@ def dist_version(name: str) -> str:
     return "not-installed"
 
 
-@cache
-def machine_fact(name: str) -> str:
-    """Facts about this machine that a measurement depends on (never a host name)."""
-    import os
-    import platform
-
-    if name == "cpu_count":
-        return str(os.cpu_count())
-    if name == "cpu_model":
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        return platform.processor() or platform.machine()
-    if name in GPU_FACTS:
-        return gpu_fact(name)
-    if name == "litert_env":
-        from orchestrator.edge.litert_env import fingerprint
-
-        return fingerprint()
-    raise KeyError(f"unknown machine fact {name!r}; known: {', '.join(MACHINE_FACTS)}")
-
-
-GPU_FACTS = ("gpu_name", "gpu_compute_capability", "cuda_version")
-# litert_env: the package versions of the LiteRT steps' own environment (orchestrator.edge)
-MACHINE_FACTS = ("cpu_model", "cpu_count", *GPU_FACTS, "litert_env")
-
-
-def gpu_fact(name: str) -> str:
-    """The first GPU's name or compute capability, or the driver's CUDA version ("none" without a
-    GPU): what a TensorRT engine and its timing cache are built for."""
-    from orchestrator.machine import detect
-
-    m = detect()
-    if name == "cuda_version":
-        return m.cuda_version or "none"
-    if not m.gpus:
-        return "none"
-    return m.gpus[0].name if name == "gpu_name" else m.gpus[0].compute_capability
-
-
 def toolchain(packages: tuple[str, ...]) -> dict[str, str]:
     return {p: dist_version(p) for p in packages}
 

@@ -12,6 +12,7 @@ import platform
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -168,3 +169,55 @@ def detect() -> Machine:
     return Machine(model or platform.processor() or platform.machine(), os.cpu_count() or 1,
                    flags, parse_meminfo(_read("/proc/meminfo")), cuda.nodes, cuda.gpus,
                    cuda.driver, cuda.cuda_version, cuda.problem)
+
+
+# ---- the facts a measurement's key holds (a step's ``machine_keys``) ----------------------
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_count() -> str:
+    return str(os.cpu_count())
+
+
+def gpu_fact(name: str) -> str:
+    """The first GPU's name or compute capability, or the driver's CUDA version ("none" without a
+    GPU): what a TensorRT engine and its timing cache are built for."""
+    m = detect()
+    if name == "cuda_version":
+        return m.cuda_version or "none"
+    if not m.gpus:
+        return "none"
+    return m.gpus[0].name if name == "gpu_name" else m.gpus[0].compute_capability
+
+
+def litert_env() -> str:
+    """The package versions of the LiteRT steps' own environment (orchestrator.edge)."""
+    from orchestrator.edge.litert_env import fingerprint
+
+    return fingerprint()
+
+
+FACTS: dict[str, Callable[[], str]] = {
+    "cpu_model": cpu_model, "cpu_count": cpu_count,
+    "gpu_name": lambda: gpu_fact("gpu_name"),
+    "gpu_compute_capability": lambda: gpu_fact("gpu_compute_capability"),
+    "cuda_version": lambda: gpu_fact("cuda_version"),
+    "litert_env": litert_env,
+}
+
+
+@cache
+def fact(name: str) -> str:
+    """One fact by the name a step lists in ``machine_keys``."""
+    if name not in FACTS:
+        raise KeyError(f"unknown machine fact {name!r}; known: {', '.join(sorted(FACTS))}")
+    return FACTS[name]()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.graph import BuildGraph, CheckPlan, TargetPlan, Task
-from orchestrator.store.base import Blob
+from orchestrator.store.base import ActionEntry, Blob
 from orchestrator.store.local import LocalStore
 
 MANIFEST_SCHEMA = 1
@@ -40,14 +40,14 @@ def _input_sizes(task: Task, outcomes: dict[str, Any], sources: dict[str, Any]) 
         if node in sources:
             sizes[name] = sources[node].blob.size
         elif node in outcomes and outcomes[node].entry is not None:
-            sizes[name] = outcomes[node].entry["outputs"][out]["size"]
+            sizes[name] = outcomes[node].entry.outputs[out]["size"]
     return sizes
 
 
-def _step_record(task: Task, entry: dict[str, Any], key: str,
+def _step_record(task: Task, entry: ActionEntry, key: str,
                  sizes: dict[str, int]) -> dict[str, Any]:
-    doc = entry["doc"]
-    return {
+    doc = entry.doc
+    record = {
         "step": task.step,
         "version": doc["version"],
         "plugin": doc["plugin"],
@@ -55,11 +55,14 @@ def _step_record(task: Task, entry: dict[str, Any], key: str,
         "params": task.params,  # what was keyed and ran (completed; unused params at defaults)
         "inputs": {k: {"digest": v, "size": sizes.get(k)} for k, v in doc["inputs"].items()},
         "outputs": {k: {"digest": o["digest"], "size": o["size"], "kind": o["kind"]}
-                    for k, o in entry["outputs"].items()},
+                    for k, o in entry.outputs.items()},
         "toolchain": doc["toolchain"],
-        "metrics": entry["metrics"],
-        "warnings": entry["warnings"],
+        "metrics": entry.metrics,
+        "warnings": entry.warnings,
     }
+    if getattr(task.info.cls, "reproducible", True) is False:  # e.g. TensorRT plans
+        record["reproducible"] = False
+    return record
 
 
 def target_params(task: Task, cp: CheckPlan) -> Any:
@@ -68,6 +71,53 @@ def target_params(task: Task, cp: CheckPlan) -> Any:
     cls = task.info.cls
     gates = cp.use.params.model_dump(include=set(cls.gate_fields))
     return cls.Params.model_validate({**task.params, **gates})
+
+
+def check_section(name: str, cp: CheckPlan, graph: BuildGraph,
+                  outcomes: dict[str, Any]) -> tuple[dict[str, Any], list[str]] | None:
+    """One check's manifest section and failures, judged by the check itself (``Step.judge``)
+    with this target's gates; None when its task (or its reference task) did not complete."""
+    task = graph.task(cp.task)
+    o = outcomes.get(cp.task)
+    ro = outcomes.get(cp.reference) if cp.reference else None
+    if o is None or o.entry is None or (cp.reference and (ro is None or ro.entry is None)):
+        return None
+    cls = task.info.cls
+    params = target_params(task, cp)
+    ref_metrics = ro.entry.metrics if ro is not None and ro.entry is not None else None
+    verdict = cls.judge(params, o.entry.metrics, ref_metrics)
+    section, problems = dict(verdict.summary), list(verdict.failures)
+    section["key"] = o.key
+    warnings = sorted(set(o.entry.warnings) | set(ro.entry.warnings if ro and ro.entry else []))
+    if warnings:
+        section["warnings"] = warnings
+    if cls.gate_fields:
+        section["gate"] = params.model_dump(mode="json", include=set(cls.gate_fields))
+        section["passed"] = not problems
+    return section, [f"check {name}: {p}" for p in problems]
+
+
+def judge_checks(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any]
+                 ) -> tuple[dict[str, dict[str, Any]], list[str], bool]:
+    """The manifest sections of a target's checks (``checks`` by name, and the sections checks
+    declare as their ``manifest_section``), the failures, and whether every check completed."""
+    sections: dict[str, dict[str, Any]] = {"checks": {}, "benchmark": {}}
+    failures: list[str] = []
+    complete = True
+    for name, cp in sorted(tp.checks.items()):
+        judged = check_section(name, cp, graph, outcomes)
+        if judged is None:
+            failures.append(f"check {name} did not complete")
+            complete = False
+            continue
+        section, problems = judged
+        failures += problems
+        where = graph.task(cp.task).info.cls.manifest_section
+        if where == "checks":
+            sections["checks"][name] = section
+        else:
+            sections[where] = section
+    return sections, failures, complete
 
 
 def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
@@ -89,39 +139,14 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
                             + (f": {o.reasons[0]}" if o and o.status == "skip" and o.reasons else ""))
             continue
         steps.append(_step_record(task, o.entry, o.key, _input_sizes(task, outcomes, sources)))
-    checks: dict[str, Any] = {}
-    benchmark: dict[str, Any] = {}
-    for name, cp in sorted(tp.checks.items()):
-        cid, rid = cp.task, cp.reference
-        task = graph.task(cid)
-        o = outcomes.get(cid)
-        ro = outcomes.get(rid) if rid else None
-        if o is None or o.entry is None or (rid and (ro is None or ro.entry is None)):
-            failures.append(f"check {name} did not complete")
-            complete = False
-            continue
-        cls = task.info.cls
-        params = target_params(task, cp)
-        ref_metrics = ro.entry["metrics"] if ro is not None and ro.entry is not None else None
-        verdict = cls.judge(params, o.entry["metrics"], ref_metrics)
-        section, problems = dict(verdict.summary), list(verdict.failures)
-        section["key"] = o.key
-        warnings = sorted(set(o.entry["warnings"]) | set(ro.entry["warnings"] if ro and ro.entry else []))
-        if warnings:
-            section["warnings"] = warnings
-        if cls.gate_fields:
-            section["gate"] = params.model_dump(mode="json", include=set(cls.gate_fields))
-            section["passed"] = not problems
-        failures.extend(f"check {name}: {p}" for p in problems)
-        if cls.manifest_section == "benchmark":
-            benchmark = section
-        else:
-            checks[name] = section
+    sections, problems, judged = judge_checks(tp, graph, outcomes)
+    failures += problems
+    complete = complete and judged
     final = graph.task(tp.steps[-1])
     fo = outcomes.get(final.id)
     artifacts = []
     if fo is not None and fo.entry is not None:
-        for name, o in sorted(fo.entry["outputs"].items()):
+        for name, o in sorted(fo.entry.outputs.items()):
             artifacts.append({"name": name, "path": o["filename"].rstrip("/"), "digest": o["digest"],
                               "size": o["size"], "kind": o["kind"]})
     manifest: dict[str, Any] = {
@@ -139,8 +164,8 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
         },
         "steps": steps,
         "artifacts": artifacts if not failures else [],
-        "checks": checks,
-        "benchmark": benchmark,
+        "checks": sections["checks"],
+        "benchmark": sections["benchmark"],
     }
     if failures:
         manifest["failures"] = failures

@@ -25,10 +25,11 @@ def is_manifest(data: Any) -> bool:
 
 
 def label_of(data: dict[str, Any], fallback: str) -> str:
+    """recipe/target as the manifest names itself (else fallback, else the target)."""
     recipe = data.get("recipe")
     if isinstance(recipe, dict) and recipe.get("name"):
         return f"{recipe['name']}/{data['target']}"
-    return fallback
+    return fallback or str(data.get("target", ""))
 
 
 def parse(text: str, where: str, strict: bool) -> dict[str, Any] | None:
@@ -175,6 +176,10 @@ def load_pair(old: str, new: str, cwd: Path | None = None) -> tuple[Manifests, M
     here = working_tree(path) if path.is_dir() else from_path(path)
     if path.is_file():
         at_rev = {"": next(iter(at_rev.values()))} if at_rev else {}
+    if not at_rev and not here:
+        raise FatalError(f"no manifest under {path}, neither at revision {rev} nor in the work "
+                         "tree (tracked or not ignored); committed manifests are written by "
+                         "--manifests DIR")
     return (at_rev, here) if old_rev else (here, at_rev)
 
 

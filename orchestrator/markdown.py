@@ -43,7 +43,8 @@ def parity_cell(c: dict[str, Any]) -> str:
         return f"{a if a is not None else '-'} → {b if b is not None else '-'}"
     if d == 0:
         return f"{b:.4f}"
-    return f"{a:.4f} → {b:.4f} ({d:+.4f}) {_arrow(d)}"
+    places = 4 if abs(d) >= 5e-5 else 6  # a tiny change stays visible
+    return f"{a:.{places}f} → {b:.{places}f} ({d:+.{places}f}) {_arrow(d)}"
 
 
 def size_cell(c: dict[str, Any]) -> str:
@@ -109,11 +110,16 @@ def details(label: str, c: dict[str, Any]) -> list[str]:
             old, new = (k["old"] or "-")[:12], (k["new"] or "-")[:12]
             lines.append(f"- `{k['step']}` `{old}` → `{new}`: {'; '.join(k['why'])}")
         lines.append("")
-    if c["details"]:
-        lines.append("**Changes**")
+    main = [d for d in c["details"] if not d.startswith("benchmark.")]
+    bench = [d for d in c["details"] if d.startswith("benchmark.")]
+    if main:
+        lines.extend(["**Changes**", ""])
+        lines.extend(f"- {_esc(d)}" for d in main)
         lines.append("")
-        lines.extend(f"- {_esc(d)}" for d in c["details"])
-        lines.append("")
+    if bench:  # every figure the benchmark recorded: folded once more
+        lines.extend(["<details>", f"<summary>benchmark figures ({len(bench)} changed)</summary>", ""])
+        lines.extend(f"- {_esc(d)}" for d in bench)
+        lines.extend(["", "</details>", ""])
     lines.append("</details>")
     return lines
 

@@ -17,12 +17,13 @@ from orchestrator.keys import (
     TOKENIZERS,
     diff_documents,
     key_document,
-    machine_fact,
     task_key,
     toolchain,
 )
+from orchestrator.machine import fact as machine_fact
 from orchestrator.sources import ResolvedSource, StatCache, resolve_model_path
-from orchestrator.store.base import Blob, InvalidEntry
+from orchestrator.store import index as index_keys
+from orchestrator.store.base import ActionEntry, Blob, InvalidEntry
 
 Status = Literal["HIT", "RUN", "SKIP"]
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -34,7 +35,7 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     key: str | None = None
     doc: dict[str, Any] | None = None
-    entry: dict[str, Any] | None = None
+    entry: ActionEntry | None = None
 
 
 @dataclass
@@ -68,13 +69,13 @@ def resolve_sources(graph: BuildGraph, stats: StatCache) -> dict[str, ResolvedSo
             where = recipe.where("model", "source")
             path = resolve_model_path(m.source, recipe.base_dir, m.revision, where)
             what = f"model (model.source at {where})"
-        else:
-            samples = recipe.model.inputs.samples
-            assert samples is not None
-            path = recipe.resolve(samples)
-            where = recipe.where("inputs", "samples")
-            check_samples(path, where)
-            what = f"samples (inputs.samples at {where})"
+        else:  # a text file of the recipe's inputs: samples, labelled
+            text = getattr(recipe.model.inputs, src.what)
+            assert text is not None
+            path = recipe.resolve(text)
+            where = recipe.where("inputs", src.what)
+            check_samples(path, where, src.what)
+            what = f"{src.what} (inputs.{src.what} at {where})"
         out[node] = ResolvedSource(path, stats.blob(path, what))
     return out
 
@@ -82,7 +83,7 @@ def resolve_sources(graph: BuildGraph, stats: StatCache) -> dict[str, ResolvedSo
 MAX_SAMPLES_BYTES = 64 * 2**20  # parity and calibration use a few hundred lines
 
 
-def check_samples(path: Path, where: str) -> None:
+def check_samples(path: Path, where: str, field: str = "samples") -> None:
     """A samples file must be a regular UTF-8 text file of at most MAX_SAMPLES_BYTES with at least
     one non-empty line. It is read in chunks: never whole into memory, never blocking (a FIFO or
     device is refused before it is read)."""
@@ -91,7 +92,7 @@ def check_samples(path: Path, where: str) -> None:
     from orchestrator.errors import FatalError
     from orchestrator.hashing import NotRegularFile, open_regular
 
-    what = f"samples file {path} (inputs.samples at {where})"
+    what = f"{field} file {path} (inputs.{field} at {where})"
     try:
         f = open_regular(path)
     except FileNotFoundError:
@@ -100,7 +101,7 @@ def check_samples(path: Path, where: str) -> None:
         raise FatalError(f"{what} not found; fix the path (relative to the recipe)") from None
     except NotRegularFile as e:
         if path.is_dir():
-            raise FatalError(f"samples {path} (inputs.samples at {where}) is a folder; give a text "
+            raise FatalError(f"{field} {path} (inputs.{field} at {where}) is a folder; give a text "
                              "file with one sample per line") from None
         raise FatalError(f"{what} {e.strerror}; give a regular text file with one sample per "
                          "line") from None
@@ -157,7 +158,7 @@ def document(task: Task, input_digests: dict[str, str]) -> dict[str, Any]:
 
 def last_key(task: Task) -> str:
     recipe, target, pos = task.labels[0]
-    return f"last:{recipe}/{target}/{pos}"
+    return index_keys.last_document(recipe, target, pos)
 
 
 def entry_problem(entry: dict[str, Any]) -> str | None:
@@ -191,7 +192,7 @@ def _last_doc(store: Any, task: Task) -> dict[str, Any] | None:
     return last if isinstance(last, dict) else None
 
 
-def usable_entry(store: Any, key: str) -> tuple[dict[str, Any] | None, str | None]:
+def usable_entry(store: Any, key: str) -> tuple[ActionEntry | None, str | None]:
     """The action entry for key if it is well formed and every blob it names is intact; else
     (None, why not)."""
     try:
@@ -207,7 +208,7 @@ def usable_entry(store: Any, key: str) -> tuple[dict[str, Any] | None, str | Non
         problem = store.check(Blob.from_json(b))
         if problem:
             return None, f"cache entry invalid: output {name!r} {problem}"
-    return entry, None
+    return ActionEntry.from_json(entry), None
 
 
 def input_digests(task: Task, sources: dict[str, ResolvedSource],
@@ -224,7 +225,11 @@ def input_digests(task: Task, sources: dict[str, ResolvedSource],
     return digests
 
 
-def decide(task: Task, store: Any, digests: dict[str, str], forced: bool) -> Decision:
+def decide(task: Task, store: Any, digests: dict[str, str], forced: bool,
+           after_upstream: bool = False) -> Decision:
+    """HIT or RUN (with reasons) for a task whose input digests are known. ``after_upstream``:
+    decided again once an upstream rebuilt (then a key seen before but gone from the cache
+    still runs because its input changed)."""
     doc = document(task, digests)
     key = task_key(doc)
     if forced:
@@ -238,7 +243,8 @@ def decide(task: Task, store: Any, digests: dict[str, str], forced: bool) -> Dec
     if last is None:
         return Decision("RUN", ["new"], key, doc)
     if last == doc:
-        return Decision("RUN", ["not in this cache"], key, doc)
+        return Decision("RUN", ["input changed" if after_upstream else "not in this cache"],
+                        key, doc)
     return Decision("RUN", _diff(last, doc), key, doc)
 
 
@@ -296,9 +302,6 @@ def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
         d = decide(task, store, digests, forced)
         decisions[task.id] = d
         if d.status == "HIT" and d.entry is not None:
-            outputs[task.id] = d.entry["outputs"]
+            outputs[task.id] = d.entry.outputs
     return Plan(graph, sources, decisions, force, rebench)
 
-
-def source_path(plan: Plan, node: str) -> Path:
-    return plan.sources[node].path

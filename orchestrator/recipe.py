@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_valid
 from orchestrator import yamlpos
 from orchestrator.errors import FatalError
 from orchestrator.hashing import canonical_json, sha256_bytes
-from orchestrator.registry import Registry, StepInfo
+from orchestrator.registry import Registry, StepInfo, plugin_hint
 from orchestrator.step import Hardware, _Strict
 
 # recipe and target names become folder names under build/: checked whole (re.fullmatch: a `$`
@@ -54,6 +54,10 @@ class Inputs(_Strict):
     shapes: Shapes = Field(default_factory=Shapes)
     samples: str | None = Field(
         None, description="Text file, one sample per line (parity and calibration)."
+    )
+    labelled: str | None = Field(
+        None, description="Labelled text file, one 'label<TAB>text' per line (the accuracy "
+        "check of a sequence classifier; label: a class index or a name of config.id2label)."
     )
 
 
@@ -131,6 +135,8 @@ class RecipeModel(_Strict):
     targets: dict[str, Target] = Field(min_length=1)
     cache: CacheSettings = Field(default_factory=CacheSettings,
                                  description="A shared remote cache (out of every key).")
+    manifests: str | None = Field(None, description="A folder (relative to the recipe) to write "
+                                  "committed manifests to, as --manifests DIR does (which wins).")
 
 
 @dataclass(frozen=True)
@@ -319,7 +325,8 @@ def _use(
     noun = "step" if kind == "transform" else "check"
     names = registry.names()  # every kind: asking for one would import every plugin
     if name not in names:
-        hint = _did_you_mean(name, names) or f"`deploy-build steps` lists the {noun}s"
+        hint = plugin_hint(name, Path(pos.file)) or _did_you_mean(name, names) \
+            or f"`deploy-build steps` lists the {noun}s"
         raise FatalError(f"unknown {noun} {name!r} at {where}; {hint}")
     info = registry.get(name)
     if info.kind != kind:

@@ -9,9 +9,11 @@ a plugin file by the step names its source declares (read with ``ast``, without 
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib
 import importlib.util
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -42,8 +44,11 @@ BUILTINS: dict[str, str] = {
     "litert-quantize": "orchestrator.steps.litert_quantize:LitertQuantize",
     "parity": "orchestrator.steps.parity:Parity",
     "benchmark": "orchestrator.steps.benchmark:Benchmark",
+    "size": "orchestrator.steps.size:Size",
+    "accuracy": "orchestrator.steps.accuracy:Accuracy",
 }
-BUILTIN_KINDS: dict[str, str] = {"parity": "check", "benchmark": "check"}
+BUILTIN_KINDS: dict[str, str] = {"parity": "check", "benchmark": "check", "size": "check",
+                                 "accuracy": "check"}
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
@@ -259,6 +264,37 @@ def plugin_step_names(path: Path) -> list[str] | None:
     return names or None
 
 
+MAX_NEARBY = 200  # plugin files read for the hint of an unknown step, at most
+
+
+def nearby_plugins(name: str, recipe: Path) -> list[Path]:
+    """Plugin files near a recipe (its folder, plugins/ in it, plugins/ beside it) whose source
+    declares step ``name``: read with ``ast``, never imported (for the hint of an unknown step)."""
+    folder = recipe.parent
+    found: list[Path] = []
+    seen = 0
+    for d in (folder, folder / "plugins", folder.parent / "plugins"):
+        for path in sorted(d.glob("*.py")) if d.is_dir() else []:
+            seen += 1
+            if seen > MAX_NEARBY:
+                return found
+            with contextlib.suppress(OSError):
+                if path.stat().st_size < 2**20 and name in (plugin_step_names(path) or []) \
+                        and path.resolve() not in [f.resolve() for f in found]:
+                    found.append(path)
+    return found
+
+
+def plugin_hint(name: str, recipe: Path) -> str:
+    """'list it under plugins:' when a plugin file near the recipe defines the step, else ''."""
+    found = nearby_plugins(name, recipe)
+    if not found:
+        return ""
+    rel = [os.path.relpath(p, recipe.parent) for p in found]
+    return (f"{rel[0]} defines it; list it under 'plugins:' in the recipe "
+            f"(plugins: [{rel[0]}])" + (f" (also in {', '.join(rel[1:])})" if rel[1:] else ""))
+
+
 @functools.cache
 def _entry_points() -> tuple[Any, ...]:
     """The installed `deploy_build.steps` entry points (scanned once per process)."""
@@ -337,7 +373,7 @@ def validate_step(cls: Any) -> list[str]:
     unknown_hw = [k for k in cls.hardware_keys if k not in Hardware.model_fields]
     if unknown_hw:
         problems.append(f"unknown hardware_keys {unknown_hw}; known: {sorted(Hardware.model_fields)}")
-    from orchestrator.keys import MACHINE_FACTS
+    from orchestrator.machine import FACTS as MACHINE_FACTS
 
     unknown_machine = [k for k in cls.machine_keys if k not in MACHINE_FACTS]
     if unknown_machine:

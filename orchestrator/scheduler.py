@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.executors import make_executor
@@ -19,15 +20,16 @@ from orchestrator.graph import Task
 from orchestrator.locks import BuildLocks
 from orchestrator.plan import Decision, Plan, decide, input_digests, usable_entry
 from orchestrator.report import Reporter
-from orchestrator.store.base import Blob, BlobError
-from orchestrator.store.local import LocalStore
+from orchestrator.store import index as index_keys
+from orchestrator.store.base import ActionEntry, Blob, BlobError, Store
+from orchestrator.worker import TaskSpec
 
 
 @dataclass
 class TaskOutcome:
     status: str  # "hit" | "run" | "skip" | "fail"
     key: str | None = None
-    entry: dict[str, Any] | None = None
+    entry: ActionEntry | None = None
     duration: float = 0.0
     reasons: list[str] = field(default_factory=list)
     error: str | None = None  # the whole message: what failed, the log tail, how to reproduce
@@ -60,151 +62,189 @@ def raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def execute(plan: Plan, store: LocalStore, opts: Options, reporter: Reporter,
+def execute(plan: Plan, store: Store, opts: Options, reporter: Reporter,
             repro: dict[str, str]) -> dict[str, TaskOutcome]:
-    graph = plan.graph
-    tasks = {t.id: t for t in graph.tasks()}
-    order = list(tasks)
-    outcomes: dict[str, TaskOutcome] = {}
-    decisions: dict[str, Decision] = dict(plan.decisions)
-    outputs: dict[str, dict[str, Any]] = {}
-    executor = make_executor(opts.executor, opts.jobs, opts.ray_address)
-    started: dict[str, Job] = {}
-    stop = False
-    locks = BuildLocks(store.root, getattr(store, "remote", None))
-    waiting_exclusive: set[str] = set()  # ready exclusive tasks (benchmarks) waiting to run alone
-    waited: set[tuple[str, str]] = set()
+    """Run the plan's RUN tasks (see Scheduler); returns every task's outcome."""
+    return Scheduler(plan, store, opts, reporter, repro).run()
 
-    def wait(tid: str, why: str) -> None:
-        if (tid, why) not in waited:
-            waited.add((tid, why))
-            reporter.task_wait(tasks[tid], why)
 
-    def finish(tid: str, outcome: TaskOutcome) -> None:
-        outcomes[tid] = outcome
-        if outcome.entry is not None:
-            outputs[tid] = outcome.entry["outputs"]
-        reporter.task_done(tasks[tid], outcome)
+class Scheduler:
+    """One build's loop, in named parts: the ready queue (tasks whose upstreams are finished, in
+    plan order), re-deciding a task whose key is known only now (early cutoff), starting it (under
+    its key and machine locks), collecting finished tasks, and stopping (--fail-fast, a signal)."""
 
-    def skip_descendants(tid: str, why: str) -> None:
-        for d in sorted(_descendants(graph.dag, tid)):
-            if d in tasks and d not in outcomes:
-                finish(d, TaskOutcome("skip", reasons=[why]))
+    def __init__(self, plan: Plan, store: Store, opts: Options, reporter: Reporter,
+                 repro: dict[str, str]) -> None:
+        self.plan, self.store, self.opts, self.reporter, self.repro = (
+            plan, store, opts, reporter, repro)
+        self.tasks = {t.id: t for t in plan.graph.tasks()}
+        self.decisions: dict[str, Decision] = dict(plan.decisions)
+        self.outcomes: dict[str, TaskOutcome] = {}
+        self.outputs: dict[str, dict[str, Any]] = {}  # task id -> its output blobs (JSON)
+        self.started: dict[str, Job] = {}
+        self.executor = make_executor(opts.executor, opts.jobs, opts.ray_address)
+        self.locks = BuildLocks(store.root, getattr(store, "remote", None))
+        self.waiting_exclusive: set[str] = set()  # ready exclusive tasks waiting to run alone
+        self._waited: set[tuple[str, str]] = set()
 
-    try:
-        while True:
-            for tid in order:
-                if tid in outcomes or tid in started or stop:
-                    continue
-                d = decisions[tid]
-                if d.status == "SKIP":
-                    finish(tid, TaskOutcome("skip", reasons=d.reasons))
-                    continue
-                ups = [u for u in graph.dag.predecessors(tid) if u in tasks]
-                if any(u not in outcomes for u in ups):
-                    continue
-                if d.status == "HIT":
-                    finish(tid, TaskOutcome("hit", d.key, d.entry, reasons=d.reasons))
-                    continue
-                task = tasks[tid]
-                if d.key is None:  # inputs are known only now: decide again (early cutoff)
-                    digests = input_digests(task, plan.sources, outputs)
-                    assert digests is not None
-                    d = decide(task, store, digests, forced=plan.forced(task))
-                    if d.status == "HIT":
-                        d.reasons = ["early cutoff: upstream rebuilt identical bytes"]
-                        decisions[tid] = d
-                        finish(tid, TaskOutcome("hit", d.key, d.entry, reasons=d.reasons))
-                        continue
-                    d.reasons = d.reasons if d.reasons != ["not in this cache"] else ["input changed"]
-                    decisions[tid] = d
-                res = task.resources
-                if waiting_exclusive and tid not in waiting_exclusive:
-                    continue  # a benchmark waits for the machine to be idle: start nothing new
-                if not executor.can_start(res.cpu, res.memory_gb, res.cuda, task.exclusive):
-                    if task.exclusive:
-                        waiting_exclusive.add(tid)
-                    continue
-                assert d.key is not None
-                if not locks.holds_key(tid):
-                    if not locks.lock_key(tid, d.key):
-                        wait(tid, "another build is running it: a hit once it is done")
-                        continue  # look again once it is done
-                    entry = None if plan.forced(task) else usable_entry(store, d.key)[0]
-                    if entry is not None:  # it finished while this build planned or waited
-                        locks.release(tid)
-                        waiting_exclusive.discard(tid)
-                        d = Decision("HIT", ["built by another build meanwhile"], d.key, d.doc,
-                                     entry)
-                        decisions[tid] = d
-                        finish(tid, TaskOutcome("hit", d.key, d.entry, reasons=d.reasons))
-                        continue
-                if not locks.lock_machine(tid, task.exclusive):
-                    if task.exclusive:  # another build's tasks run: start nothing until it can
-                        waiting_exclusive.add(tid)
-                        wait(tid, "it runs alone: waiting for another build's tasks to finish")
-                    else:
-                        wait(tid, "another build is benchmarking: nothing runs beside it")
-                    continue
-                waiting_exclusive.discard(tid)
-                try:
-                    job = _job(task, d, plan, store, outputs, opts)
-                except BlobError as e:  # an input blob went missing or bad since planning
-                    locks.release(tid)
-                    msg = (f"{task.label} could not start: an input in the cache is {e} "
-                           "(removed or changed during the build); run the build again: the "
-                           "task that made it is rebuilt")
-                    finish(tid, TaskOutcome("fail", d.key, reasons=d.reasons, error=msg))
-                    skip_descendants(tid, f"upstream {task.label} failed")
-                    continue
-                started[tid] = job
-                executor.start(job)
-                reporter.task_start(task, d.reasons)
-            if not executor.running and all(t in outcomes or t in started for t in order):
-                break
-            if not executor.running and stop:
-                break
-            if not executor.running:
-                time.sleep(0.05)  # waiting for another build's locks only
-            for fin in executor.poll(0.05):
-                job = started[fin.task_id]
-                task = tasks[fin.task_id]
-                d = decisions[fin.task_id]
-                outcome = _record(task, d, fin, store, repro.get(fin.task_id, ""))
-                locks.release(fin.task_id)  # after the entry is written (or the task failed)
+    def run(self) -> dict[str, TaskOutcome]:
+        try:
+            while len(self.outcomes) < len(self.tasks) or self.executor.running:
+                self.start_ready()
+                if not self.executor.running:
+                    time.sleep(0.05)  # nothing runs: waiting for another build's locks only
+                self.collect()
+                self.reporter.tick(self.executor)
+        except KeyboardInterrupt as e:
+            raise Interrupted(143 if isinstance(e, Terminated) else 130) from None
+        finally:  # whatever stops the loop, no worker outlives it and no scratch is left
+            self.executor.cancel_all()
+            self.locks.release_all()
+            for job in self.started.values():
                 shutil.rmtree(job.scratch, ignore_errors=True)
-                finish(fin.task_id, outcome)
-                if outcome.status == "fail":
-                    skip_descendants(fin.task_id, f"upstream {task.label} failed")
-                    if opts.fail_fast:
-                        stop = True
-                        executor.cancel_all()
-                        for tid, j in started.items():
-                            if tid not in outcomes:
-                                shutil.rmtree(j.scratch, ignore_errors=True)
-                                finish(tid, TaskOutcome("skip", reasons=["stopped by --fail-fast"]))
-            reporter.tick(executor)
-        for tid in order:
-            if tid not in outcomes:
-                finish(tid, TaskOutcome("skip", reasons=["stopped by --fail-fast"]))
-    except KeyboardInterrupt as e:
-        raise Interrupted(143 if isinstance(e, Terminated) else 130) from None
-    finally:  # whatever stops the loop, no worker outlives it and no scratch is left
-        executor.cancel_all()
-        locks.release_all()
-        for job in started.values():
-            shutil.rmtree(job.scratch, ignore_errors=True)
-    return outcomes
+        return self.outcomes
+
+    # ---- the ready queue -----------------------------------------------------------------
+    def ready(self) -> Iterator[Task]:
+        """Tasks neither finished nor started whose upstream tasks have all finished, in plan
+        order; evaluated lazily, so a task finished on the way frees its downstream at once."""
+        preds = self.plan.graph.dag.predecessors
+        for tid, task in self.tasks.items():
+            if tid in self.outcomes or tid in self.started:
+                continue
+            if self.decisions[tid].status == "SKIP" or all(
+                    u in self.outcomes for u in preds(tid) if u in self.tasks):
+                yield task
+
+    def start_ready(self) -> None:
+        for task in self.ready():
+            d = self.settle(task)
+            if d is not None and self.may_start(task) and self.claim(task, d):
+                self.start(task, d)
+
+    def settle(self, task: Task) -> Decision | None:
+        """Finish a task that needs no run (SKIP, HIT, a hit found only now); else its RUN
+        decision, with a key."""
+        d = self.decisions[task.id]
+        if d.status == "SKIP":
+            self.finish(task.id, TaskOutcome("skip", reasons=d.reasons))
+            return None
+        if d.key is None:
+            d = self.redecide(task)
+        if d.status == "HIT":
+            self.finish(task.id, TaskOutcome("hit", d.key, d.entry, reasons=d.reasons))
+            return None
+        return d
+
+    def redecide(self, task: Task) -> Decision:
+        """Decide again a task whose inputs are known only now: a hit if the upstream rebuilt
+        identical bytes (early cutoff)."""
+        digests = input_digests(task, self.plan.sources, self.outputs)
+        assert digests is not None  # every upstream has finished
+        d = decide(task, self.store, digests, forced=self.plan.forced(task), after_upstream=True)
+        if d.status == "HIT":
+            d = replace(d, reasons=["early cutoff: upstream rebuilt identical bytes"])
+        self.decisions[task.id] = d
+        return d
+
+    # ---- starting a task -----------------------------------------------------------------
+    def may_start(self, task: Task) -> bool:
+        """Whether the executor has room for it now. A waiting benchmark blocks new starts."""
+        if self.waiting_exclusive and task.id not in self.waiting_exclusive:
+            return False  # a benchmark waits for the machine to be idle: start nothing new
+        res = task.resources
+        if self.executor.can_start(res.cpu, res.memory_gb, res.cuda, task.exclusive):
+            return True
+        if task.exclusive:
+            self.waiting_exclusive.add(task.id)
+        return False
+
+    def claim(self, task: Task, d: Decision) -> bool:
+        """Take the task's key lock and the machine lock; False to look again later (another
+        build runs it, or benchmarks). A key another build finished meanwhile is a hit."""
+        assert d.key is not None
+        if not self.locks.holds_key(task.id):
+            if not self.locks.lock_key(task.id, d.key):
+                self.wait(task, "another build is running it: a hit once it is done")
+                return False
+            entry = None if self.plan.forced(task) else usable_entry(self.store, d.key)[0]
+            if entry is not None:  # it finished while this build planned or waited
+                self.locks.release(task.id)
+                self.waiting_exclusive.discard(task.id)
+                hit = Decision("HIT", ["built by another build meanwhile"], d.key, d.doc, entry)
+                self.decisions[task.id] = hit
+                self.finish(task.id, TaskOutcome("hit", hit.key, entry, reasons=hit.reasons))
+                return False
+        if self.locks.lock_machine(task.id, task.exclusive):
+            self.waiting_exclusive.discard(task.id)
+            return True
+        if task.exclusive:  # another build's tasks run: start nothing until it can
+            self.waiting_exclusive.add(task.id)
+            self.wait(task, "it runs alone: waiting for another build's tasks to finish")
+        else:
+            self.wait(task, "another build is benchmarking: nothing runs beside it")
+        return False
+
+    def start(self, task: Task, d: Decision) -> None:
+        try:
+            job = _job(task, d, self.plan, self.store, self.outputs, self.opts)
+        except BlobError as e:  # an input blob went missing or bad since planning
+            self.locks.release(task.id)
+            msg = (f"{task.label} could not start: an input in the cache is {e} (removed or "
+                   "changed during the build); run the build again: the task that made it is "
+                   "rebuilt")
+            self.fail(task, TaskOutcome("fail", d.key, reasons=d.reasons, error=msg))
+            return
+        self.started[task.id] = job
+        self.executor.start(job)
+        self.reporter.task_start(task, d.reasons)
+
+    # ---- collecting finished tasks, and stopping -----------------------------------------
+    def collect(self) -> None:
+        for fin in self.executor.poll(0.05):
+            task = self.tasks[fin.task_id]
+            outcome = _record(task, self.decisions[task.id], fin, self.store,
+                              self.repro.get(task.id, ""))
+            self.locks.release(task.id)  # after the entry is written (or the task failed)
+            shutil.rmtree(self.started[task.id].scratch, ignore_errors=True)
+            if outcome.status == "fail":
+                self.fail(task, outcome)
+            else:
+                self.finish(task.id, outcome)
+
+    def fail(self, task: Task, outcome: TaskOutcome) -> None:
+        self.finish(task.id, outcome)
+        for d in sorted(self.plan.graph.dag.descendants(task.id)):
+            if d in self.tasks and d not in self.outcomes:
+                self.finish(d, TaskOutcome("skip", reasons=[f"upstream {task.label} failed"]))
+        if self.opts.fail_fast:
+            self.stop("stopped by --fail-fast")
+
+    def stop(self, why: str) -> None:
+        """Cancel what runs and finish every unfinished task as skipped, with why."""
+        self.executor.cancel_all()
+        for tid in self.tasks:
+            if tid not in self.outcomes:
+                if tid in self.started:
+                    shutil.rmtree(self.started[tid].scratch, ignore_errors=True)
+                self.finish(tid, TaskOutcome("skip", reasons=[why]))
+
+    def finish(self, tid: str, outcome: TaskOutcome) -> None:
+        self.outcomes[tid] = outcome
+        if outcome.entry is not None:
+            self.outputs[tid] = outcome.entry.outputs
+        self.reporter.task_done(self.tasks[tid], outcome)
+
+    def wait(self, task: Task, why: str) -> None:
+        """Report once per task and reason that it waits for another build."""
+        if (task.id, why) not in self._waited:
+            self._waited.add((task.id, why))
+            self.reporter.task_wait(task, why)
 
 
-def _descendants(dag: Any, node: str) -> set[str]:
-    import networkx as nx
-
-    return set(nx.descendants(dag, node))
-
-
-def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
+def _job(task: Task, d: Decision, plan: Plan, store: Store,
          outputs: dict[str, dict[str, Any]], opts: Options) -> Job:
+    """The executor's job for a task: its inputs placed in a fresh scratch folder."""
     scratch = store.scratch(prefix=f"{task.step}-")
     inputs: dict[str, str] = {}
     for name, (node, out) in task.inputs.items():
@@ -219,30 +259,23 @@ def _job(task: Task, d: Decision, plan: Plan, store: LocalStore,
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         inputs[name] = str(dest)
-    spec = {
-        "ref": task.info.ref,
-        "step": task.step,
-        "params": task.params,  # what was keyed: completed, unused params at their defaults
-        "inputs": inputs,
-        "out_dir": str(scratch / "out"),
-        "hardware": task.hardware,
-        "model": task.model,
-        "threads": max(1, min(task.resources.cpu, opts.jobs)),
-        "store": str(store.root),
-        "reference": task.reference,
-    }
-    res = task.resources
-    job = Job(task.id, spec, scratch, res.cpu, task.label, res.memory_gb, res.cuda,
-              exclusive=task.exclusive)
-    for name in ("timeout_s", "max_memory_mb"):  # per-step limits, enforced by the executor
-        lim = getattr(task.limits, name, None)
-        if lim is not None:
-            setattr(job, name, lim.value)
-            job.limit_where[name] = lim.where
-    return job
+    spec = TaskSpec(
+        ref=task.info.ref, step=task.step, params=task.params, inputs=inputs,
+        out_dir=str(scratch / "out"), result=str(scratch / "result.json"),
+        hardware=task.hardware, model=task.model,
+        threads=max(1, min(task.resources.cpu, opts.jobs)), store=str(store.root),
+        reference=task.reference)
+    res, lim = task.resources, task.limits
+    timeout = lim.timeout_s if lim is not None else None  # per-step limits, for the executor
+    memory = lim.max_memory_mb if lim is not None else None
+    where = {n: v.where for n, v in (("timeout_s", timeout), ("max_memory_mb", memory)) if v}
+    return Job(task.id, spec, scratch, res.cpu, task.label, res.memory_gb, res.cuda,
+               timeout_s=timeout.value if timeout else None,
+               max_memory_mb=memory.value if memory else None, limit_where=where,
+               exclusive=task.exclusive)
 
 
-def _record(task: Task, d: Decision, fin: Finished, store: LocalStore, repro: str) -> TaskOutcome:
+def _record(task: Task, d: Decision, fin: Finished, store: Store, repro: str) -> TaskOutcome:
     if not fin.ok or fin.result is None:
         why = fin.reason or (describe_exit(fin.returncode) if fin.returncode != 0
                              else "worker wrote no result")
@@ -252,26 +285,21 @@ def _record(task: Task, d: Decision, fin: Finished, store: LocalStore, repro: st
         return TaskOutcome("fail", d.key, None, fin.duration, d.reasons, msg, summary, tail, repro)
     assert d.key is not None and d.doc is not None
     log_blob = store.put_bytes(fin.log.encode())
-    entry = {
-        "outputs": fin.result["outputs"],
-        "metrics": fin.result["metrics"],
-        "warnings": fin.result["warnings"],
-        "log": log_blob.digest,
-        "doc": d.doc,
-    }
-    store.put_action(d.key, entry)
+    entry = ActionEntry(fin.result["outputs"], fin.result["metrics"], fin.result["warnings"],
+                        log_blob.digest, d.doc)
+    store.put_action(d.key, entry.to_json())
     for recipe, target, pos in task.labels:
-        store.set_meta(f"last:{recipe}/{target}/{pos}", d.doc)
+        store.set_meta(index_keys.last_document(recipe, target, pos), d.doc)
     return TaskOutcome("run", d.key, entry, fin.duration, d.reasons)
 
 
-def remember_hits(plan: Plan, outcomes: dict[str, TaskOutcome], store: LocalStore) -> None:
+def remember_hits(plan: Plan, outcomes: dict[str, TaskOutcome], store: Store) -> None:
     """Record the key document of every hit under each of its labels, so later reasons compare
     against what this build used."""
     for tid, o in outcomes.items():
         if o.status == "hit" and o.entry is not None:
             task = plan.graph.task(tid)
             for recipe, target, pos in task.labels:
-                k = f"last:{recipe}/{target}/{pos}"
-                if store.get_meta(k) != o.entry["doc"]:
-                    store.set_meta(k, o.entry["doc"])
+                k = index_keys.last_document(recipe, target, pos)
+                if store.get_meta(k) != o.entry.doc:
+                    store.set_meta(k, o.entry.doc)

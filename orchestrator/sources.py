@@ -17,12 +17,13 @@ from typing import Any
 from orchestrator.errors import FatalError
 from orchestrator.hashing import (
     NotRegularFile,
-    canonical_json,
     file_kind,
     sha256_bytes,
     sha256_file,
+    tree_listing,
     walk_files,
 )
+from orchestrator.store import index as index_keys
 from orchestrator.store.base import Blob
 
 HUB_HOST = ("huggingface.co", 443)
@@ -48,7 +49,7 @@ class StatCache:
             st = path.stat()
             if not stat.S_ISREG(st.st_mode):
                 raise NotRegularFile(0, f"is a {file_kind(st.st_mode)}", str(path))
-            key = "s:" + str(path)
+            key = index_keys.source_stat(path)
             sig = [st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns]
             hit = self.index.get(key)
             if isinstance(hit, list) and len(hit) == 5 and hit[:4] == sig and isinstance(hit[4], str):
@@ -69,15 +70,10 @@ class StatCache:
 
     def blob(self, path: Path, what: str = "") -> Blob:
         if path.is_dir():
-            files: dict[str, list[Any]] = {}
-            total = 0
-            for rel, p in walk_files(path):
-                d, size = self.file_digest(p, what)
-                files[rel] = [d, size]
-                total += size
-            if not files:
+            listing, total = tree_listing(path, lambda p: self.file_digest(p, what))
+            if next(walk_files(path), None) is None:
                 raise FatalError(f"model folder {path} holds no files")
-            return Blob("tree", sha256_bytes(canonical_json({"files": files}).encode()), total)
+            return Blob("tree", sha256_bytes(listing), total)
         d, size = self.file_digest(path, what)
         return Blob("file", d, size)
 

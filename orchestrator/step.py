@@ -7,7 +7,8 @@ A step is a class with:
   the task key,
 - ``inputs``: the named inputs it reads (``model``: the previous step's output or, for the first
   step, the model source; ``source``: the model source folder; ``samples``: the recipe's sample
-  text file, absent from ``ctx.inputs`` when the recipe has none; ``reference``: for a check
+  text file, absent from ``ctx.inputs`` when the recipe has none; ``labelled``: the recipe's
+  labelled file (``label<TAB>text`` lines), likewise; ``reference``: for a check
   with ``reference`` set, the ``reference`` output of its reference task),
 - ``outputs``: output name -> file name; a name ending in ``/`` is a folder (stored as a tree),
 - ``input_formats``: the formats the ``model`` input may have (``("onnx",)``; see
@@ -48,7 +49,7 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 StepKind = Literal["transform", "check"]
-KNOWN_INPUTS = ("model", "source", "samples", "reference")
+KNOWN_INPUTS = ("model", "source", "samples", "labelled", "reference")
 P = TypeVar("P", bound=BaseModel)
 
 
@@ -232,6 +233,7 @@ class PlanContext:
     # the recipe's inputs.shapes (they reach the key only through the params a step fills from them)
     shapes: dict[str, list[int]] = field(default_factory=dict)
     reference: bool = False  # this is a check's reference task (model = the model source)
+    task: str = "feature-extraction"  # the recipe's model.task
 
 
 @dataclass(frozen=True)

@@ -69,9 +69,11 @@ def run_step(step_cls: type[Step[Any]], params: BaseModel | dict[str, Any] | Non
              inputs: dict[str, Path | str] | None = None, *, task: str = "feature-extraction",
              trust_remote_code: bool = False, hardware: dict[str, Any] | None = None,
              threads: int = 1, reference: bool = False, shapes: dict[str, list[int]] | None = None,
-             input_formats: dict[str, str] | None = None, out_dir: Path | None = None) -> StepRun:
+             input_formats: dict[str, str] | None = None, out_dir: Path | None = None,
+             reference_metrics: dict[str, Any] | None = None) -> StepRun:
     """Run ``step_cls`` once in this process, as a build's worker would; raise what it raises
-    (a ``ContractError`` for an invalid output or a write into an input)."""
+    (a ``ContractError`` for an invalid output or a write into an input). A check is judged with
+    ``reference_metrics`` as its reference task's metrics (e.g. a run with reference=True)."""
     from orchestrator.worker import run_checked
 
     _validated(step_cls)
@@ -82,7 +84,7 @@ def run_step(step_cls: type[Step[Any]], params: BaseModel | dict[str, Any] | Non
     raw = params if isinstance(params, BaseModel) else step_cls.Params.model_validate(params or {})
     hw = Hardware.model_validate(hardware or {})
     formats_in = {k: _format_of(k, p) for k, p in given.items()} | (input_formats or {})
-    planned = step_cls.plan(raw, PlanContext(hw, formats_in, shapes or {}, reference))
+    planned = step_cls.plan(raw, PlanContext(hw, formats_in, shapes or {}, reference, task))
     run_params = at_defaults(planned.params, planned.unused)
     missing = [i for i in planned.inputs if i not in given and i not in ("samples", "reference")]
     if missing:
@@ -96,7 +98,7 @@ def run_step(step_cls: type[Step[Any]], params: BaseModel | dict[str, Any] | Non
     metrics = run_checked(step_cls, ctx, protect=False)
     outputs = {name: folder / f.rstrip("/") for name, f in step_cls.outputs.items()
                if (folder / f.rstrip("/")).exists()}
-    verdict = step_cls.judge(planned.params, metrics, None) \
+    verdict = step_cls.judge(planned.params, metrics, reference_metrics) \
         if step_cls.kind == "check" and not reference else None
     return StepRun(outputs, metrics, list(ctx.warnings), run_params, verdict, folder)
 
@@ -126,7 +128,7 @@ def _inputs(session: Any, task: Any, folder: Path) -> dict[str, Path]:
                              f"{name!r} (from {up}) is not cached ({d.status}); build it first: "
                              f"deploy-build {' '.join(r.path.as_posix() for r in session.recipes)} "
                              f"--only {up}")
-        ref = d.entry["outputs"][out]
+        ref = d.entry.outputs[out]
         dest = folder / "in" / name / ref["filename"].rstrip("/")
         session.store.materialize(Blob.from_json(ref), dest)
         paths[name] = dest

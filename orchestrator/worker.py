@@ -18,11 +18,38 @@ import os
 import signal
 import sys
 import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator import sandbox
 from orchestrator.hashing import canonical_json
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a worker needs to run one task: the step (by its registry ref), the keyed params,
+    where its inputs are and where to write, and the store its outputs go to. Written as JSON
+    beside the task's scratch folder; the result JSON goes to ``result``."""
+
+    ref: dict[str, str]  # how the worker finds the step class (registry.load_step)
+    step: str
+    params: dict[str, Any]  # what was keyed: completed, unused params at their defaults
+    inputs: dict[str, str]  # input name -> path
+    out_dir: str
+    result: str
+    hardware: dict[str, Any]
+    model: dict[str, Any]
+    threads: int
+    store: str
+    reference: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TaskSpec:
+        return cls(**d)
 
 
 class ContractError(Exception):
@@ -72,27 +99,27 @@ def run_checked(cls: Any, ctx: Any, protect: bool = True) -> dict[str, Any]:
     return metrics
 
 
-def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+def run_spec(spec: TaskSpec) -> dict[str, Any]:
     from orchestrator.registry import load_step
     from orchestrator.step import ModelInfo, StepContext
     from orchestrator.store.local import LocalStore
 
-    cls = load_step(spec["ref"])
-    params = cls.Params.model_validate(spec["params"])
-    out_dir = Path(spec["out_dir"])
+    cls = load_step(spec.ref)
+    params = cls.Params.model_validate(spec.params)
+    out_dir = Path(spec.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = StepContext(
         params=params,
-        inputs={k: Path(v) for k, v in spec["inputs"].items()},
+        inputs={k: Path(v) for k, v in spec.inputs.items()},
         out_dir=out_dir,
         outputs=dict(cls.outputs),
-        hardware=spec["hardware"],
-        model=ModelInfo(**spec["model"]),
-        threads=int(spec["threads"]),
-        reference=bool(spec.get("reference", False)),
+        hardware=spec.hardware,
+        model=ModelInfo(**spec.model),
+        threads=spec.threads,
+        reference=spec.reference,
     )
     metrics = run_checked(cls, ctx)
-    store = LocalStore(spec["store"])
+    store = LocalStore(spec.store)
     outputs: dict[str, Any] = {}
     try:
         for name, filename in cls.outputs.items():
@@ -147,7 +174,7 @@ def main(argv: list[str]) -> int:
     from orchestrator.store.local import lock_folder
 
     lock_folder(spec_path.parent, create=False)  # held (fd left open) until this process ends
-    spec = json.loads(spec_path.read_text())
+    spec = TaskSpec.from_json(json.loads(spec_path.read_text()))
     try:
         result = run_spec(spec)
     except ContractError as e:
@@ -156,9 +183,9 @@ def main(argv: list[str]) -> int:
     except Exception:
         traceback.print_exc()
         return 1
-    tmp = Path(spec["result"] + ".tmp")
+    tmp = Path(spec.result + ".tmp")
     tmp.write_text(canonical_json(result))
-    os.replace(tmp, spec["result"])
+    os.replace(tmp, spec.result)
     return 0
 
 

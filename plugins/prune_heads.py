@@ -105,7 +105,6 @@ class PruneHeads(Step[PruneHeadsParams]):
     version = "1"
     description = ("Prune the least important attention heads of a BERT-style Hugging Face model "
                    "(ablation importance on the samples); needs model.trust_remote_code: true.")
-    Params = PruneHeadsParams
     inputs = ("model", "samples")
     outputs = {"model": "hf/"}
     input_formats = {"model": ("hf-model",)}  # what the previous step (or the source) must give
@@ -127,8 +126,7 @@ class PruneHeads(Step[PruneHeadsParams]):
         tokenizer = hf.load_tokenizer(folder, ctx.model.trust_remote_code)
         counts = _head_counts(model)
         samples = hf.samples_for(ctx, "head importance", limit=p.max_samples)
-        enc = tokenizer(samples, padding=True, truncation=True, max_length=128,
-                        return_tensors="pt")
+        enc = hf.encode(tokenizer, samples, max_length=128, tensors="pt")
         before = _embed(model, enc)
         scores: dict[int, list[float]] = {}
         if p.heads is not None:

@@ -66,6 +66,12 @@ def test_bundles_load_and_verify(tiny_model_dir: Path, tmp_path: Path, capsys) -
     result = _example(host)
     assert result["output_shape"][0] == 2 and result["output_shape"][2] == 32
     assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in result["result"])
+    ov_sig = json.loads((out / "tiny" / "openvino-fp32" / "signature.json").read_text())
+    assert ov_sig["runtime"] == "openvino" and ov_sig["engine"] == "ir"
+    assert [(i["name"], i["dtype"], i["shape"]) for i in ov_sig["inputs"]] == [
+        (n, "int64", [None, None]) for n in ("input_ids", "attention_mask", "token_type_ids")]
+    assert ov_sig["outputs"] == [{"name": "last_hidden_state", "dtype": "float32",
+                                  "shape": [None, None, 32], "dynamic_axes": {"0": None, "1": None}}]
     ov = _example(out / "tiny" / "openvino-fp32")
     assert max(abs(a - b) for a, b in zip(ov["result"][0], result["result"][0], strict=True)) < 1e-3
     capsys.readouterr()

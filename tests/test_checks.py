@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -254,25 +253,31 @@ def test_benchmark_of_the_source_itself(tiny_model_dir: Path, tmp_path: Path) ->
 
 
 def test_measure_stabilization() -> None:
+    """The stabilization rule on a clock the runs advance by exact amounts (a timed test would
+    follow the machine's load, not the rule)."""
+    now = [0.0]
     calls = [0]
 
+    def clock() -> float:
+        return now[0]
+
     def alternating(feed: Any) -> None:  # window medians alternate 1 ms / 3 ms: never stable
-        time.sleep(0.001 if (calls[0] // 3) % 2 == 0 else 0.003)
+        now[0] += 0.001 if (calls[0] // 3) % 2 == 0 else 0.003
         calls[0] += 1
 
     import numpy as np
 
     feed = {"input_ids": np.zeros((2, 4))}
     p = BenchmarkParams(warmup=0, min_runs=3, max_runs=12, window=3, stability=0.05)
-    r = measure(alternating, feed, p)
+    r = measure(alternating, feed, p, clock)
     assert r["runs"] == 12 and r["stable"] is False and r["spread"] > 0.5
 
     def steady(feed: Any) -> None:
-        time.sleep(0.002)
+        now[0] += 0.002
 
-    r = measure(steady, feed, p.model_copy(update={"stability": 0.5, "min_runs": 6}))
+    r = measure(steady, feed, p.model_copy(update={"stability": 0.5, "min_runs": 6}), clock)
     assert r["stable"] is True and r["runs"] == 6
-    r = measure(steady, feed, p.model_copy(update={"max_seconds": 0.001}))
+    r = measure(steady, feed, p.model_copy(update={"max_seconds": 0.001}), clock)
     assert r["runs"] == 1 and r["stable"] is False and r["spread"] is None
 
 

@@ -55,6 +55,7 @@ def _build(tmp: Path, recipes: list[str], n: int, manifests: Path) -> None:
     assert rc == 0  # the cuda targets are skipped on this machine (no CUDA device), cleanly
 
 
+@pytest.mark.slow  # four real builds of a tiny model (about a minute on 2 busy cores)
 def test_two_builds_from_empty_caches_write_identical_manifests(tiny_model_dir: Path, tmp_path: Path,
                                                                  capsys) -> None:
     recipes = _recipes(tmp_path, tiny_model_dir)
@@ -68,6 +69,18 @@ def test_two_builds_from_empty_caches_write_identical_manifests(tiny_model_dir: 
     assert first["edge-a/gpu-fp32.json"] == '{"from": "the gpu machine"}\n'
     # the committed file is the build/ manifest byte for byte
     assert first["edge-a/cpu-int8.json"] == (tmp_path / "out1/edge-a/cpu-int8/manifest.json").read_text()
+    # edge-b is edge-a with per_channel false: the review diff names the key and why, the parity
+    # and size changes, and the latency change with its noise band
+    capsys.readouterr()
+    main(["diff", str(committed / "edge-a/cpu-int8.json"), str(committed / "edge-b/cpu-int8.json"),
+          "--format", "md"])
+    md = capsys.readouterr().out
+    assert "- `2:ort-quantize` " in md and "param changed: per_channel true -> false" in md
+    assert "`1:export-onnx`" not in md  # same model, same params: the same export task
+    row = next(line for line in md.splitlines() if line.startswith("| `edge-b/cpu-int8`"))
+    cells = row.split(" | ")
+    assert " → " in cells[2] and " → " in cells[3]  # parity and size changed, with arrows
+    assert "b1_s16 " in cells[4] and ("noise ±" in cells[4] or "band ±" in cells[4])
     second = tmp_path / "manifests2"
     _build(tmp_path, recipes, 2, second)
     for rel in ("edge-a/cpu-int8.json", "edge-b/cpu-int8.json"):

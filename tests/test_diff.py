@@ -143,6 +143,16 @@ def test_json_format_gives_changes_noise_and_key_reasons(tmp_path: Path, capsys)
     assert doc["regressions"] == []
 
 
+def test_text_format_marks_latency_inside_the_spread_as_noise(tmp_path: Path, capsys) -> None:
+    a = _committed(tmp_path, "old", real_like(True))
+    b = _committed(tmp_path, "new", real_like(False))
+    assert main(["diff", str(a), str(b)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ("  benchmark.results.b1_s128.median_ms: 8.6 -> 8.8 (+2.3%)"
+            "  (noise: inside the measured ±7.02%)") in out
+    assert "  benchmark.results.b8_s128.median_ms: 65 -> 80 (+23.1%)" in out
+
+
 def test_markdown_table_first_then_details(tmp_path: Path, capsys) -> None:
     a = _committed(tmp_path, "old", real_like(True))
     b = _committed(tmp_path, "new", real_like(False))
@@ -198,5 +208,40 @@ def test_diff_against_a_git_revision_reads_tracked_manifests(tmp_path: Path, cap
     assert json.loads(capsys.readouterr().out)["targets"]["bert-edge/cpu-int8"]["change"] == "changed"
     assert main(["diff", "HEAD", "."]) == 0
     assert capsys.readouterr().out == "bert-edge/cpu-int8: no changes\n"
+    assert main(["diff", "HEAD", "build"]) == 1  # ignored: no tracked manifest there
+    assert "no manifest under build, neither at revision HEAD" in capsys.readouterr().err
     assert main(["diff", "nosuchrev", "."]) == 1
     assert "nosuchrev is neither a manifest, a folder of them, nor a git revision" in capsys.readouterr().err
+
+
+def test_markdown_added_removed_and_unchanged_targets(tmp_path: Path, capsys) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    gone, same, added = real_like(True), real_like(True), real_like(False)
+    gone["target"], added["target"] = "cpu-fp16", "openvino-int8"
+    for folder, ms in ((old, (gone, same)), (new, (same, added))):
+        for m in ms:
+            p = folder / "bert-edge" / f"{m['target']}.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(m))
+    assert main(["diff", str(old), str(new), "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("### deploy-build diff: 2 of 3 targets changed\n")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines()
+            if line.startswith("| `")}
+    assert rows["`bert-edge/cpu-fp16`"][1] == "ok (removed)"
+    assert rows["`bert-edge/openvino-int8`"][1] == "ok (added)"
+    assert rows["`bert-edge/cpu-int8`"][1] == "ok" and rows["`bert-edge/cpu-int8`"][2] == "0.9940"
+    assert md.count("<details>") == 2  # an unchanged target has nothing to fold
+
+
+def test_noise_band_of_a_noisy_point_includes_its_run_spread() -> None:
+    from orchestrator.compare import band, latency
+
+    quiet = _point(10.0, 2.0, [1.98, 2.02], spread=0.01)
+    noisy = {**_point(12.0, 2.0, [1.9, 2.1], spread=0.03), "noisy": True}  # p90 10% over median
+    assert band(quiet) == 0.01 and band(noisy) == 0.1
+    old = {"benchmark": {"results": {"p": quiet}}}
+    assert latency(old, {"benchmark": {"results": {"p": noisy}}})["p"]["verdict"] == "slower"  # +20%
+    near = {**noisy, "median_ms": 10.8, "p90_ms": 11.88}
+    assert latency(old, {"benchmark": {"results": {"p": near}}})["p"] == {
+        "old": 10.0, "new": 10.8, "pct": 8.0, "band_pct": 10.0, "verdict": "noise"}

@@ -15,7 +15,7 @@ def running(ex: LocalExecutor, cpu: int, memory_gb: float = 0, cuda: int = 0) ->
     job = Job(f"t{len(ex.running)}", {}, Path("/tmp"), cpu, "", memory_gb, cuda)
     proc = subprocess.Popen(["true"])
     proc.wait()
-    ex.running[job.task_id] = _Running(job, proc, 0.0, Path("/dev/null"))
+    ex.running[job.task_id] = _Running(job, proc, 0.0, Path("/dev/null"), min(cpu, ex.jobs))
 
 
 def test_cpu_memory_and_cuda_tokens() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from orchestrator.executors.local import Finished, Job, LocalExecutor
+from orchestrator.worker import TaskSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -104,13 +105,13 @@ def job(tmp_path: Path, cls: str, params: dict[str, Any], *, name: str = "t",
     model = tmp_path / "model.txt"
     model.write_text("hello")
     scratch = tmp_path / f"scratch-{name}"
-    spec = {
-        "ref": {"file": str(FIXTURES / "fake_steps.py"), "class": cls},
-        "step": cls, "params": params, "inputs": {"model": str(model)},
-        "out_dir": str(scratch / "out"), "hardware": {"device": "cpu", "accelerator": accelerator},
-        "model": {"task": "feature-extraction", "trust_remote_code": False}, "threads": 1,
-        "store": str(tmp_path / "cache"), "reference": False,
-    }
+    spec = TaskSpec(
+        ref={"file": str(FIXTURES / "fake_steps.py"), "class": cls},
+        step=cls, params=params, inputs={"model": str(model)}, out_dir=str(scratch / "out"),
+        result=str(scratch / "result.json"),
+        hardware={"device": "cpu", "accelerator": accelerator},
+        model={"task": "feature-extraction", "trust_remote_code": False}, threads=1,
+        store=str(tmp_path / "cache"), reference=False)
     return Job(name, spec, scratch, 1, name, **kw)
 
 
@@ -199,9 +200,7 @@ def test_a_task_no_node_can_run_finishes_at_once_with_the_reason(ray_address: st
     ex = RayExecutor(ray_address)
     t0 = time.monotonic()
     ex.start(job(tmp_path, "Upper", {}, accelerator="jetson-orin"))
-    gpu = job(tmp_path, "Upper", {}, name="g")
-    gpu.cuda = 1
-    ex.start(gpu)
+    ex.start(job(tmp_path, "Upper", {}, name="g", cuda=1))
     fins = {f.task_id: f for f in wait(ex, 2, timeout=10)}
     assert time.monotonic() - t0 < 5
     assert "no node of the Ray cluster offers accelerator:jetson-orin" in (fins["t"].reason or "")
@@ -232,3 +231,27 @@ def test_a_build_on_the_ray_cluster_matches_a_local_build(ray_address: str, tmp_
     again = builds["ray"].build_json(builds["ray"].root / "r.yaml", capsys, "--executor", "ray",
                                      "--ray-address", ray_address)
     assert {t["status"] for t in again["tasks"]} == {"hit"}
+
+
+def test_what_the_cluster_builds_reaches_another_machine_through_the_remote_cache(
+        ray_address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A nightly on the Ray cluster with a remote cache (a shared folder here); a machine with an
+    empty cache and no cluster then takes every task from the remote, manifests byte-identical."""
+    from conftest import FAKE_RECIPE, Project
+
+    url = (tmp_path / "remote").as_uri()
+    recipe = FAKE_RECIPE.replace("  b:\n", f"  b:\n    hardware: {{accelerator: {ACCELERATOR}}}\n")
+    builds = {}
+    for where, extra in (("cluster", ("--executor", "ray", "--ray-address", ray_address)),
+                         ("laptop", ("--remote-cache-mode", "read"))):
+        (tmp_path / where).mkdir()
+        project = Project(tmp_path / where)
+        builds[where] = project.build_json(project.recipe(recipe), capsys, "--remote-cache", url,
+                                           *extra)
+        assert builds[where]["rc"] == 0, builds[where]["err"]
+    assert {t["status"] for t in builds["cluster"]["tasks"]} == {"run"}
+    assert {t["status"] for t in builds["laptop"]["tasks"]} == {"hit"}
+    for target in ("a", "b"):
+        one, two = (tmp_path / w / "build" / "demo" / target / "manifest.json"
+                    for w in ("cluster", "laptop"))
+        assert one.read_bytes() == two.read_bytes()

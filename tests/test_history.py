@@ -66,3 +66,45 @@ def test_history_appended_by_runs_that_did_work(project: Project, capsys) -> Non
     assert project.run(str(r), "--manifests", str(manifests), "--force") == 0
     assert [e["run"] for e in read_history(project.root / "history.jsonl")] == [1]
     assert len(read_history(history)) == 2
+
+
+def test_recipe_manifests_key_and_unfinished_targets_are_not_written(project: Project, capsys) -> None:
+    text = FAKE_RECIPE.replace("name: demo\n", "name: demo\nmanifests: committed\n") + """\
+  c:
+    steps:
+      - fake-fail: {how: raise}
+"""
+    r = project.recipe(text)
+    committed = project.root / "committed" / "demo"
+    committed.mkdir(parents=True)
+    (committed / "c.json").write_text("from another machine\n")
+    assert project.run(str(r)) == 2  # target c failed
+    assert sorted(p.name for p in committed.iterdir()) == ["a.json", "b.json", "c.json"]
+    assert (committed / "c.json").read_text() == "from another machine\n"
+    assert (committed / "a.json").read_bytes() == (project.out / "demo/a/manifest.json").read_bytes()
+    runs = read_history(project.root / "history.jsonl")  # beside the manifests folder
+    assert runs[0]["targets"]["demo/c"] == {"status": "failed"}
+    assert project.run(str(r), "--dry-run") == 0
+    assert len(read_history(project.root / "history.jsonl")) == 1  # a plan does no work
+
+
+def test_a_non_reproducible_engine_leaves_its_digests_out_of_the_comparison() -> None:
+    from orchestrator.committed import reproducible_part
+
+    def manifest(engine: str) -> dict:
+        return {"schema": 1, "target": "orin", "status": "ok",
+                "steps": [{"step": "export-onnx", "key": "k1", "outputs": {"model": {"digest": "o1"}}},
+                          {"step": "tensorrt-build", "key": "k2", "reproducible": False,
+                           "inputs": {"model": {"digest": "o1"}},
+                           "outputs": {"model": {"digest": engine, "size": len(engine)}}}],
+                "artifacts": [{"path": "model.plan", "digest": engine, "size": len(engine)}],
+                "checks": {"parity": {"key": "c-" + engine, "mean_cosine": 0.99, "passed": True}},
+                "benchmark": {"results": {"b1": {"median_ms": len(engine)}}}}
+
+    a, b = reproducible_part(manifest("plan-1")), reproducible_part(manifest("plan-22"))
+    assert a == b
+    assert a["steps.0.outputs.model.digest"] == "o1" and a["steps.1.step"] == "tensorrt-build"
+    assert a["checks.parity.passed"] is True and "checks.parity.key" not in a
+    plain = manifest("plan-1")
+    del plain["steps"][1]["reproducible"]
+    assert reproducible_part(plain)["artifacts.0.digest"] == "plan-1"  # reproducible: compared

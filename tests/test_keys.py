@@ -159,3 +159,87 @@ def test_a_toolchain_that_is_not_installed_is_refused_unless_optional(project, c
     (project.root / "trt.py").write_text(
         step.format(optional="    optional_toolchain = ('tensorrt-not-here',)\n"))
     assert project.run(str(r), "--dry-run") == 0
+
+
+GOLDEN_STEP = '''\
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+import golden_helper
+from orchestrator.step import Step, StepContext
+
+
+class GoldenParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: int = 3
+    name: str = "x"
+
+
+class Golden(Step):
+    name = "golden-step"
+    version = "7"
+    Params = GoldenParams
+    inputs = ("model", "samples")
+    outputs = {"model": "model.txt"}
+    input_formats = {"model": ("any",)}
+    output_formats = {"model": "text"}
+    toolchain = ("pyyaml",)
+    hardware_keys = ("device",)
+    machine_keys = ("cpu_count",)
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        return golden_helper.noop()
+'''
+
+
+def _golden_document(tmp_path) -> dict:
+    """plan.document of a real task compiled from a recipe: code digests, toolchain versions
+    and machine facts (which change with a step edit, the environment or the machine) replaced
+    by placeholders, everything else as the key holds it."""
+    from orchestrator.graph import compile_graph
+    from orchestrator.plan import document, resolve_sources
+    from orchestrator.recipe import load_recipe
+    from orchestrator.sources import StatCache
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w.bin").write_bytes(b"w")
+    (tmp_path / "s.txt").write_text("one sample\n")
+    (tmp_path / "golden_step.py").write_text(GOLDEN_STEP)
+    (tmp_path / "golden_helper.py").write_text("def noop():\n    return {}\n")
+    (tmp_path / "r.yaml").write_text(
+        "name: g\nplugins: [golden_step.py]\nmodel: {source: ./model}\n"
+        "inputs: {samples: s.txt}\ntargets:\n  t: {steps: [golden-step: {level: 5}]}\n")
+    graph = compile_graph([load_recipe(tmp_path / "r.yaml")])
+    sources = resolve_sources(graph, StatCache(_Index()))
+    task = graph.tasks()[0]
+    doc = document(task, {n: sources[node].blob.digest for n, (node, _) in task.inputs.items()})
+    doc["code"] = dict.fromkeys(doc["code"], "<code>")
+    doc["plugin"]["version"] = "<code>"  # a plugin file's version is its digest
+    doc["toolchain"] = dict.fromkeys(doc["toolchain"], "<version>")
+    doc["machine"] = dict.fromkeys(doc["machine"], "<fact>")
+    return doc
+
+
+GOLDEN_DOCUMENT = {
+    "schema": 2,
+    "step": "golden-step",
+    "version": "7",
+    "plugin": {"dist": "file:golden_step.py", "version": "<code>"},
+    "code": {"golden_helper": "<code>"},
+    "params": {"level": 5, "name": "x"},
+    "inputs": {"model": "fa781b7291135d8d44e3eb82188616b6717029b709449c0a08768317a6e73d18",
+               "samples": "7a4e0e54fb8eda8361e4c51692345e9df4fe2546a264c17713a3d8314a289bbd"},
+    "toolchain": {"pyyaml": "<version>", "tokenizers": "<version>", "transformers": "<version>"},
+    "hardware": {"device": "cpu"},
+    "model": {"task": "feature-extraction", "trust_remote_code": False},
+    "machine": {"cpu_count": "<fact>"},
+}
+
+
+def test_golden_key_of_a_real_document(tmp_path) -> None:
+    # plan.document's shape: a change here changes every key. If it is deliberate, bump
+    # KEY_SCHEMA and update both literals.
+    doc = _golden_document(tmp_path)
+    assert doc == GOLDEN_DOCUMENT
+    assert task_key(doc) == "9664fe760fcaca68ae0d75b4e015d52def362f8c659177a24234801e01cd1ec5"

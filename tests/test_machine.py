@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from orchestrator import machine
 from orchestrator.machine import (
     Gpu,
     detect,
@@ -64,3 +68,16 @@ def test_detect_reads_this_machine_without_torch() -> None:
             "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorrt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_facts_by_name_and_an_unknown_one() -> None:
+    assert machine.fact("cpu_count") == str(os.cpu_count())
+    assert machine.fact("cpu_model") == machine.cpu_model() != ""
+    with pytest.raises(KeyError, match="unknown machine fact 'gpu'; known: cpu_count, cpu_model"):
+        machine.fact("gpu")
+
+
+def test_the_benchmark_reports_the_fact_its_key_holds() -> None:
+    from orchestrator.steps import benchmark
+
+    assert benchmark.cpu_model is machine.cpu_model

@@ -36,6 +36,12 @@ def test_second_machine_builds_nothing(kind: str, tmp_path: Path, request: pytes
     assert second["rc"] == 0, second["err"]
     assert {t["status"] for t in second["tasks"]} == {"hit"}, second["err"]
     assert _manifests(one.out) and _manifests(one.out) == _manifests(two.out)
+    from orchestrator.cli import main
+
+    capsys.readouterr()
+    assert main(["cache", "stats", "--cache", str(two.cache), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)["steps"]
+    assert stats["fake-tree"]["hit"] == stats["fake-tree"]["remote_hit"] == 1
     tree = two.out / "demo" / "a" / "ir"
     first_tree = one.out / "demo" / "a" / "ir"
     assert sorted(p.name for p in tree.iterdir()) == sorted(p.name for p in first_tree.iterdir())
@@ -157,3 +163,37 @@ def test_two_builds_on_two_machines_build_each_task_once(tmp_path: Path) -> None
     assert sorted(runs) == sorted(set(runs)) and "a/1:fake-upper" in runs, results[1][1][-2000:]
     assert len(runs) == 4  # every task built once, on one machine or the other
     assert _manifests(tmp_path / "one" / "build") == _manifests(tmp_path / "two" / "build")
+
+
+def test_the_recipe_names_its_remote_and_a_bad_url_is_a_located_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEPLOY_BUILD_REMOTE_CACHE", raising=False)
+    shared = tmp_path / "shared"
+    p = _project(tmp_path / "p")
+    text = FAKE_RECIPE.replace("targets:", f"cache: {{remote: '{shared.as_uri()}'}}\ntargets:", 1)
+    s = p.build_json(p.recipe(text), capsys)
+    assert s["rc"] == 0 and len(list(shared.glob("ac/*"))) == 4, s["err"]
+    r = p.recipe(FAKE_RECIPE.replace("targets:", "cache: {remote: 'nosuch://x'}\ntargets:", 1))
+    capsys.readouterr()
+    assert p.run(str(r)) == 1
+    err = capsys.readouterr().err
+    assert "cache.remote at" in err and "r.yaml:5:" in err and "Protocol not known" in err
+
+
+def test_a_poisoned_artifact_on_the_remote_is_refused_and_rebuilt(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    shared = tmp_path / "shared"
+    one, two = _project(tmp_path / "one"), _project(tmp_path / "two")
+    assert one.build_json(one.recipe(FAKE_RECIPE), capsys, "--remote-cache", shared.as_uri())["rc"] == 0
+    digest = hashlib.sha256(b"hello").hexdigest()  # target b's artifact (fake-const)
+    blob = shared / "cas" / "sha256" / digest[:2] / digest[2:]
+    blob.write_bytes(b"evil!")
+    s = two.build_json(two.recipe(FAKE_RECIPE), capsys, "--remote-cache", shared.as_uri())
+    assert s["rc"] == 0, s["err"]
+    assert "does not match its digest" in s["err"] and "refused" in s["err"]
+    assert s["by_label"]["b/2:fake-const"]["status"] == "run"
+    assert "corrupt on the remote" in s["by_label"]["b/2:fake-const"]["reasons"][0]
+    assert (two.out / "demo" / "b" / "model.txt").read_bytes() == b"hello"
+    assert blob.read_bytes() == b"hello"  # the rebuilt, good bytes replaced it

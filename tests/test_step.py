@@ -136,3 +136,67 @@ def test_mypy_checks_ctx_params_against_the_step_type(tmp_path: Path) -> None:
                           "--config-file", str(root / "pyproject.toml"), str(src)],
                          capture_output=True, text=True, cwd=root)
     assert '"P" has no attribute "wrod"' in out.stdout, out.stdout + out.stderr
+
+
+def test_docs_plugins_md_covers_every_attribute_and_ctx_member() -> None:
+    """docs/plugins.md is the whole contract: every class attribute, hook, ctx member and plan
+    field is named there."""
+    import dataclasses
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    attrs = [n for n in Step.__annotations__]
+    hooks = ["plan", "planned", "judge", "run"]
+    ctx = [f.name for f in dataclasses.fields(StepContext)] + ["input", "output", "log", "warn"]
+    planning = [f.name for f in dataclasses.fields(PlanContext)] + \
+        [f.name for f in dataclasses.fields(Planned)] + [f.name for f in dataclasses.fields(Verdict)]
+    import re
+
+    spans = " ".join(re.findall(r"`[^`\n]+`", text))  # names in code spans
+    missing = [n for n in attrs + hooks + ctx + planning if not re.search(rf"\b{n}\b", spans)]
+    assert not missing, missing
+
+
+TIMER = '''
+import time
+from typing import Any
+from pydantic import BaseModel, ConfigDict
+from orchestrator.step import Step, StepContext, Verdict
+
+
+class TP(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_ms: float = 1e9
+
+
+class Timer(Step[TP]):
+    name = "timer"
+    version = "1"
+    kind = "check"
+    inputs = ("model",)
+    input_formats = {"model": ("any",)}
+    measures_speed = True  # --rebench measures it again, as the benchmark
+    gate_fields = ("max_ms",)
+
+    def run(self, ctx: StepContext[TP]) -> dict[str, Any]:
+        t = time.perf_counter()
+        ctx.input("model").read_bytes()
+        return {"ms": (time.perf_counter() - t) * 1000}
+
+    @classmethod
+    def judge(cls, params: TP, metrics: dict[str, Any], reference: Any) -> Verdict:
+        return Verdict(metrics, [] if metrics["ms"] <= params.max_ms else ["too slow"])
+'''
+
+
+def test_rebench_reruns_the_checks_that_measure_speed_by_their_attribute(project: Any,
+                                                                          capsys: Any) -> None:
+    (project.root / "timer.py").write_text(TIMER)
+    recipe = project.recipe("plugins: [fake_steps.py, timer.py]\nmodel: {source: ./model}\n"
+                            "targets:\n  t:\n    steps: [{fake-upper: {}}]\n"
+                            "    checks: {timer: {}, fake-length: {}}\n")
+    assert project.build_json(recipe, capsys)["rc"] == 0
+    again = project.build_json(recipe, capsys, "--rebench")
+    status = {label: t["status"] for label, t in again["by_label"].items()}
+    assert status == {"t/1:fake-upper": "hit", "t/check:timer": "run",
+                      "t/check:fake-length": "hit"}
+    assert project.build_json(recipe, capsys)["by_label"]["t/check:timer"]["status"] == "hit"

@@ -12,7 +12,7 @@ import pytest
 from remote_helpers import free_port, open_tiered, remote_url, s3_endpoint  # noqa: F401
 
 from orchestrator.plan import usable_entry
-from orchestrator.store.base import Blob, CorruptBlob, MissingBlob
+from orchestrator.store.base import ActionEntry, Blob, CorruptBlob, MissingBlob
 from orchestrator.store.local import LocalStore
 
 KEY = "a" * 64
@@ -85,7 +85,7 @@ def test_what_one_machine_stores_another_reads(backend: Backend, tmp_path: Path)
     assert b.get_action("b" * 64) is None
     assert b.get_action(KEY) == entry
     got, why = usable_entry(b, KEY)
-    assert got == entry and why is None
+    assert got == ActionEntry.from_json(entry) and why is None
     fb = Blob.from_json(entry["outputs"]["model"])
     tb = Blob.from_json(entry["outputs"]["ir"])
     assert b.read_bytes(fb.digest) == b"engine bytes"
@@ -162,8 +162,8 @@ def test_readers_with_the_key_refuse_unsigned_and_foreign_entries(remote: Any, t
     got, why = usable_entry(remote("strict2", key=b"team-secret"), KEY)
     assert got is None and "signed with another key" in (why or "")
     entry = _write(remote("ci", key=b"team-secret"), tmp_path)
-    assert usable_entry(remote("strict3", key=b"team-secret"), KEY)[0] == entry
-    assert usable_entry(remote("keyless-reader"), KEY)[0] == entry
+    assert usable_entry(remote("strict3", key=b"team-secret"), KEY)[0] == ActionEntry.from_json(entry)
+    assert usable_entry(remote("keyless-reader"), KEY)[0] == ActionEntry.from_json(entry)
 
 
 def test_modes(remote: Any, tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_a_remote_hit_is_kept_locally(remote: Any, tmp_path: Path) -> None:
     b.get_action(KEY)
     b.close()
     local = LocalStore(tmp_path / "b")
-    assert usable_entry(local, KEY)[0] == entry
+    assert usable_entry(local, KEY)[0] == ActionEntry.from_json(entry)
     local.close()
 
 
@@ -214,3 +214,25 @@ def test_an_unreachable_remote_degrades_to_local_only_with_one_warning(tmp_path:
     assert s.get_action(KEY) == entry and s.get_action("d" * 64) is None
     assert len(said) == 1 and "unusable" in said[0] and "local cache only" in said[0]
     s.close()
+
+
+def test_a_build_leaves_a_pack_that_saves_the_next_machine_its_lookups(
+        remote: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = remote("a")
+    entry = _write(a, tmp_path)
+    other = {**entry, "metrics": {"nodes": 4}}
+    a.put_action("e" * 64, other)
+    a.close()  # leaves packs/<digest>.json with both entries
+    b = remote("b")
+    asked: list[str] = []
+    orig = b.remote.get_entries
+    monkeypatch.setattr(b.remote, "get_entries", lambda keys: (asked.extend(keys), orig(keys))[1])
+    b._packed = b.remote.read_packs()
+    assert sorted(b._packed) == [KEY, "e" * 64]
+    assert b.get_action(KEY) == entry and b.get_action("e" * 64) == other
+    assert asked == []
+    # a pack is only a faster way to the same objects: an object filed under another key is refused
+    c = remote("c")
+    c._packed = {KEY: c.remote.read_packs()["e" * 64]}
+    got, why = usable_entry(c, KEY)
+    assert got is None and "names key eeeeeeeeeeee" in (why or "")

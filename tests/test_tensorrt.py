@@ -72,7 +72,7 @@ def trt_recipe(tmp_path: Path, tiny_model_dir: Path) -> Path:
 
 def test_the_step_is_planned_keyed_and_routed_without_tensorrt(trt_recipe: Path) -> None:
     from orchestrator.graph import compile_graph
-    from orchestrator.keys import gpu_fact
+    from orchestrator.machine import gpu_fact
     from orchestrator.plan import document
     from orchestrator.recipe import load_recipe
     from orchestrator.registry import Registry

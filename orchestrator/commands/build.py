@@ -22,7 +22,8 @@ from orchestrator.plan import Plan, make_plan, resolve_sources
 from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
 from orchestrator.registry import Registry
 from orchestrator.sources import StatCache
-from orchestrator.store.config import attach_remote, prefetch_remote
+from orchestrator.store.config import attach_remote, fetch_for_build, prefetch_remote
+from orchestrator.store.gc import record_use
 from orchestrator.store.local import LocalStore
 
 MAX_RECIPE_BYTES = 2**20
@@ -151,8 +152,6 @@ def check_out(out: Path, s: Session) -> None:
 
 
 def _restrict(graph: BuildGraph, only: str) -> BuildGraph:
-    import networkx as nx
-
     labels = {}
     for tid in graph.dag.nodes:
         for r, t, p in getattr(graph.dag.nodes[tid]["obj"], "labels", []):
@@ -162,8 +161,8 @@ def _restrict(graph: BuildGraph, only: str) -> BuildGraph:
     if only not in labels:
         hint = _did_you_mean(only, labels) or "use TARGET/POSITION as printed by --dry-run"
         raise FatalError(f"no task {only!r} (--only); {hint}")
-    keep = nx.ancestors(graph.dag, labels[only]) | {labels[only]}
-    return BuildGraph(graph.dag.subgraph(keep).copy(), [], graph.recipes)
+    keep = graph.dag.ancestors(labels[only]) | {labels[only]}
+    return BuildGraph(graph.dag.subgraph(keep), [], graph.recipes)
 
 
 def _shared(task: Any) -> str:
@@ -212,6 +211,56 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`deploy-build RECIPE`: plan, then print the plan (--dry-run) or build, judge and sum up."""
+    if args.jobs < 1:
+        raise FatalError(f"--jobs must be at least 1, got {args.jobs}")
+    if getattr(args, "in_process", False):
+        return in_process(args)
+    s = open_session(args, force=args.force, rebench=args.rebench)
+    if args.dry_run:
+        return dry_run(args, s)
+    try:
+        check_out(s.out, s)
+    except FatalError:
+        s.store.close()
+        raise
+    if fetch_for_build(s.store, s.plan):  # a remote blob was lost or refused: those are misses
+        s.plan = make_plan(s.graph, s.store, s.plan.sources, force=args.force,
+                           rebench=args.rebench, cuda_devices=cuda_devices())
+    done = build_and_judge(args, s)
+    if isinstance(done, int):
+        return done
+    return summary(args, s, done)
+
+
+def dry_run(args: argparse.Namespace, s: Session) -> int:
+    """Print the plan (--json: as JSON) and build nothing."""
+    if args.json:
+        print(json.dumps({"tasks": [
+            {"id": t.id, "label": t.label, "step": t.step,
+             "status": s.plan.decisions[t.id].status.lower(),
+             "key": s.plan.decisions[t.id].key, "reasons": s.plan.decisions[t.id].reasons,
+             "targets": sorted({f"{r}/{tg}" for r, tg, _ in t.labels})}
+            for t in s.graph.tasks()]}, indent=2, sort_keys=True))
+    else:
+        print_plan(s.plan)
+    s.store.close()
+    return EXIT_OK
+
+
+@dataclass(frozen=True)
+class Judged:
+    """What a finished build leaves for its summary."""
+
+    outcomes: dict[str, Any]  # task id -> scheduler.TaskOutcome
+    failed: bool
+    targets: dict[str, Any]  # "recipe/target" -> status and manifest path
+    table: list[Any]  # rows of the summary table
+
+
+def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
+    """Run the plan, then judge and write the targets; an exit code when a signal stopped it.
+    SIGTERM is handled like Ctrl-C meanwhile; the store is closed either way."""
     from orchestrator.report import LiveReporter, PlainReporter
     from orchestrator.scheduler import (
         Interrupted,
@@ -222,31 +271,8 @@ def run(args: argparse.Namespace) -> int:
         remember_hits,
     )
 
-    if args.jobs < 1:
-        raise FatalError(f"--jobs must be at least 1, got {args.jobs}")
-    if getattr(args, "in_process", False):
-        return in_process(args)
-    s = open_session(args, force=args.force, rebench=args.rebench)
-    if args.dry_run:
-        if args.json:
-            print(json.dumps({"tasks": [
-                {"id": t.id, "label": t.label, "step": t.step,
-                 "status": s.plan.decisions[t.id].status.lower(),
-                 "key": s.plan.decisions[t.id].key, "reasons": s.plan.decisions[t.id].reasons,
-                 "targets": sorted({f"{r}/{tg}" for r, tg, _ in t.labels})}
-                for t in s.graph.tasks()]}, indent=2, sort_keys=True))
-        else:
-            print_plan(s.plan)
-        s.store.close()
-        return EXIT_OK
-    try:
-        check_out(s.out, s)
-    except FatalError:
-        s.store.close()
-        raise
-    total = len(s.plan.decisions)
     live = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-    reporter = LiveReporter(sys.stderr, total) if live else PlainReporter(sys.stderr)
+    reporter = LiveReporter(sys.stderr, len(s.plan.decisions)) if live else PlainReporter(sys.stderr)
     repro = {t.id: _repro(args, t.label) for t in s.graph.tasks()}
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
@@ -259,8 +285,9 @@ def run(args: argparse.Namespace) -> int:
             return e.code
         reporter.close()
         remember_hits(s.plan, outcomes, s.store)
+        record_use(s.store, s.graph, outcomes)
         try:
-            failed, targets, table = judge(args, s, outcomes)
+            return Judged(outcomes, *judge(args, s, outcomes))
         except KeyboardInterrupt as e:  # each target folder is whole: the new or the old version
             print("interrupted while writing targets: each target folder holds either its new or "
                   "its previous version, with the manifest that describes it", file=sys.stderr)
@@ -268,22 +295,26 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         s.store.close()
-    print_summary(args, outcomes, targets, table)
+
+
+def summary(args: argparse.Namespace, s: Session, j: Judged) -> int:
+    """The table and counts (stderr), what runs after a build, --json's summary; the exit code."""
+    print_summary(args, j.outcomes, j.targets, j.table)
     from orchestrator.publish import after_build
 
-    after_build(args, s, outcomes, table)
+    after_build(args, s, j.outcomes, j.table)
     if args.json:
-        summary = {
-            "status": "failed" if failed else "ok",
-            "tasks": [_task_json(t, outcomes[t.id]) for t in s.graph.tasks()],
-            "targets": targets,
+        out = {
+            "status": "failed" if j.failed else "ok",
+            "tasks": [_task_json(t, j.outcomes[t.id]) for t in s.graph.tasks()],
+            "targets": j.targets,
         }
-        print(json.dumps(summary, indent=2, sort_keys=True))
-    if failed:
+        print(json.dumps(out, indent=2, sort_keys=True))
+    if j.failed:
         return EXIT_BUILD_FAILED
     from orchestrator.skipped import require_all
 
-    return require_all(args, targets)
+    return require_all(args, j.targets)
 
 
 def in_process(args: argparse.Namespace) -> int:

@@ -154,7 +154,7 @@ def broken_rules(old: dict[str, Any], new: dict[str, Any], rules: list[str]) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.manifestset import load_pair
+    from orchestrator.manifestset import label_of, load_pair
 
     old, new = load_pair(args.old, args.new)
     check_rules(args.fail_on, [*old.values(), *new.values()])
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     failed: list[str] = []
     comparisons: dict[str, Any] = {}
     for name in sorted(set(old) | set(new)):
-        label = name or new.get(name, old.get(name, {})).get("target", "")
+        label = name or label_of(new.get(name, old.get(name, {})), "")
         a, b = old.get(name), new.get(name)
         lines = diff_manifest(a, b) if a is not None and b is not None else []
         if a is not None and b is not None:
@@ -193,6 +193,12 @@ def _print_text(label: str, a: dict[str, Any] | None, b: dict[str, Any] | None,
     if b is None:
         print(f"{label}: removed")
         return
+    from orchestrator.compare import latency
+
     print(f"{label}: {'no changes' if not lines else ''}".rstrip())
+    verdicts = latency(a, b)
     for line in lines:
-        print(f"  {line}")
+        point = line.removeprefix("benchmark.results.").partition(".median_ms:")[0]
+        v = verdicts.get(point) if line.startswith(f"benchmark.results.{point}.median_ms:") else None
+        note = f"  (noise: inside the measured ±{v['band_pct']:g}%)" if v and v["verdict"] == "noise" else ""
+        print(f"  {line}{note}")

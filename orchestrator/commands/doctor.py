@@ -53,12 +53,14 @@ def machine_lines(m: Machine) -> list[str]:
 
 def blocked(graph: Any, fit: Fit) -> dict[str, str]:
     """Every task that cannot run here: those fit skips and everything downstream of them."""
-    import networkx as nx
-
     out = dict(fit.tasks)
     for tid in list(fit.tasks):
-        for d in nx.descendants(graph.dag, tid):
-            out.setdefault(d, f"upstream {graph.task(tid).label} is skipped")
+        todo = list(graph.dag.successors(tid))
+        while todo:
+            d = todo.pop()
+            if d not in out:
+                out[d] = f"upstream {graph.task(tid).label} is skipped"
+                todo.extend(graph.dag.successors(d))
     return out
 
 

@@ -23,22 +23,31 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.worker import TaskSpec
 
 LOG_TAIL_LINES = 25
+# no telemetry or phone-home from OpenVINO, NNCF or the hub during a build (set for every worker,
+# and in this process before it imports one of them itself)
+NO_TELEMETRY = {"CI": "true", "NNCF_CI": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
+                "OPENVINO_NO_TELEMETRY": "1"}
 LIMIT_POLL_S = 0.1
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
+    """One task for an executor: its spec (what the worker reads), its scratch folder (the spec,
+    log and result are written there) and what it needs. Executors never change it."""
+
     task_id: str
-    spec: dict[str, Any]
+    spec: TaskSpec
     scratch: Path
     cpu: int
     label: str = ""
     memory_gb: float = 0.0
     cuda: int = 0
-    devices: list[int] = field(default_factory=list)  # CUDA devices given to the task
     timeout_s: float | None = None
     max_memory_mb: float | None = None
     limit_where: dict[str, str] = field(default_factory=dict)  # limit name -> where it was set
@@ -65,6 +74,8 @@ class _Running:
     proc: subprocess.Popen[bytes]
     started: float
     log_path: Path
+    cpu: int  # the job's cpu, clamped to the executor's tokens
+    devices: list[int] = field(default_factory=list)  # CUDA devices given to the task
     reason: str | None = None  # set when a limit killed it
 
 
@@ -98,7 +109,7 @@ class LocalExecutor:
 
     @property
     def free_cpu(self) -> int:
-        return self.jobs - sum(r.job.cpu for r in self.running.values())
+        return self.jobs - sum(r.cpu for r in self.running.values())
 
     def can_start(self, cpu: int, memory_gb: float = 0.0, cuda: int = 0,
                   exclusive: bool = False) -> bool:
@@ -114,21 +125,19 @@ class LocalExecutor:
     def start(self, job: Job) -> None:
         job.scratch.mkdir(parents=True, exist_ok=True)
         spec_path = job.scratch / "spec.json"
-        job.spec["result"] = str(job.scratch / "result.json")
-        spec_path.write_text(json.dumps(job.spec, indent=1))
+        spec_path.write_text(json.dumps(job.spec.to_json(), indent=1))
         log_path = job.scratch / "log.txt"
         env = dict(os.environ)
+        devices: list[int] = []
         if job.cuda:
-            busy = {d for r in self.running.values() for d in r.job.devices}
-            job.devices = [d for d in self.devices if d not in busy][:job.cuda]
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.devices))
-        threads = str(job.spec.get("threads", 1))
+            busy = {d for r in self.running.values() for d in r.devices}
+            devices = [d for d in self.devices if d not in busy][:job.cuda]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
+        threads = str(job.spec.threads)
+        env.update(NO_TELEMETRY)
         env.update({
             "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
             "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-            # no telemetry or phone-home from OpenVINO, NNCF or the hub during a build
-            "CI": "true", "NNCF_CI": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-            "DO_NOT_TRACK": "1", "OPENVINO_NO_TELEMETRY": "1",
             # sources are resolved (and downloaded, for hub ids) while planning: a step
             # reads local folders only and never reaches the network
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
@@ -141,8 +150,8 @@ class LocalExecutor:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True, cwd=str(job.scratch),
             )
-        job.cpu = min(job.cpu, self.jobs)
-        self.running[job.task_id] = _Running(job, proc, time.monotonic(), log_path)
+        self.running[job.task_id] = _Running(job, proc, time.monotonic(), log_path,
+                                             min(job.cpu, self.jobs), devices)
 
     def elapsed(self, task_id: str) -> float:
         return time.monotonic() - self.running[task_id].started
@@ -162,7 +171,7 @@ class LocalExecutor:
             r = self.running.pop(tid)
             rc = r.proc.returncode
             log = r.log_path.read_text(errors="replace")
-            result_path = Path(r.job.spec["result"])
+            result_path = Path(r.job.spec.result)
             result = json.loads(result_path.read_text()) if rc == 0 and result_path.exists() else None
             ok = result is not None and r.reason is None
             out.append(Finished(tid, ok, result if ok else None, log, rc,

@@ -40,9 +40,11 @@ def run_on_node(job: dict[str, Any]) -> dict[str, Any]:
     import ray
 
     from orchestrator.executors.local import LocalExecutor
+    from orchestrator.worker import TaskSpec
 
     job = dict(job)
     job["scratch"] = Path(job["scratch"])
+    job["spec"] = TaskSpec.from_json(job["spec"])
     local = LocalExecutor(jobs=max(1, int(job["cpu"])))
     local.start(Job(**job))
     try:
@@ -118,7 +120,7 @@ class RayExecutor:
             opts["num_gpus"] = job.cuda
         if job.memory_gb:
             opts["memory"] = int(min(job.memory_gb * 2**30, self.largest("memory")))
-        accelerator = (job.spec.get("hardware") or {}).get("accelerator")
+        accelerator = (job.spec.hardware or {}).get("accelerator")
         if accelerator:
             opts["resources"] = {ACCELERATOR_PREFIX + str(accelerator): ACCELERATOR_SHARE}
         return opts
@@ -137,7 +139,6 @@ class RayExecutor:
 
     def start(self, job: Job) -> None:
         job.scratch.mkdir(parents=True, exist_ok=True)
-        job.spec["result"] = str(job.scratch / "result.json")
         why = self.unsatisfiable(job)
         if why is not None:
             self._done.append(Finished(job.task_id, False, None, "", 0, 0.0, why))

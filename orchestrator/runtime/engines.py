@@ -107,14 +107,20 @@ def toolchain_for_format(fmt: str) -> tuple[str, ...]:
     return RUNTIME_TOOLCHAIN[kind]
 
 
-def _one_file(path: Path, pattern: str, preferred: str) -> Path:
+def model_file(path: Path, suffix: str, hint: str = "") -> Path:
+    """The model file of an input: the path itself when it is a ``suffix`` file, else in the
+    folder ``model<suffix>``, else its one ``*<suffix>`` file. ``hint`` ends the error: what to
+    put before the step that wanted it."""
     if not path.is_dir():
-        return path
-    if (path / preferred).is_file():
-        return path / preferred
-    found = sorted(path.glob(pattern))
+        if path.suffix == suffix:
+            return path
+        raise ValueError(f"input model {path.name} is not a {suffix} file{hint}")
+    if (path / f"model{suffix}").is_file():
+        return path / f"model{suffix}"
+    found = sorted(path.glob(f"*{suffix}"))
     if len(found) != 1:
-        raise ValueError(f"expected one {pattern} file in {path}, found {[f.name for f in found]}")
+        raise ValueError(f"expected one *{suffix} file in {path}, found "
+                         f"{[f.name for f in found]}{hint}")
     return found[0]
 
 
@@ -129,12 +135,11 @@ def open_engine(path: Path, threads: int, precision_hint: str = "f32", *,
     threads = max(1, threads)
     output = hf.output_names(task)[0]
     if kind == "onnxruntime":
-        return _open_ort(_one_file(path, "*.onnx", "model.onnx"), threads, output, profile_dir,
-                         device)
+        return _open_ort(model_file(path, ".onnx"), threads, output, profile_dir, device)
     if kind == "tensorrt":
         from orchestrator.runtime.trt import open_trt
 
-        runtime, names, fn, settings = open_trt(_one_file(path, "*.plan", "model.plan"), output)
+        runtime, names, fn, settings = open_trt(model_file(path, ".plan"), output)
         return Engine(runtime, names, fn, settings)
     if kind == "litert":
         if device != "cpu":
@@ -142,14 +147,14 @@ def open_engine(path: Path, threads: int, precision_hint: str = "f32", *,
                                "target hardware: {device: cpu}")
         from orchestrator.runtime.litert import open_litert
 
-        return Engine(*open_litert(path, threads))
+        return Engine(*open_litert(model_file(path, ".tflite"), threads))
     if device != "cpu" and kind == "openvino":
         raise RuntimeError("OpenVINO engines are measured on the CPU only; give the target "
-                               "hardware: {device: cpu}")
+                           "hardware: {device: cpu}")
     if kind == "openvino":
-        return _open_ov(_one_file(path, "*.xml", "model.xml"), threads, precision_hint, output)
+        return _open_ov(model_file(path, ".xml"), threads, precision_hint, output)
     if kind == "torchscript":
-        return _open_ts(_one_file(path, "*.pt", "model.pt"), threads, output)
+        return _open_ts(model_file(path, ".pt"), threads, output)
     return _open_torch(path, threads, task, trust_remote_code, output, device)
 
 
@@ -288,7 +293,7 @@ def detect_precision(path: Path) -> str:
     if kind == "onnxruntime":
         import onnx
 
-        proto = onnx.load(str(_one_file(path, "*.onnx", "model.onnx")), load_external_data=False)
+        proto = onnx.load(str(model_file(path, ".onnx")), load_external_data=False)
         ops = {n.op_type for n in proto.graph.node}
         if ops & QUANT_OPS or any(op.startswith("QLinear") for op in ops):
             return "int8"
@@ -296,7 +301,7 @@ def detect_precision(path: Path) -> str:
             return "fp16"
         return "fp32"
     if kind == "openvino":
-        text = _one_file(path, "*.xml", "model.xml").read_text(errors="replace")
+        text = model_file(path, ".xml").read_text(errors="replace")
         if "FakeQuantize" in text or _OV_INT.search(text):
             return "int8"
         # f16 Constants in an IR are compressed storage (save_model's default): the CPU plugin

@@ -34,6 +34,23 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
 
 
+def encode(tokenizer: Any, texts: str | list[str], max_length: int | None = None,
+           tensors: str = "np", padding: bool | str = True) -> Any:
+    """Tokenize texts for a model (calibration, parity, accuracy, head scoring): padded to the
+    longest (or ``padding="max_length"``), truncated to ``max_length`` when given."""
+    kwargs: dict[str, Any] = {"padding": padding, "return_tensors": tensors}
+    if max_length is not None:
+        kwargs.update(truncation=True, max_length=max_length)
+    return tokenizer(texts, **kwargs)
+
+
+def example_inputs(folder: Path, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """The tokenizer of a model folder and a small padded batch of the built-in sentences (torch
+    tensors): what exporters and converters trace the model on."""
+    tokenizer = load_tokenizer(folder, trust_remote_code)
+    return tokenizer, encode(tokenizer, read_samples(None)[:2], tensors="pt")
+
+
 def samples_for(ctx: Any, what: str, limit: int | None = None) -> list[str]:
     """The recipe's sample texts for a step; without inputs.samples, 4 built-in sentences and a
     warning (calibration and parity on 4 sentences say little)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from orchestrator.machine import cpu_model
 from orchestrator.step import PlanContext, Planned, Resources, StepContext, Verdict
 from orchestrator.steps.checks import EngineCheck, device_of
 
@@ -77,6 +77,11 @@ class BenchmarkParams(BaseModel):
     min_speedup: float | None = Field(None, gt=0, description="Fail unless every grid point is "
                                       "at least this much faster than the PyTorch reference "
                                       "(the point estimate of the paired speed-up).")
+    max_load_ms: float | None = Field(None, gt=0, description="Gate: opening the engine (its "
+                                      "runtime already imported) takes at most this many ms.")
+    max_peak_mb: float | None = Field(None, gt=0, description="Gate: the engine adds at most "
+                                      "this many MB (2^20 bytes) of resident memory at its peak "
+                                      "while it loads and runs each grid point once.")
 
     @model_validator(mode="after")
     def _runs(self) -> BenchmarkParams:
@@ -87,16 +92,15 @@ class BenchmarkParams(BaseModel):
 
 class Benchmark(EngineCheck[BenchmarkParams]):
     name = "benchmark"
-    version = "2"
+    version = "3"  # 3: the engine's load time and peak memory (footprint)
     description = ("Median/p90/p99 latency and throughput over a batch x sequence grid, and the "
                    "speed-up over PyTorch measured alternately in the same task.")
-    Params = BenchmarkParams
     inputs = ("model", "source")
     resources = Resources(cpu=64)  # clamped to all the executor's cpus: its threads
     exclusive = True  # it runs alone: nothing of this build or another runs beside it
     measures_speed = True  # --rebench measures it again
     manifest_section = "benchmark"  # the manifest's top-level benchmark section
-    gate_fields = ("min_speedup",)
+    gate_fields = ("min_speedup", "max_load_ms", "max_peak_mb")
     machine_keys = ("cpu_model", "cpu_count")  # latency from another machine is not this one's
     # No separate reference task: the PyTorch reference is measured inside this task, alternated
     # with the engine (a ratio of figures measured minutes apart is not a measurement).
@@ -114,14 +118,20 @@ class Benchmark(EngineCheck[BenchmarkParams]):
                            toolchain=tuple(sorted({*planned.toolchain, "torch", "transformers"})))
 
     def run(self, ctx: StepContext[BenchmarkParams]) -> dict[str, Any]:
-        from orchestrator.runtime.engines import detect_precision, open_engine
+        from orchestrator.runtime.engines import detect_precision, engine_kind, open_engine
+        from orchestrator.runtime.footprint import measure_open
 
         p: BenchmarkParams = ctx.params
         model, source, trc = ctx.input("model"), ctx.input("source"), ctx.model.trust_remote_code
         vocab = _vocab_size(source)
+        grid = [(b, s) for b in p.batch or [1] for s in p.sequence or [128]]
         device = device_of(ctx.hardware)
-        engine = open_engine(model, p.threads, p.precision_hint, task=ctx.model.task,
-                             trust_remote_code=trc, device=device)
+        # the engine first, alone in the process beside its runtime: its load time and memory
+        engine, footprint = measure_open(
+            engine_kind(model), lambda: open_engine(model, p.threads, p.precision_hint,
+                                                    task=ctx.model.task, trust_remote_code=trc,
+                                                    device=device),
+            [synthetic(b, s, vocab) for b, s in grid])
         reference = open_engine(source, p.threads, task=ctx.model.task, trust_remote_code=trc,
                                 device=device)
         if reference.runtime != "pytorch":
@@ -129,20 +139,17 @@ class Benchmark(EngineCheck[BenchmarkParams]):
                              f"{source} opens as {reference.runtime}")
         results: dict[str, Any] = {}
         noise: dict[str, list[str]] = {}
-        batches, sequences = p.batch or [1], p.sequence or [128]
-        for b in batches:
-            for s in sequences:
-                key = point_key(b, s)
-                ctx.log(f"benchmark {engine.runtime} vs pytorch batch {b} sequence {s}")
-                point = measure_point(engine.run, reference.run, synthetic(b, s, vocab), p,
-                                      log=ctx.log)
-                results[key] = point
-                if point["noisy"]:
-                    noise[key] = point["noise"]
-                    ctx.warn(f"{key}: noisy machine, measured twice and still noisy "
-                             f"({'; '.join(point['noise'])}); speed-up "
-                             f"{_with_interval(point)} may be off: re-measure with --rebench "
-                             "on a quiet machine")
+        for b, s in grid:
+            key = point_key(b, s)
+            ctx.log(f"benchmark {engine.runtime} vs pytorch batch {b} sequence {s}")
+            point = measure_point(engine.run, reference.run, synthetic(b, s, vocab), p, log=ctx.log)
+            results[key] = point
+            if point["noisy"]:
+                noise[key] = point["noise"]
+                ctx.warn(f"{key}: noisy machine, measured twice and still noisy "
+                         f"({'; '.join(point['noise'])}); speed-up "
+                         f"{_with_interval(point)} may be off: re-measure with --rebench "
+                         "on a quiet machine")
         metrics: dict[str, Any] = {
             "results": results,
             "speedup": {k: v["speedup"] for k, v in results.items()},
@@ -156,20 +163,10 @@ class Benchmark(EngineCheck[BenchmarkParams]):
             "reference_runtime": reference.describe(),
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
+            "footprint": footprint,
         }
         if p.profile and engine.runtime == "onnxruntime":
-            metrics["profile"] = {}
-            for b in batches:
-                for s in sequences:
-                    with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
-                        prof = open_engine(model, p.threads, profile_dir=Path(tmp),
-                                           task=ctx.model.task, trust_remote_code=trc)
-                        feed = synthetic(b, s, vocab)
-                        runs = p.warmup + p.window
-                        for _ in range(runs):
-                            prof.run(feed)
-                        path = prof.end_profiling()
-                        metrics["profile"][point_key(b, s)] = top_ops(Path(str(path)), runs)
+            metrics["profile"] = _profile(ctx, grid, vocab)
         elif p.profile:
             ctx.warn(f"profile: only ONNX Runtime engines can be profiled, not {engine.runtime}")
         return metrics
@@ -185,10 +182,10 @@ class Benchmark(EngineCheck[BenchmarkParams]):
     def failures(cls, params: BenchmarkParams, metrics: dict[str, Any]) -> list[str]:
         """min_speedup is judged on the point estimate of the paired speed-up; the message gives
         its interval (and the noise, when the point was measured on a busy machine)."""
+        problems = _footprint_failures(params, metrics.get("footprint") or {})
         need = params.min_speedup
         if need is None:
-            return []
-        problems = []
+            return problems
         for key, point in metrics.get("results", {}).items():
             got = point.get("speedup")
             ref = point.get("reference") or {}
@@ -203,6 +200,42 @@ class Benchmark(EngineCheck[BenchmarkParams]):
                     text += f"; measured on a noisy machine: {'; '.join(point.get('noise', []))}"
                 problems.append(text)
         return problems
+
+
+def _footprint_failures(params: BenchmarkParams, footprint: dict[str, Any]) -> list[str]:
+    """max_load_ms and max_peak_mb against what opening the engine cost."""
+    problems = []
+    for gate, metric, unit, label in (("max_load_ms", "load_ms", "ms", "load time"),
+                                      ("max_peak_mb", "peak_mb", "MB", "peak memory")):
+        limit, got = getattr(params, gate), footprint.get(metric)
+        if limit is None:
+            continue
+        if got is None:
+            problems.append(f"{label}: not measured on this machine; drop {gate} or measure "
+                            "where /proc is available")
+        elif got > limit:
+            problems.append(f"{label} {got:g} {unit} > {gate} {limit:g} (over by "
+                            f"{got - limit:.1f} {unit})")
+    return problems
+
+
+def _profile(ctx: StepContext[BenchmarkParams], grid: list[tuple[int, int]],
+             vocab: int) -> dict[str, Any]:
+    """The top ONNX Runtime operators per grid point, profiled in a separate session."""
+    from orchestrator.runtime.engines import open_engine
+
+    p, out = ctx.params, {}
+    for b, s in grid:
+        with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
+            prof = open_engine(ctx.input("model"), p.threads, profile_dir=Path(tmp),
+                               task=ctx.model.task, trust_remote_code=ctx.model.trust_remote_code)
+            feed = synthetic(b, s, vocab)
+            runs = p.warmup + p.window
+            for _ in range(runs):
+                prof.run(feed)
+            path = prof.end_profiling()
+            out[point_key(b, s)] = top_ops(Path(str(path)), runs)
+    return out
 
 
 def _with_interval(point: dict[str, Any]) -> str:
@@ -227,14 +260,14 @@ def synthetic(batch: int, sequence: int, vocab: int) -> dict[str, Any]:
 
 
 def measure(run: Callable[[dict[str, Any]], Any], feed: dict[str, Any],
-            p: BenchmarkParams) -> dict[str, Any]:
+            p: BenchmarkParams, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """One engine alone, with the same windows and stabilization rule (no reference)."""
     import numpy as np
 
-    start = time.perf_counter()
+    start = clock()
 
     def over() -> bool:
-        return time.perf_counter() - start >= p.max_seconds
+        return clock() - start >= p.max_seconds
 
     for _ in range(p.warmup):
         run(feed)
@@ -245,9 +278,9 @@ def measure(run: Callable[[dict[str, Any]], Any], feed: dict[str, Any],
     while len(times) < p.max_runs:
         window: list[float] = []
         while len(window) < p.window and len(times) + len(window) < p.max_runs:
-            t0 = time.perf_counter()
+            t0 = clock()
             run(feed)
-            window.append((time.perf_counter() - t0) * 1000.0)
+            window.append((clock() - t0) * 1000.0)
             if over():
                 break
         times += window
@@ -556,16 +589,6 @@ def top_ops(profile: Path, runs: int, n: int = 5) -> list[dict[str, Any]]:
     ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
     return [{"op": op, "ms_per_run": round(us / 1000.0 / max(1, runs), 4),
              "share": round(us / whole, 4)} for op, us in ranked]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _vocab_size(source: Path) -> int:

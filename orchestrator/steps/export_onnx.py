@@ -36,7 +36,6 @@ class ExportOnnx(Step[ExportOnnxParams]):
     version = "1"
     description = ("Export a Hugging Face model folder to ONNX (inputs input_ids, attention_mask, "
                    "token_type_ids; dynamic batch and sequence axes).")
-    Params = ExportOnnxParams
     inputs = ("model",)
     outputs = {"model": "model.onnx"}
     input_formats = {"model": ("hf-model",)}
@@ -56,10 +55,9 @@ class ExportOnnx(Step[ExportOnnxParams]):
         folder = ctx.input("model")
         model = hf.load_model(folder, ctx.model.task, ctx.model.trust_remote_code,
                               attn_implementation=p.attn_implementation)
-        tokenizer = hf.load_tokenizer(folder, ctx.model.trust_remote_code)
+        tokenizer, enc = hf.example_inputs(folder, ctx.model.trust_remote_code)
         names = export_input_names(model, tokenizer)
         outs = hf.output_names(ctx.model.task)
-        enc = tokenizer(hf.read_samples(None)[:2], padding=True, return_tensors="pt")
         args = tuple(enc[n] for n in names)
         wrapper = hf.positional_wrapper(model, names, outs)
         with tempfile.TemporaryDirectory(prefix="export-onnx-") as tmp:

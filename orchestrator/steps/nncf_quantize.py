@@ -10,12 +10,12 @@ a BERT model breaks (cosine 0.41 vs PyTorch on MiniLM).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.runtime import hf
+from orchestrator.runtime.engines import model_file
 from orchestrator.step import PlanContext, Planned, Resources, Step, StepContext
 from orchestrator.steps.openvino_convert import ir_summary, normalize_names, telemetry_opt_out
 
@@ -51,9 +51,7 @@ class NncfQuantize(Step[NncfQuantizeParams]):
     version = "1"
     description = ("Quantize an OpenVINO IR with NNCF: int8 static quantization (calibrated on the "
                    "samples) or weight-only int8/int4 compression.")
-    Params = NncfQuantizeParams
     inputs = ("model", "source", "samples")
-
     outputs = {"model": "ir/"}
     input_formats = {"model": ("openvino-ir",)}
     output_formats = {"model": "openvino-ir"}
@@ -77,7 +75,8 @@ class NncfQuantize(Step[NncfQuantizeParams]):
 
         nncf.set_log_level(logging.WARNING)
         p: NncfQuantizeParams = ctx.params
-        xml_in = _ir_file(ctx.input("model"))
+        xml_in = model_file(ctx.input("model"), ".xml", "; an OpenVINO IR folder (model.xml + "
+                            "model.bin) is needed: put openvino-convert before nncf-quantize")
         model = ov.Core().read_model(str(xml_in))
         metrics: dict[str, Any] = {"mode": p.mode}
         if p.mode == "int8":
@@ -103,17 +102,6 @@ class NncfQuantize(Step[NncfQuantizeParams]):
         return metrics
 
 
-def _ir_file(path: Path) -> Path:
-    if path.is_dir():
-        found = [path / "model.xml"] if (path / "model.xml").exists() else sorted(path.glob("*.xml"))
-        if len(found) == 1:
-            return found[0]
-    elif path.suffix == ".xml":
-        return path
-    raise ValueError(f"input model {path} is not an OpenVINO IR folder (model.xml + model.bin); "
-                     "put openvino-convert before nncf-quantize")
-
-
 def calibration_data(ctx: StepContext[NncfQuantizeParams], model: Any) -> list[dict[str, Any]]:
     """One feed dict per sample (batch 1, truncated to max_length), keyed by the IR's inputs."""
     p: NncfQuantizeParams = ctx.params
@@ -125,7 +113,7 @@ def calibration_data(ctx: StepContext[NncfQuantizeParams], model: Any) -> list[d
     ports = {port.get_any_name(): port.get_element_type().to_dtype() for port in model.inputs}
     data = []
     for text in samples:
-        enc = tokenizer(text, truncation=True, max_length=p.max_length, return_tensors="np")
+        enc = hf.encode(tokenizer, text, max_length=p.max_length)
         missing = sorted(set(ports) - set(enc))
         if missing:
             raise ValueError(f"the tokenizer does not produce the model inputs {missing}; the "

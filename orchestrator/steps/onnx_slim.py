@@ -27,7 +27,6 @@ class OnnxSlim(Step[OnnxSlimParams]):
     version = "1"
     description = ("Simplify an ONNX graph with onnxslim (run it after ort-optimize: before it, "
                    "it blocks the Attention fusion).")
-    Params = OnnxSlimParams
     inputs = ("model",)
     outputs = {"model": "model.onnx"}
     input_formats = {"model": ("onnx",)}

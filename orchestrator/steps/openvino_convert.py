@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.runtime import hf
+from orchestrator.runtime.engines import model_file
 from orchestrator.step import Resources, Step, StepContext
 
 AUTO_NAME = re.compile(r"^([A-Z][A-Za-z0-9]*)_\d+$")  # OpenVINO default node names
@@ -51,7 +52,6 @@ class OpenvinoConvert(Step[OpenvinoConvertParams]):
     version = "1"
     description = ("Convert an ONNX model (or the PyTorch model, source: pytorch) to OpenVINO IR "
                    "with dynamic batch and sequence axes.")
-    Params = OpenvinoConvertParams
     inputs = ("model", "source")
     outputs = {"model": "ir/"}
     input_formats = {"model": ("onnx", "hf-model")}
@@ -82,19 +82,10 @@ class OpenvinoConvert(Step[OpenvinoConvertParams]):
 
 
 def _onnx_file(path: Path) -> Path:
-    if path.is_dir():
-        if (path / "config.json").exists():
-            raise ValueError(f"input model {path} is a Hugging Face folder, not an ONNX file; put "
-                             "export-onnx before openvino-convert, or set source: pytorch")
-        found = sorted(path.glob("*.onnx"))
-        if len(found) != 1:
-            raise ValueError(f"expected one .onnx file in {path}, found {len(found)}; "
-                             "openvino-convert takes the output of export-onnx (or an ONNX step)")
-        return found[0]
-    if path.suffix != ".onnx":
-        raise ValueError(f"input model {path.name} is not an ONNX file; put export-onnx before "
-                         "openvino-convert, or set source: pytorch")
-    return path
+    hint = "; put export-onnx before openvino-convert, or set source: pytorch"
+    if path.is_dir() and (path / "config.json").exists():
+        raise ValueError(f"input model {path} is a Hugging Face folder, not an ONNX file{hint}")
+    return model_file(path, ".onnx", hint)
 
 
 def _from_pytorch(ctx: StepContext[OpenvinoConvertParams]) -> Any:
@@ -104,8 +95,7 @@ def _from_pytorch(ctx: StepContext[OpenvinoConvertParams]) -> Any:
     torch.set_num_threads(max(1, ctx.threads))
     folder = ctx.input("source")
     model = hf.load_model(folder, ctx.model.task, ctx.model.trust_remote_code)
-    tokenizer = hf.load_tokenizer(folder, ctx.model.trust_remote_code)
-    enc = tokenizer(hf.read_samples(None)[:2], padding=True, return_tensors="pt")
+    _, enc = hf.example_inputs(folder, ctx.model.trust_remote_code)
     names = [n for n in hf.input_names() if n in enc]
     outs = hf.output_names(ctx.model.task)
 

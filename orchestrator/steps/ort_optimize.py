@@ -36,7 +36,6 @@ class OrtOptimize(Step[OrtOptimizeParams]):
     version = "2"
     description = ("Fuse Attention, SkipLayerNormalization, EmbedLayerNormalization and GELU with "
                    "the ONNX Runtime transformers optimizer.")
-    Params = OrtOptimizeParams
     inputs = ("model",)
     outputs = {"model": "model.onnx"}
     input_formats = {"model": ("onnx",)}

@@ -56,9 +56,7 @@ class OrtQuantize(Step[OrtQuantizeParams]):
     name = "ort-quantize"
     version = "1"
     description = "Quantize an ONNX model with ONNX Runtime (dynamic or static int8, or fp16)."
-    Params = OrtQuantizeParams
     inputs = ("model", "source", "samples")
-
     outputs = {"model": "model.onnx"}
     input_formats = {"model": ("onnx",)}
     output_formats = {"model": "onnx"}
@@ -191,8 +189,7 @@ class _Reader:
         self.length = max(lengths)
         self.batches: list[dict[str, Any]] = []
         for s in samples:
-            enc = tokenizer(s, padding="max_length", max_length=self.length, truncation=True,
-                            return_tensors="np")
+            enc = hf.encode(tokenizer, s, max_length=self.length, padding="max_length")
             missing = [n for n in names if n not in enc]
             if missing:
                 raise RuntimeError(f"the tokenizer does not produce the model inputs {missing}; "

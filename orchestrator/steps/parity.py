@@ -55,7 +55,6 @@ class Parity(EngineCheck[ParityParams]):
     name = "parity"
     version = "1"
     description = "Compare the engine's outputs with the PyTorch reference on the sample texts."
-    Params = ParityParams
     inputs = ("model", "source", "samples", "reference")
     outputs = {"reference": "reference/"}
     output_formats = {"reference": "parity-reference"}
@@ -185,8 +184,7 @@ def _reference_batches(
                             device=device_of(ctx.hardware))
     out = []
     for i in range(0, len(texts), p.batch_size):
-        enc = tokenizer(texts[i:i + p.batch_size], padding=True, truncation=True,
-                        max_length=p.max_length, return_tensors="np")
+        enc = hf.encode(tokenizer, texts[i:i + p.batch_size], max_length=p.max_length)
         batch = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
         out.append((batch, reference.run(batch)))
     return out, reference.describe()

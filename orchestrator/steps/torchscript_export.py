@@ -27,7 +27,6 @@ class TorchscriptExport(Step[TorchscriptExportParams]):
     version = "1"
     description = ("Trace a Hugging Face model folder to TorchScript; the module takes "
                    "(input_ids, attention_mask, token_type_ids) and returns one tensor.")
-    Params = TorchscriptExportParams
     inputs = ("model",)
     outputs = {"model": "model.pt"}
     input_formats = {"model": ("hf-model",)}
@@ -42,8 +41,7 @@ class TorchscriptExport(Step[TorchscriptExportParams]):
         torch.set_num_threads(max(1, ctx.threads))
         folder = ctx.input("model")
         model = hf.load_model(folder, ctx.model.task, ctx.model.trust_remote_code)
-        tokenizer = hf.load_tokenizer(folder, ctx.model.trust_remote_code)
-        enc = tokenizer(hf.read_samples(None)[:2], padding=True, return_tensors="pt")
+        _, enc = hf.example_inputs(folder, ctx.model.trust_remote_code)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         types = enc.get("token_type_ids", torch.zeros_like(ids))
         wrapper = _wrapper(model, hf.output_names(ctx.model.task)[0])

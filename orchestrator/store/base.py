@@ -23,6 +23,29 @@ class Blob:
         return Blob(d["kind"], d["digest"], int(d["size"]))
 
 
+@dataclass(frozen=True)
+class ActionEntry:
+    """An action cache entry as the build reads it (the store holds its JSON, ``to_json``): what a
+    successful task left. Read back through ``plan.usable_entry``, which checks its shape first."""
+
+    outputs: dict[str, dict[str, Any]]  # output name -> blob JSON (kind, digest, size), filename
+    metrics: dict[str, Any]
+    warnings: list[str]
+    log: str | None  # digest of the task's log blob
+    doc: dict[str, Any]  # the key document the key was made of
+
+    def to_json(self) -> dict[str, Any]:
+        return {"outputs": self.outputs, "metrics": self.metrics, "warnings": self.warnings,
+                "log": self.log, "doc": self.doc}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> ActionEntry:
+        """From a JSON object already checked (plan.entry_problem)."""
+        log = d.get("log")
+        return ActionEntry(d["outputs"], d["metrics"], d["warnings"],
+                           log if isinstance(log, str) else None, d["doc"])
+
+
 class Store(Protocol):
     """What the planner and the build loop use. The worker process writes output blobs into the
     local store it is given; a remote store (a later issue) uploads them from there, blobs first
@@ -59,6 +82,10 @@ class Store(Protocol):
 
     def materialize(self, blob: Blob, dest: Path) -> None:
         """Place the blob at dest (hard link, falling back to copy); a tree becomes a folder."""
+
+    def ensure(self, blob: Blob) -> None:
+        """Make the blob (a tree: every file in it) readable at blob_path: a store in front of a
+        remote downloads what it lacks; the local store has it or it is missing."""
 
 
 class BlobError(Exception):

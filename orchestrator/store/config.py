@@ -17,14 +17,18 @@ REMOTE_ENV = "DEPLOY_BUILD_REMOTE_CACHE"
 MODE_ENV = "DEPLOY_BUILD_REMOTE_CACHE_MODE"
 
 
-def remote_settings(args: argparse.Namespace, recipes: Sequence[Any] = ()) -> tuple[str | None, str]:
-    """(URL or None, mode), with where each came from checked."""
-    url = getattr(args, "remote_cache", None) or os.environ.get(REMOTE_ENV) or None
+def remote_settings(args: argparse.Namespace, recipes: Sequence[Any] = ()
+                    ) -> tuple[str | None, str, str]:
+    """(URL or None, mode, where the URL was set)."""
+    url = getattr(args, "remote_cache", None)
+    where = "--remote-cache"
+    if not url and os.environ.get(REMOTE_ENV):
+        url, where = os.environ[REMOTE_ENV], f"${REMOTE_ENV}"
     mode = getattr(args, "remote_cache_mode", None) or os.environ.get(MODE_ENV) or None
     for r in recipes:
         settings = r.model.cache
         if settings.remote and not url:
-            url = settings.remote
+            url, where = settings.remote, f"cache.remote at {r.where('cache', 'remote')}"
             mode = mode or settings.mode
     mode = mode or "readwrite"
     if mode not in ("read", "write", "readwrite"):
@@ -32,12 +36,13 @@ def remote_settings(args: argparse.Namespace, recipes: Sequence[Any] = ()) -> tu
                          "not one of read, write, readwrite")
     if url in ("none", "off"):
         url = None
-    return url, mode
+    return url, mode, where
 
 
-def open_remote(url: str, mode: str) -> Any:
+def open_remote(url: str, mode: str, where: str = "--remote-cache") -> Any:
     """The Remote for url, probed (an unreachable one is switched off with one warning)."""
-    from orchestrator.store.remote import OPTIONS_ENV, SIGNING_KEY_ENV, Mode, Remote
+    from orchestrator.store.entries import SIGNING_KEY_ENV
+    from orchestrator.store.remote import OPTIONS_ENV, Mode, Remote
 
     raw_options = os.environ.get(OPTIONS_ENV) or "{}"
     try:
@@ -52,7 +57,8 @@ def open_remote(url: str, mode: str) -> Any:
         remote = Remote(url, cast(Mode, mode), key.encode() if key else None, options)
     except (ImportError, ValueError) as e:
         hint = " (pip install s3fs for s3://)" if isinstance(e, ImportError) else ""
-        raise FatalError(f"cannot use the remote cache {url!r}: {e}{hint}") from None
+        raise FatalError(f"cannot use the remote cache {url!r} ({where}): {e}{hint}; give an "
+                         "fsspec URL such as s3://bucket/prefix or file:///shared/folder") from None
     remote.probe()
     return remote
 
@@ -60,12 +66,12 @@ def open_remote(url: str, mode: str) -> Any:
 def attach_remote(store: LocalStore, args: argparse.Namespace, recipes: Sequence[Any] = ()
                   ) -> LocalStore:
     """The store a command uses: the local one, or a TieredStore over it when a remote is set."""
-    url, mode = remote_settings(args, recipes)
+    url, mode, where = remote_settings(args, recipes)
     if not url:
         return store
     from orchestrator.store.tiered import TieredStore
 
-    remote = open_remote(url, mode)
+    remote = open_remote(url, mode, where)
     tiered = TieredStore(store.root, remote)
     store.close()
     return tiered
@@ -76,3 +82,25 @@ def prefetch_remote(store: LocalStore, graph: Any, sources: dict[str, Any]) -> N
     prefetch = getattr(store, "prefetch", None)
     if prefetch is not None:
         prefetch(graph, sources)
+
+
+def fetch_for_build(store: LocalStore, plan: Any) -> bool:
+    """Before a build runs: download the outputs of the hits it will need (each target's final
+    step, every input of a task that runs), so that a blob the remote lost or serves corrupt turns
+    its task into a miss now rather than failing the build later. True when the caller should
+    plan again."""
+    fetch = getattr(store, "fetch_outputs", None)
+    if fetch is None:
+        return False
+    from orchestrator.store.base import Blob
+
+    graph, decisions = plan.graph, plan.decisions
+    needed = {tp.steps[-1] for tp in graph.targets if tp.steps}
+    for tid, d in decisions.items():
+        if d.status == "RUN":
+            needed |= set(graph.dag.predecessors(tid))
+    blobs = [Blob.from_json(b) for tid in sorted(needed)
+             if tid in decisions and decisions[tid].status == "HIT" and decisions[tid].entry
+             for b in decisions[tid].entry["outputs"].values()]
+    problems: list[str] = fetch(blobs)
+    return bool(problems)

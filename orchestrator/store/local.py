@@ -29,6 +29,7 @@ import shutil
 import stat as stat_mod
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ from orchestrator.hashing import (
     open_regular,
     sha256_bytes,
     sha256_file,
-    walk_files,
+    tree_listing,
 )
+from orchestrator.store import index as index_keys
 from orchestrator.store.base import Blob, CorruptBlob, InvalidEntry, MissingBlob
 
 READ_ONLY = stat_mod.S_IRUSR | stat_mod.S_IRGRP | stat_mod.S_IROTH
@@ -123,7 +125,7 @@ class LocalStore:
         self.index.set(key, value)
 
     def get_action(self, key: str) -> dict[str, Any] | None:
-        raw = self.index.get("ac:" + key)
+        raw = self.index.get(index_keys.action(key))
         if raw is None:
             return None
         try:
@@ -135,10 +137,11 @@ class LocalStore:
         return value
 
     def put_action(self, key: str, entry: dict[str, Any]) -> None:
-        self.index.set("ac:" + key, canonical_json(entry))
+        self.index.set(index_keys.action(key), canonical_json(entry))
 
     def delete_action(self, key: str) -> None:
-        self.index.delete("ac:" + key)
+        """Drop an action entry (cache verify, for one that names a missing or corrupt blob)."""
+        self.index.delete(index_keys.action(key))
 
     # ---- blobs ----------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -147,46 +150,38 @@ class LocalStore:
     def put_file(self, path: Path) -> Blob:
         digest = sha256_file(path)
         size = path.stat().st_size
-        dest = self.blob_path(digest)
-        if not self._intact(dest, digest):
-            self._shard(dest)  # a link in its place is replaced (not followed), a folder removed
-            tmp = self._tmp_name(dest)
-            try:
-                shutil.copyfile(path, tmp)
-                os.chmod(tmp, READ_ONLY)
-                os.replace(tmp, dest)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            self._remember(dest, digest)
+        self._write(digest, lambda tmp: shutil.copyfile(path, tmp))
         return Blob("file", digest, size)
 
     def put_bytes(self, data: bytes) -> Blob:
         digest = sha256_bytes(data)
-        dest = self.blob_path(digest)
-        if not self._intact(dest, digest):
-            self._shard(dest)
-            tmp = self._tmp_name(dest)
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.chmod(tmp, READ_ONLY)
-                os.replace(tmp, dest)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            self._remember(dest, digest)
+        self._write(digest, lambda tmp: Path(tmp).write_bytes(data))
         return Blob("file", digest, len(data))
 
+    def _write(self, digest: str, fill: Callable[[str], object]) -> None:
+        """Store a blob unless it is there intact: fill a temp file, make it read-only, move it
+        into place (a link in its place is replaced, not followed; a folder removed)."""
+        dest = self.blob_path(digest)
+        if self._intact(dest, digest):
+            return
+        self._shard(dest)
+        tmp = self._tmp_name(dest)
+        try:
+            fill(tmp)
+            os.chmod(tmp, READ_ONLY)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self._remember(dest, digest)
+
     def put_tree(self, path: Path) -> Blob:
-        files: dict[str, list[Any]] = {}
-        total = 0
-        for rel, p in walk_files(path):
+        def put(p: Path) -> tuple[str, int]:
             b = self.put_file(p)
-            files[rel] = [b.digest, b.size]
-            total += b.size
-        listing = self.put_bytes(canonical_json({"files": files}).encode())
-        return Blob("tree", listing.digest, total)
+            return b.digest, b.size
+
+        listing, total = tree_listing(path, put)
+        return Blob("tree", self.put_bytes(listing).digest, total)
 
     def read_bytes(self, digest: str) -> bytes:
         p = self.blob_path(digest)
@@ -234,7 +229,7 @@ class LocalStore:
             st = dest.stat()
         except OSError:
             return False
-        return bool(self.index.get("m:" + str(dest)) == [digest, st.st_ino, st.st_mtime_ns,
+        return bool(self.index.get(index_keys.placed(dest)) == [digest, st.st_ino, st.st_mtime_ns,
                                                           st.st_size])
 
     def remember_placed(self, digest: str, dest: Path) -> None:
@@ -242,7 +237,10 @@ class LocalStore:
         with contextlib.suppress(OSError):
             if not os.path.samefile(self.blob_path(digest), dest):
                 st = dest.stat()
-                self.index.set("m:" + str(dest), [digest, st.st_ino, st.st_mtime_ns, st.st_size])
+                self.index.set(index_keys.placed(dest), [digest, st.st_ino, st.st_mtime_ns, st.st_size])
+
+    def ensure(self, blob: Blob) -> None:
+        """Here a blob is local or missing: nothing to fetch (the tiered store downloads)."""
 
     def materialize(self, blob: Blob, dest: Path) -> None:
         if blob.kind == "file":
@@ -363,7 +361,7 @@ class LocalStore:
             if os.path.samefile(src, dest):
                 return
             st = dest.stat()  # a copy this store made earlier (another file system) and untouched
-            if self.index.get("m:" + str(dest)) == [digest, *_sig(st)]:
+            if self.index.get(index_keys.placed(dest)) == [digest, *_sig(st)]:
                 return
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.is_dir() and not dest.is_symlink():
@@ -379,7 +377,7 @@ class LocalStore:
         os.replace(tmp, dest)
         if copied:
             st = dest.stat()
-            self.index.set("m:" + str(dest), [digest, *_sig(st)])
+            self.index.set(index_keys.placed(dest), [digest, *_sig(st)])
         else:  # the new link moved the blob's ctime: it was verified just now, record it again
             self._remember(src, digest)
 
@@ -393,7 +391,7 @@ class LocalStore:
         if not stat_mod.S_ISREG(st.st_mode):
             return False
         sig = _sig(st)
-        if self.index.get("v:" + digest) == sig:
+        if self.index.get(index_keys.verified(digest)) == sig:
             return True
         try:
             if sha256_file(path, follow=False) != digest:
@@ -402,11 +400,11 @@ class LocalStore:
             return False
         with contextlib.suppress(FileNotFoundError):
             if _sig(os.lstat(path)) == sig:  # unchanged while it was hashed
-                self.index.set("v:" + digest, sig)
+                self.index.set(index_keys.verified(digest), sig)
         return True
 
     def _remember(self, path: Path, digest: str) -> None:
-        self.index.set("v:" + digest, _sig(os.lstat(path)))
+        self.index.set(index_keys.verified(digest), _sig(os.lstat(path)))
 
     def _discard(self, path: Path) -> None:
         """Remove what sits at a blob path without following it: a link goes, not its target."""

@@ -4,7 +4,10 @@ Layout under the URL, the local cache's own, with no database::
 
     cas/sha256/ab/cdef...  blobs (files and tree listings), named by their digest
     ac/<key>               action entries: small canonical JSON {"key", "entry"[, "sig"]}
-    leases/<key>.json      "someone builds this key": {"owner", "expires"} (see Lease)
+    leases/<key>.json      "someone builds this key": {"owner", "expires"} (see Remote.lease)
+    packs/<sha256>.json    immutable snapshots {"entries": {key: <the ac/<key> object>}} of the
+                           entries one build used, so that the next machine planning the same
+                           nightly reads them in a few requests instead of one per task
 
 Only this module talks to fsspec, and it is imported only when a remote is configured. Every
 remote call goes through ``Remote.guard``: a remote that cannot be reached (no route, no bucket,
@@ -21,10 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -33,18 +36,16 @@ from typing import Any, Literal, TypeVar
 
 from orchestrator.hashing import canonical_json
 from orchestrator.store.base import InvalidEntry
+from orchestrator.store.entries import encode_entry
 
 Mode = Literal["read", "write", "readwrite"]
 MODES: tuple[Mode, ...] = ("read", "write", "readwrite")
-SIGNING_KEY_ENV = "DEPLOY_BUILD_CACHE_SIGNING_KEY"
 OPTIONS_ENV = "DEPLOY_BUILD_REMOTE_OPTIONS"  # JSON: fsspec storage options (endpoint_url, ...)
 TRANSFERS = 16  # concurrent requests
 LEASE_TTL_S = 600.0
+PACKS_READ = 4  # the newest packs a planning machine reads
+MAX_PACK_BYTES = 64 * 2**20
 T = TypeVar("T")
-
-
-class UntrustedEntry(InvalidEntry):
-    """A remote action entry that a reader holding the signing key refuses."""
 
 
 class RemoteUnavailable(Exception):
@@ -53,42 +54,6 @@ class RemoteUnavailable(Exception):
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr)
-
-
-def signature(sign_key: bytes, key: str, entry: dict[str, Any]) -> str:
-    body = canonical_json({"entry": entry, "key": key}).encode()
-    return "hmac-sha256:" + hmac.new(sign_key, body, hashlib.sha256).hexdigest()
-
-
-def encode_entry(key: str, entry: dict[str, Any], sign_key: bytes | None) -> bytes:
-    doc: dict[str, Any] = {"entry": entry, "key": key}
-    if sign_key:
-        doc["sig"] = signature(sign_key, key, entry)
-    return canonical_json(doc).encode()
-
-
-def decode_entry(key: str, raw: bytes, sign_key: bytes | None) -> dict[str, Any]:
-    """The entry in a remote object; InvalidEntry when malformed, UntrustedEntry when a reader
-    with the signing key finds no signature or a wrong one."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidEntry(f"remote entry not JSON ({raw[:40]!r})") from None
-    if not (isinstance(doc, dict) and isinstance(doc.get("entry"), dict)):
-        raise InvalidEntry("remote entry is not an {'entry': ...} object")
-    if doc.get("key") != key:
-        raise InvalidEntry(f"remote entry is stored under {key[:12]} but names key "
-                           f"{str(doc.get('key'))[:12]}")
-    if sign_key:
-        sig = doc.get("sig")
-        if not isinstance(sig, str):
-            raise UntrustedEntry(f"remote entry {key[:12]} is unsigned and {SIGNING_KEY_ENV} is "
-                                 "set: refused")
-        if not hmac.compare_digest(sig, signature(sign_key, key, doc["entry"])):
-            raise UntrustedEntry(f"remote entry {key[:12]} is signed with another key than "
-                                 f"{SIGNING_KEY_ENV}: refused")
-    entry: dict[str, Any] = doc["entry"]
-    return entry
 
 
 class Remote:
@@ -114,6 +79,7 @@ class Remote:
         self.is_local = "file" in protos or "local" in protos
         self.known: set[str] = set()  # digests seen on the remote in this process
         self.bytes_in = self.bytes_out = self.blobs_in = self.blobs_out = 0
+        self.lock = threading.Lock()  # for the counters, updated by transfer threads
 
     # ---- what may be done -------------------------------------------------------------------
     @property
@@ -184,6 +150,57 @@ class Remote:
             return True
 
         return self.guard("writing an action entry", put, False)
+
+    # ---- packs: the entries of one build in one object ---------------------------------------
+    def put_pack(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Write the entries as one pack named by its digest (nothing if that pack exists)."""
+        if not self.can_write or len(entries) < 2:
+            return
+        body = canonical_json({"entries": {k: encode_entry(k, e, self.sign_key).decode()
+                                           for k, e in sorted(entries.items())}}).encode()
+        path = f"{self.base}/packs/{hashlib.sha256(body).hexdigest()}.json"
+        # written even when it exists: its time says when these entries were last used (gc)
+        with contextlib.suppress(FileNotFoundError):
+            self.guard("writing a pack", lambda: self._write(path, body), None)
+
+    def has_entries(self, keys: list[str]) -> set[str]:
+        """Which keys have an entry on the remote: a few existence checks, or for many keys one
+        listing of ac/."""
+        if not keys or not self.can_read and not self.can_write:
+            return set()
+        if len(keys) > 64:
+            return set(keys) & set(self.list_entries())
+
+        def exists(key: str) -> bool:
+            return bool(self.fs.exists(self.entry_path(key)))
+
+        none: list[bool] = []
+        found = self.guard("checking entries", lambda: self._map(exists, keys), none)
+        return {k for k, there in zip(keys, found, strict=False) if there}
+
+    def read_packs(self, newest: int = PACKS_READ) -> dict[str, bytes]:
+        """key -> entry object, from the newest packs (each decoded later like an ac/ object:
+        key and signature checked). A pack is only a faster way to the same objects."""
+        def read() -> dict[str, bytes]:
+            try:
+                listing = self.fs.ls(f"{self.base}/packs", detail=True, refresh=True)
+            except FileNotFoundError:
+                return {}
+            infos = sorted((i for i in listing if int(i.get("size") or 0) <= MAX_PACK_BYTES),
+                           key=lambda i: (_when(i), str(i["name"])), reverse=True)[:newest]
+            out: dict[str, bytes] = {}
+            for raw in self.fs.cat([str(i["name"]) for i in infos], on_error="omit").values():
+                with contextlib.suppress(ValueError, TypeError, AttributeError, RecursionError):
+                    for k, v in json.loads(raw)["entries"].items():
+                        if isinstance(k, str) and isinstance(v, str):
+                            out.setdefault(k, v.encode())
+            return out
+
+        if not self.can_read:
+            return {}
+        with contextlib.suppress(FileNotFoundError):
+            return self.guard("reading packs", read, {})
+        return {}
 
     def list_entries(self) -> list[str]:
         def find() -> list[str]:
@@ -323,5 +340,11 @@ class Remote:
             return list(pool.map(fn, items))
 
 
-def new_owner() -> str:
-    return f"{uuid.uuid4().hex}"
+def _when(info: dict[str, Any]) -> float:
+    """An object's modification time from an fsspec listing (S3: LastModified, a folder: mtime)."""
+    value = info.get("LastModified", info.get("mtime", 0))
+    stamp = getattr(value, "timestamp", None)
+    try:
+        return float(stamp() if callable(stamp) else value)
+    except (TypeError, ValueError):
+        return 0.0

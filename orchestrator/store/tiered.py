@@ -23,8 +23,11 @@ from typing import Any
 
 from orchestrator.hashing import sha256_file
 from orchestrator.store.base import Blob, BlobError, CorruptBlob, InvalidEntry, MissingBlob
+from orchestrator.store.entries import UntrustedEntry
 from orchestrator.store.local import READ_ONLY, LocalStore
-from orchestrator.store.remote import Remote, UntrustedEntry
+from orchestrator.store.remote import Remote
+
+REFUSED = "rbad:"  # index prefix: a remote blob this machine found corrupt
 
 
 class TieredStore(LocalStore):
@@ -35,6 +38,9 @@ class TieredStore(LocalStore):
         self._raw: dict[str, bytes | None] = {}  # prefetched remote objects (None: absent)
         self.refused: list[str] = []  # why remote entries or blobs were refused
         self.remote_hits = 0
+        self.used: dict[str, dict[str, Any]] = {}  # entries this build used: the pack it leaves
+        self._packed: dict[str, bytes] = {}  # entry objects read from the remote's packs
+        self._on_remote: set[str] = set()  # keys this process read from or wrote to the remote
 
     # ---- action entries ---------------------------------------------------------------------
     def get_action(self, key: str) -> dict[str, Any] | None:
@@ -44,11 +50,16 @@ class TieredStore(LocalStore):
         if key in self.fetched:
             return self.fetched[key]
         # a prefetched miss answers once: asked again (after waiting for a lease), look again
-        raw = self._raw.pop(key) if key in self._raw else self.remote.get_entries([key]).get(key)
+        if key in self._packed:
+            raw: bytes | None = self._packed.pop(key)
+        elif key in self._raw:
+            raw = self._raw.pop(key)
+        else:
+            raw = self.remote.get_entries([key]).get(key)
         return None if raw is None else self._decode(key, raw)
 
     def _decode(self, key: str, raw: bytes) -> dict[str, Any]:
-        from orchestrator.store.remote import decode_entry
+        from orchestrator.store.entries import decode_entry
 
         try:
             entry = decode_entry(key, raw, self.remote.sign_key)
@@ -56,17 +67,20 @@ class TieredStore(LocalStore):
             self._refuse(str(e))
             raise
         self.fetched[key] = entry
+        self._on_remote.add(key)
         self.remote_hits += 1
         return entry
 
     def put_action(self, key: str, entry: dict[str, Any]) -> None:
         super().put_action(key, entry)
+        self.used[key] = entry
         if not self.remote.can_write:
             return
         files = self._entry_files(entry)
         before = self.remote.bytes_out
         self.remote.upload(files)
         if self.remote.can_write and self.remote.put_entry(key, entry):
+            self._on_remote.add(key)
             sent = self.remote.bytes_out - before
             if sent > 2**20:
                 self.remote.log(f"remote: uploaded {len(files)} blob(s) of {key[:12]} "
@@ -80,6 +94,7 @@ class TieredStore(LocalStore):
         from orchestrator.keys import task_key
         from orchestrator.plan import document, input_digests
 
+        self._packed = self.remote.read_packs()
         outputs: dict[str, dict[str, Any]] = {}
         pending = list(graph.tasks())
         blobs: list[Blob] = []
@@ -95,7 +110,8 @@ class TieredStore(LocalStore):
                     local[tid] = LocalStore.get_action(self, key)
             ask = [k for tid, k in level.items() if local.get(tid) is None and k not in self._raw
                    and k not in self.fetched]
-            found = self.remote.get_entries(ask)
+            found = {k: self._packed.pop(k) for k in ask if k in self._packed}
+            found.update(self.remote.get_entries([k for k in ask if k not in found]))
             self._raw.update({k: None for k in ask if k not in found})
             for tid, key in level.items():
                 entry = local.get(tid) or self.fetched.get(key)
@@ -134,8 +150,12 @@ class TieredStore(LocalStore):
             digests = [blob.digest]
         need = [d for d in digests if not self._local_ok(d)]
         have = self.remote.has_blobs(need)
-        lost = [d for d in need if d not in have]
-        return f"blob {lost[0][:12]} missing (here and on the remote)" if lost else None
+        lost = [d for d in need if d not in have or self.get_meta(REFUSED + d)]
+        if not lost:
+            return None
+        if self.get_meta(REFUSED + lost[0]):
+            return f"blob {lost[0][:12]} refused: corrupt on the remote"
+        return f"blob {lost[0][:12]} missing (here and on the remote)"
 
     def read_bytes(self, digest: str) -> bytes:
         with contextlib.suppress(BlobError):
@@ -159,7 +179,25 @@ class TieredStore(LocalStore):
             files = super().tree_files(blob.digest)
             self._fetch(sorted({d for d, _ in files.values() if not self._local_ok(d)}))
 
-    def _fetch(self, digests: list[str]) -> None:
+    def fetch_outputs(self, blobs: list[Blob]) -> list[str]:
+        """Download (verified, concurrently) the blobs a build is about to need; what was
+        missing or refused, one line each (the caller plans again: those tasks are misses now)."""
+        problems: list[str] = []
+        missing = {b.digest: b.size for b in blobs if not self._local_ok(b.digest)}
+        total = sum(missing.values())
+        if total > 2**20:
+            self.remote.log(f"remote: fetching {len(missing)} output(s) ({total / 2**20:.1f} MiB) "
+                            f"that this build needs from {self.remote.url}")
+        files = sorted(d for d in missing)
+        self._fetch(files, problems)
+        for tree in sorted({b.digest for b in blobs if b.kind == "tree"}):
+            if self._local_ok(tree):
+                files = sorted({d for d, _ in LocalStore.tree_files(self, tree).values()
+                                if not self._local_ok(d)})
+                self._fetch(files, problems)
+        return problems
+
+    def _fetch(self, digests: list[str], problems: list[str] | None = None) -> None:
         """Download blobs concurrently into the local cache, each verified against its digest."""
         if not digests:
             return
@@ -183,7 +221,9 @@ class TieredStore(LocalStore):
         if got > 2**20:
             self.remote.log(f"remote: fetched {len(digests)} blob(s) ({got / 2**20:.1f} MiB) in "
                             f"{time.monotonic() - start:.1f}s from {self.remote.url}")
-        if errors:
+        if problems is not None:
+            problems += [str(e) for e in errors]
+        elif errors:
             raise errors[0]
 
     def _download(self, digest: str) -> None:
@@ -194,21 +234,35 @@ class TieredStore(LocalStore):
             try:
                 self.remote.download(digest, tmp)
             except FileNotFoundError:
+                self.remote.known.discard(digest)
                 raise MissingBlob(f"blob {digest[:12]} missing (here and on the remote)") from None
             if sha256_file(tmp) != digest:
-                why = (f"blob {digest[:12]} from the remote {self.remote.url} does not match its "
-                       "digest (a broken or poisoned remote): refused, not kept")
-                self._refuse(why)
-                raise CorruptBlob(why)
+                self._poisoned(digest)
             size = os.path.getsize(tmp)
             os.chmod(tmp, READ_ONLY)
             os.replace(tmp, dest)
             self._remember(dest, digest)
-            self.remote.bytes_in += size
-            self.remote.blobs_in += 1
+            with self.remote.lock:
+                self.remote.bytes_in += size
+                self.remote.blobs_in += 1
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def _poisoned(self, digest: str) -> None:
+        """A remote blob whose bytes do not match: never kept, marked so that this machine
+        treats it as missing (its tasks are rebuilt), and removed from a remote we may write
+        (so that a good upload replaces it)."""
+        self.remote.known.discard(digest)
+        self.set_meta(REFUSED + digest, True)
+        removed = ""
+        if self.remote.can_write:
+            self.remote.delete([self.remote.blob_path(digest)])
+            removed = "; removed from the remote"
+        why = (f"blob {digest[:12]} from the remote {self.remote.url} does not match its digest "
+               f"(a broken or poisoned remote): refused, not kept{removed}")
+        self._refuse(why)
+        raise CorruptBlob(why)
 
     def _local_ok(self, digest: str) -> bool:
         return self._intact(self.blob_path(digest), digest)
@@ -230,8 +284,19 @@ class TieredStore(LocalStore):
             self.refused.append(why)
             self.remote.log(f"warning: {why}")
 
+    def mark_used(self, key: str, entry: dict[str, Any]) -> None:
+        """A hit of this build (see gc.record_use): it goes into the pack the build leaves."""
+        self.used[key] = entry
+
     def close(self) -> None:
-        """Keep locally the remote entries whose blobs are all local now; then close."""
+        """Leave a pack of the entries this build used (readwrite/write); keep locally the remote
+        entries whose blobs are all local now; then close."""
+        if self.used and self.remote.can_write:  # local hits the remote holds count as uses
+            self._on_remote |= self.remote.has_entries(sorted(set(self.used) - self._on_remote))
+        packed = {k: e for k, e in self.used.items() if k in self._on_remote}
+        if packed:  # only what the remote holds: a pack is a faster way to its ac/ objects
+            self.remote.put_pack(packed)
+        self.used = {}
         if self._index is not None:
             for key, entry in sorted(self.fetched.items()):
                 with contextlib.suppress(BlobError, KeyError, TypeError, ValueError, InvalidEntry):

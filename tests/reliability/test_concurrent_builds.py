@@ -253,10 +253,10 @@ def test_the_executor_starts_an_exclusive_job_alone() -> None:
 
     ex = LocalExecutor(8)
     assert ex.can_start(1, exclusive=True)  # nothing runs
-    ex.running["bench"] = cast(Any, SimpleNamespace(job=Job("bench", {}, Path("."), 1,
+    ex.running["bench"] = cast(Any, SimpleNamespace(cpu=1, job=Job("bench", {}, Path("."), 1,
                                                              exclusive=True)))
     assert not ex.can_start(1)  # nothing beside it, though cpu tokens are free
-    ex.running = {"t": cast(Any, SimpleNamespace(job=Job("t", {}, Path("."), 1)))}
+    ex.running = {"t": cast(Any, SimpleNamespace(job=Job("t", {}, Path("."), 1), cpu=1))}
     assert not ex.can_start(1, exclusive=True)  # it waits for the others to finish
     assert ex.can_start(1)
 

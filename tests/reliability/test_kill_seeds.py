@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -85,14 +86,33 @@ class Build:
             store.close()
 
 
-def _watch(proc: subprocess.Popen[str], seconds: float) -> set[int]:
-    """Every worker the build started while it ran for ``seconds`` (or until it ended)."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and proc.poll() is None:
-        seen.update(children(proc.pid))
-        time.sleep(0.02)
-    return seen
+TASKS = 7  # export, fusion, OpenVINO conversion, parity x2 (+ its reference), benchmark
+
+
+class Progress:
+    """Reads the build's progress lines (stderr) as they come, and every worker it starts."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.events = 0  # "RUN" and "done" lines so far: a point in the build that load can't move
+        self.workers: set[int] = set()
+        self.tail: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.tail = (self.tail + [line])[-40:]
+            if line.startswith(("RUN ", "done ")):
+                self.events += 1
+
+    def until(self, cond: Any, timeout: float = 300) -> bool:
+        deadline = time.monotonic() + timeout
+        while not cond() and self.proc.poll() is None and time.monotonic() < deadline:
+            self.workers.update(children(self.proc.pid))
+            time.sleep(0.01)
+        self.workers.update(children(self.proc.pid))
+        return bool(cond())
 
 
 def _digest(path: Path) -> str:
@@ -113,7 +133,7 @@ def _assert_outputs_whole(build: Build) -> None:
                 continue  # a staging folder of a killed build: hidden, swept by the next
             manifest = json.loads((tdir / "manifest.json").read_text())
             expected: dict[str, str] = {}
-            for a in manifest["artifacts"]:
+            for a in [*manifest["artifacts"], *manifest.get("bundle", {}).get("files", [])]:
                 if a["kind"] == "file":
                     expected[a["path"]] = a["digest"]
                 else:
@@ -139,65 +159,51 @@ def _assert_rerun_reuses(build: Build, finished: set[str]) -> None:
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def _cold_seconds(build: Build) -> float:
-    """How long a cold build of this recipe takes here (kills land anywhere inside it)."""
-    t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-c", CLI, *build.args], capture_output=True, text=True,
-                       env=_env(), timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return time.monotonic() - t0
-
-
-@pytest.fixture(scope="module")
-def cold_s(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> float:
-    return _cold_seconds(Build(tmp_path_factory.mktemp("cold"), tiny_model_dir))
-
-
-def _kill_run(build: Build, seed: int, cold_s: float, worker: bool) -> dict[str, Any]:
+def _kill_run(build: Build, seed: int, worker: bool) -> int | None:
+    """Start the build and kill it (or one of its workers) at a seeded point: after the n-th
+    task start or finish, plus a random fraction of a second. Returns the killed worker's pid."""
     rng = random.Random(seed)
     proc = build.start()
-    # a worker is killed while one runs: before the last task starts
-    delay = rng.uniform(0.1, 0.6 if worker else 0.9) * cold_s
-    workers = _watch(proc, delay)
+    progress = Progress(proc)
+    # the build anywhere before its last task ends; a worker while later tasks remain
+    events = range(1, 2 * TASKS - 2) if worker else range(1, 2 * TASKS)
+    nth, extra = rng.choice(events), rng.uniform(0.0, 0.3 if worker else 0.6)
+    assert progress.until(lambda: progress.events >= nth), "".join(progress.tail)
+    progress.until(lambda: False, timeout=extra)
     killed = None
     if worker:
-        # kill one of the build's live workers at a random point, the build goes on
-        live = []
-        while proc.poll() is None and not live:
-            live = sorted(children(proc.pid))
-            time.sleep(0.02)
-        if live:
-            killed = rng.choice(live)
-            os.kill(killed, signal.SIGKILL)
-        workers |= _watch(proc, 300)
+        live: list[int] = []
+        progress.until(lambda: bool(live.extend(children(proc.pid)) or live))
+        assert live, f"seed {seed}: no worker ran after event {nth}"
+        killed = rng.choice(sorted(live))
+        os.kill(killed, signal.SIGKILL)
+        progress.until(lambda: False)
         # the killed worker's task fails alone (exit 2), or it had just finished (exit 0)
-        assert proc.wait(60) in (0, 2), proc.stderr.read() if proc.stderr else ""
+        assert proc.wait(60) in (0, 2), "".join(progress.tail)
     else:
-        workers |= set(children(proc.pid))
+        assert proc.poll() is None, f"seed {seed}: the build ended before event {nth} + {extra:.2f}s"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-    if proc.stderr:
-        proc.stderr.close()
     deadline = time.monotonic() + 10
-    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+    while any(alive(w) for w in progress.workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(alive(w) for w in workers), f"seed {seed}: workers outlived the build"
-    return {"killed_worker": killed, "returncode": proc.returncode}
+    assert not any(alive(w) for w in progress.workers), f"seed {seed}: workers outlived the build"
+    return killed
 
 
 @pytest.mark.parametrize("seed", ORCHESTRATOR_SEEDS)
-def test_kill_9_of_the_build_at_a_random_point(seed: int, cold_s: float, tiny_model_dir: Path,
+def test_kill_9_of_the_build_at_a_random_point(seed: int, tiny_model_dir: Path,
                                                tmp_path: Path) -> None:
     build = Build(tmp_path, tiny_model_dir)
-    _kill_run(build, seed, cold_s, worker=False)
+    _kill_run(build, seed, worker=False)
     _assert_outputs_whole(build)
     _assert_rerun_reuses(build, build.finished_keys())
 
 
 @pytest.mark.parametrize("seed", WORKER_SEEDS)
-def test_kill_9_of_a_worker_at_a_random_point(seed: int, cold_s: float, tiny_model_dir: Path,
+def test_kill_9_of_a_worker_at_a_random_point(seed: int, tiny_model_dir: Path,
                                               tmp_path: Path) -> None:
     build = Build(tmp_path, tiny_model_dir)
-    assert _kill_run(build, seed, cold_s, worker=True)["killed_worker"] is not None
+    assert _kill_run(build, seed, worker=True) is not None
     _assert_outputs_whole(build)
     _assert_rerun_reuses(build, build.finished_keys())
