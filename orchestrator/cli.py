@@ -244,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     from orchestrator.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USER_ERROR, FatalError
 
+    # pydantic looks for its plugins among every installed distribution's entry points the first
+    # time it builds a validator: a tenth of a no-op build, for plugins this tool never uses
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     module, _, name = args.func.partition(":")
     try:
         import importlib

@@ -36,8 +36,9 @@ def describe(e: OSError) -> str:
     return f"{what}{f' [{code}]' if code else ''}{where}{f'; {hint}' if hint else ''}"
 
 
-def probe_write(folder: Path) -> OSError | None:
-    """Try to create, write and remove a small file in folder: the error that stops it, or None."""
+def probe_write(folder: Path, sync: bool = True) -> OSError | None:
+    """Try to create, write (and, with sync, fsync: a full disk or quota shows only then on some
+    file systems) and remove a small file in folder: the error that stops it, or None."""
     try:
         fd, name = tempfile.mkstemp(prefix=".probe-", dir=folder)
     except OSError as e:
@@ -46,7 +47,8 @@ def probe_write(folder: Path) -> OSError | None:
         return e
     try:
         os.write(fd, b"x" * 4096)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except OSError as e:
         e.filename = e.filename or str(folder)
         return e

@@ -8,6 +8,7 @@ skipped; the hardware-independent ones (export, optimize, quantize) still build 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,7 @@ def installed(dist: str) -> str | None:
     return None if v == "not-installed" else v
 
 
-def runtime_problem(task: Any, toolchain: tuple[str, ...]) -> str | None:
+def runtime_problem(task: Any, toolchain: tuple[str, ...], local_cuda: bool = True) -> str | None:
     """Why a task cannot run here for want of a runtime (None: it can): a distribution of its
     toolchain that is not installed, or, for a check on a cuda target, no CUDA runtime for the
     engine it measures."""
@@ -93,7 +94,8 @@ def runtime_problem(task: Any, toolchain: tuple[str, ...]) -> str | None:
     for dist in toolchain:
         if installed(dist) is None:
             return f"{task.step} needs {dist}, which is not installed here{_hint(dist)}"
-    if task.hardware.get("device", "cpu") != "cuda" or task.info.cls.kind != "check":
+    if task.hardware.get("device", "cpu") != "cuda" or task.info.cls.kind != "check" \
+            or not local_cuda:  # on a cluster, the GPU nodes' runtimes are theirs
         return None
     fmt = task.input_formats.get("model", "")
     if fmt not in CUDA_RUNTIME:
@@ -126,20 +128,24 @@ class Fit:
     targets: dict[str, str] = field(default_factory=dict)
 
 
-def fit_graph(graph: Any, m: Machine) -> Fit:
-    """The tasks and targets of a build graph this machine skips, each with its reason."""
+def fit_graph(graph: Any, m: Machine,
+              cluster: Callable[[Hardware], list[str]] | None = None) -> Fit:
+    """The tasks and targets of a build graph this machine skips, each with its reason. With
+    ``cluster`` (a Ray cluster's view, executors.ray_cluster.cluster_unmet) a target's hardware
+    is judged by the cluster's nodes instead of this machine."""
     from orchestrator.plan import task_toolchain
 
     fit = Fit()
     unfit: dict[tuple[str, str], str] = {}
     for tp in graph.targets:
-        reasons = unmet(tp.recipe.model.targets[tp.name].hardware, m)
+        hw = tp.recipe.model.targets[tp.name].hardware
+        reasons = unmet(hw, m) if cluster is None else cluster(hw)
         if reasons:
             unfit[(tp.recipe.name, tp.name)] = "; ".join(reasons)
     for task in graph.tasks():
         users = [(r, t) for r, t, _ in task.labels]
         problem = unfit[users[0]] if hardware_bound(task) and all(u in unfit for u in users) \
-            else runtime_problem(task, task_toolchain(task))
+            else runtime_problem(task, task_toolchain(task), local_cuda=cluster is None)
         if problem is not None:
             fit.tasks[task.id] = problem
     for tp in graph.targets:

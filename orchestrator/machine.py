@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -203,16 +203,15 @@ def litert_env() -> str:
     """The package versions of the LiteRT steps' own environment (orchestrator.edge)."""
     from orchestrator.edge.litert_env import fingerprint
 
-    return fingerprint()
+    return str(fingerprint())
 
 
+GPU_FACTS = ("gpu_name", "gpu_compute_capability", "cuda_version")
 FACTS: dict[str, Callable[[], str]] = {
-    "cpu_model": cpu_model, "cpu_count": cpu_count,
-    "gpu_name": lambda: gpu_fact("gpu_name"),
-    "gpu_compute_capability": lambda: gpu_fact("gpu_compute_capability"),
-    "cuda_version": lambda: gpu_fact("cuda_version"),
-    "litert_env": litert_env,
+    "cpu_model": cpu_model, "cpu_count": cpu_count, "litert_env": litert_env,
+    **{name: partial(gpu_fact, name) for name in GPU_FACTS},
 }
+MACHINE_FACTS = tuple(FACTS)
 
 
 @cache

@@ -1,8 +1,10 @@
 """Planning: for every task, HIT, RUN (with reasons) or SKIP (with why). Never runs a step.
 
-The plan is a pure function of the graph, the source digests and what the store holds. A task
-downstream of a RUN task has no key yet (its inputs are not built); the executor computes it once
-the inputs exist, so an upstream that rebuilds to identical bytes makes it a hit (early cutoff).
+The decisions depend only on the graph, the source digests and what the store holds, but reading
+the store is not free of effects: checking an entry's blobs removes a corrupt one (the store never
+serves it; the entry is then a miss). A task downstream of a RUN task has no key yet (its inputs
+are not built); the scheduler computes it once the inputs exist (``decide(after_upstream=True)``),
+so an upstream that rebuilds to identical bytes makes it a hit (early cutoff).
 """
 
 from __future__ import annotations

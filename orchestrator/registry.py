@@ -373,7 +373,7 @@ def validate_step(cls: Any) -> list[str]:
     unknown_hw = [k for k in cls.hardware_keys if k not in Hardware.model_fields]
     if unknown_hw:
         problems.append(f"unknown hardware_keys {unknown_hw}; known: {sorted(Hardware.model_fields)}")
-    from orchestrator.machine import FACTS as MACHINE_FACTS
+    from orchestrator.machine import MACHINE_FACTS
 
     unknown_machine = [k for k in cls.machine_keys if k not in MACHINE_FACTS]
     if unknown_machine:

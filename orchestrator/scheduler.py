@@ -1,5 +1,7 @@
-"""Run a plan: dispatch RUN tasks to the executor in DAG order, re-checking keys as inputs become
-known (early cutoff), record action entries only for successful tasks, then write manifests.
+"""Run a plan (`Scheduler`): start RUN tasks on the executor in DAG order, decide again a task
+whose key is known only once its inputs are built (early cutoff), and record action entries for
+successful tasks only. Judging the targets and writing manifests is the build command's part
+(commands/build.py), after this.
 
 Builds sharing a cache build each task once: a task runs under its action key's lock, and a build
 that finds the key locked waits (starting other ready tasks meanwhile) and then looks in the store
@@ -12,17 +14,17 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.executors import make_executor
-from orchestrator.executors.local import Finished, Job, describe_exit
 from orchestrator.graph import Task
 from orchestrator.locks import BuildLocks
 from orchestrator.plan import Decision, Plan, decide, input_digests, usable_entry
 from orchestrator.report import Reporter
 from orchestrator.store import index as index_keys
 from orchestrator.store.base import ActionEntry, Blob, BlobError, Store
-from orchestrator.worker import TaskSpec
+
+if TYPE_CHECKING:
+    from orchestrator.executors.local import Finished, Job
 
 
 @dataclass
@@ -82,27 +84,47 @@ class Scheduler:
         self.outcomes: dict[str, TaskOutcome] = {}
         self.outputs: dict[str, dict[str, Any]] = {}  # task id -> its output blobs (JSON)
         self.started: dict[str, Job] = {}
-        self.executor = make_executor(opts.executor, opts.jobs, opts.ray_address)
+        self._executor: Any = None  # made when a task first starts (see `executor`)
         self.locks = BuildLocks(store.root, getattr(store, "remote", None))
         self.waiting_exclusive: set[str] = set()  # ready exclusive tasks waiting to run alone
         self._waited: set[tuple[str, str]] = set()
 
     def run(self) -> dict[str, TaskOutcome]:
         try:
-            while len(self.outcomes) < len(self.tasks) or self.executor.running:
+            while not self.done():
                 self.start_ready()
-                if not self.executor.running:
+                if self.done():
+                    break
+                if not self.running():
                     time.sleep(0.05)  # nothing runs: waiting for another build's locks only
                 self.collect()
                 self.reporter.tick(self.executor)
         except KeyboardInterrupt as e:
             raise Interrupted(143 if isinstance(e, Terminated) else 130) from None
         finally:  # whatever stops the loop, no worker outlives it and no scratch is left
-            self.executor.cancel_all()
+            if self._executor is not None:
+                self._executor.cancel_all()
             self.locks.release_all()
             for job in self.started.values():
                 shutil.rmtree(job.scratch, ignore_errors=True)
         return self.outcomes
+
+    @property
+    def executor(self) -> Any:
+        """The executor, made when first needed: a build that starts nothing (a no-op) never
+        loads one."""
+        if self._executor is None:
+            from orchestrator.executors import make_executor
+
+            self._executor = make_executor(self.opts.executor, self.opts.jobs,
+                                           self.opts.ray_address)
+        return self._executor
+
+    def running(self) -> bool:
+        return self._executor is not None and bool(self._executor.running)
+
+    def done(self) -> bool:
+        return len(self.outcomes) == len(self.tasks) and not self.running()
 
     # ---- the ready queue -----------------------------------------------------------------
     def ready(self) -> Iterator[Task]:
@@ -201,7 +223,9 @@ class Scheduler:
 
     # ---- collecting finished tasks, and stopping -----------------------------------------
     def collect(self) -> None:
-        for fin in self.executor.poll(0.05):
+        if self._executor is None:
+            return
+        for fin in self._executor.poll(0.05):
             task = self.tasks[fin.task_id]
             outcome = _record(task, self.decisions[task.id], fin, self.store,
                               self.repro.get(task.id, ""))
@@ -222,7 +246,8 @@ class Scheduler:
 
     def stop(self, why: str) -> None:
         """Cancel what runs and finish every unfinished task as skipped, with why."""
-        self.executor.cancel_all()
+        if self._executor is not None:
+            self._executor.cancel_all()
         for tid in self.tasks:
             if tid not in self.outcomes:
                 if tid in self.started:
@@ -245,6 +270,9 @@ class Scheduler:
 def _job(task: Task, d: Decision, plan: Plan, store: Store,
          outputs: dict[str, dict[str, Any]], opts: Options) -> Job:
     """The executor's job for a task: its inputs placed in a fresh scratch folder."""
+    from orchestrator.executors.local import Job
+    from orchestrator.worker import TaskSpec
+
     scratch = store.scratch(prefix=f"{task.step}-")
     inputs: dict[str, str] = {}
     for name, (node, out) in task.inputs.items():
@@ -277,6 +305,8 @@ def _job(task: Task, d: Decision, plan: Plan, store: Store,
 
 def _record(task: Task, d: Decision, fin: Finished, store: Store, repro: str) -> TaskOutcome:
     if not fin.ok or fin.result is None:
+        from orchestrator.executors.local import describe_exit
+
         why = fin.reason or (describe_exit(fin.returncode) if fin.returncode != 0
                              else "worker wrote no result")
         summary = f"{task.label} failed ({why}) after {fin.duration:.1f}s"

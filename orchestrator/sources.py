@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +139,8 @@ def _hub_snapshot(repo_id: str, revision: str | None, where: str) -> Path:
 
 
 def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
+    import socket
+
     try:
         with socket.create_connection(host, timeout=timeout):
             return True

@@ -255,3 +255,28 @@ def test_what_the_cluster_builds_reaches_another_machine_through_the_remote_cach
         one, two = (tmp_path / w / "build" / "demo" / target / "manifest.json"
                     for w in ("cluster", "laptop"))
         assert one.read_bytes() == two.read_bytes()
+
+
+def test_on_the_cluster_a_target_no_node_can_run_is_skipped_with_the_reason(
+        ray_address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --executor ray a target's hardware is judged by the cluster's nodes: one whose
+    accelerator no node offers, or a cuda target on a cluster without GPUs, is skipped at once
+    with the reason (exit 0; 2 with --require-all); one the edge node offers builds."""
+    from conftest import FAKE_RECIPE, Project
+
+    recipe = FAKE_RECIPE.replace("  b:\n", "  b:\n    hardware: {accelerator: jetson-orin}\n")
+    recipe += (f"  c:\n    hardware: {{accelerator: {ACCELERATOR}}}\n    steps:\n"
+               "      - fake-upper: {suffix: c}\n"
+               "  d:\n    hardware: {device: cuda}\n    steps:\n      - fake-upper: {suffix: d}\n")
+    project = Project(tmp_path)
+    r = project.recipe(recipe)
+    flags = ("--executor", "ray", "--ray-address", ray_address)
+    s = project.build_json(r, capsys, *flags)
+    assert s["rc"] == 0, s["err"]
+    targets = s["targets"]
+    assert targets["demo/a"]["status"] == "ok" and targets["demo/c"]["status"] == "ok"
+    assert targets["demo/b"]["status"] == "skipped"
+    assert "no node of the Ray cluster offers accelerator:jetson-orin" in targets["demo/b"]["reason"]
+    assert targets["demo/d"]["status"] == "skipped"
+    assert "no node of the Ray cluster offers GPU 1" in targets["demo/d"]["reason"]
+    assert project.build_json(r, capsys, *flags, "--require-all")["rc"] == 2

@@ -243,3 +243,23 @@ def test_golden_key_of_a_real_document(tmp_path) -> None:
     doc = _golden_document(tmp_path)
     assert doc == GOLDEN_DOCUMENT
     assert task_key(doc) == "9664fe760fcaca68ae0d75b4e015d52def362f8c659177a24234801e01cd1ec5"
+
+
+def test_dist_versions_match_importlib_metadata() -> None:
+    """The quick lookup by .dist-info folder name gives what importlib.metadata gives."""
+    from importlib.metadata import distributions
+
+    from orchestrator import keys
+
+    names = sorted({d.metadata["Name"] for d in distributions() if d.metadata["Name"]})
+    assert len(names) > 20
+    for name in names:
+        keys.dist_version.cache_clear()
+        assert keys.dist_version(name) == version_of(name), name
+    assert keys.dist_version("surely-not-a-package-xyz") == "not-installed"
+
+
+def version_of(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)

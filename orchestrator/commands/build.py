@@ -47,7 +47,7 @@ def project_root(start: Path) -> Path:
 
 
 def cuda_devices() -> int:
-    from orchestrator.executors.local import cuda_device_ids
+    from orchestrator.executors import cuda_device_ids
 
     return len(cuda_device_ids())
 
@@ -80,10 +80,19 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
     prefetch_remote(store, graph, sources)
     from orchestrator.machine import detect
 
-    fit = fit_graph(graph, detect())
+    fit = fit_graph(graph, detect(), _cluster_view(args))
     plan = make_plan(graph, store, sources, force=force, rebench=rebench,
                      cuda_devices=cuda_devices(), skips=fit.tasks)
     return Session(recipes, store, out, graph, plan, fit)
+
+
+def _cluster_view(args: argparse.Namespace) -> Any:
+    """With --executor ray, targets are judged by the cluster's nodes, not by this machine."""
+    if getattr(args, "executor", "local") != "ray":
+        return None
+    from orchestrator.executors import make_executor
+
+    return make_executor("ray", 1, getattr(args, "ray_address", None)).unmet
 
 
 def check_recipe_file(path: Path) -> None:
@@ -141,12 +150,15 @@ def check_out(out: Path, s: Session) -> None:
     from orchestrator.diskerrors import describe, nearest_existing, probe_write
 
     folders = {out} | {out / tp.recipe.name / tp.name for tp in s.graph.targets}
+    synced: set[int] = set()  # file systems whose space was probed (a write made durable)
     for folder in sorted(folders):
         existing = nearest_existing(folder)
         if not existing.is_dir():
             raise FatalError(f"--out {out}: {existing} is a file, not a folder; give a folder for "
                              "the built targets")
-        problem = probe_write(existing)
+        dev = existing.stat().st_dev
+        problem = probe_write(existing, sync=dev not in synced)
+        synced.add(dev)
         if problem:
             raise FatalError(f"--out {out}: cannot write in {existing}: {describe(problem)}")
 

@@ -55,12 +55,8 @@ def blocked(graph: Any, fit: Fit) -> dict[str, str]:
     """Every task that cannot run here: those fit skips and everything downstream of them."""
     out = dict(fit.tasks)
     for tid in list(fit.tasks):
-        todo = list(graph.dag.successors(tid))
-        while todo:
-            d = todo.pop()
-            if d not in out:
-                out[d] = f"upstream {graph.task(tid).label} is skipped"
-                todo.extend(graph.dag.successors(d))
+        for d in sorted(graph.dag.descendants(tid)):
+            out.setdefault(d, f"upstream {graph.task(tid).label} is skipped")
     return out
 
 

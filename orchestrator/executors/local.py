@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.executors import cuda_device_ids
+
 if TYPE_CHECKING:
     from orchestrator.worker import TaskSpec
 
@@ -84,15 +86,6 @@ def total_memory_gb() -> float:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not on Linux
         return float("inf")
-
-
-def cuda_device_ids() -> list[int]:
-    """NVIDIA devices of this machine (/dev/nvidia0, ...), found without importing a CUDA library."""
-    try:
-        names = os.listdir("/dev")
-    except OSError:  # pragma: no cover
-        return []
-    return sorted(int(n[6:]) for n in names if n.startswith("nvidia") and n[6:].isdigit())
 
 
 @dataclass

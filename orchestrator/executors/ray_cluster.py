@@ -137,6 +137,20 @@ class RayExecutor:
                 f"`ray start --address ... --resources '{{\"{ACCELERATOR_PREFIX}NAME\": 1}}'`"
                 " or --num-gpus")
 
+    def unmet(self, hw: Any) -> list[str]:
+        """Why no node of the cluster can run a target with this hardware (a ``Hardware``): a
+        cuda target needs a node with a GPU, an accelerator a node that offers its resource.
+        CPU features and GPU compute capability are not in Ray's resources: not judged here."""
+        needs: dict[str, float] = {}
+        if hw.device == "cuda":
+            needs["GPU"] = 1
+        if hw.accelerator:
+            needs[ACCELERATOR_PREFIX + str(hw.accelerator)] = ACCELERATOR_SHARE
+        if not needs or any(all(n.get(r, 0) >= a for r, a in needs.items()) for n in self.nodes):
+            return []
+        wanted = " and ".join(f"{r} {a:g}" if r == "GPU" else r for r, a in sorted(needs.items()))
+        return [f"no node of the Ray cluster offers {wanted} ({len(self.nodes)} node(s) alive)"]
+
     def start(self, job: Job) -> None:
         job.scratch.mkdir(parents=True, exist_ok=True)
         why = self.unsatisfiable(job)

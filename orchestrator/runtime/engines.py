@@ -135,7 +135,8 @@ def open_engine(path: Path, threads: int, precision_hint: str = "f32", *,
     threads = max(1, threads)
     output = hf.output_names(task)[0]
     if kind == "onnxruntime":
-        return _open_ort(model_file(path, ".onnx"), threads, output, profile_dir, device)
+        return _open_ort(model_file(path, ".onnx"), threads, output, profile_dir,
+                         device)
     if kind == "tensorrt":
         from orchestrator.runtime.trt import open_trt
 

@@ -101,6 +101,6 @@ def fetch_for_build(store: LocalStore, plan: Any) -> bool:
             needed |= set(graph.dag.predecessors(tid))
     blobs = [Blob.from_json(b) for tid in sorted(needed)
              if tid in decisions and decisions[tid].status == "HIT" and decisions[tid].entry
-             for b in decisions[tid].entry["outputs"].values()]
+             for b in decisions[tid].entry.outputs.values()]
     problems: list[str] = fetch(blobs)
     return bool(problems)

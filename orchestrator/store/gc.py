@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.store import index as index_keys
 from orchestrator.store.base import BlobError, InvalidEntry
 from orchestrator.store.local import LocalStore
 
-STATS_KEY = "stats:steps"
-USED = "used:"
+STATS_KEY = index_keys.STATS
+USED = index_keys.USED
 GRACE_S = 3600  # a blob younger than this may belong to a task whose entry is not written yet
 _KEY = re.compile(r"[0-9a-f]{64}")
 
@@ -42,7 +43,7 @@ def _record(store: LocalStore, graph: Any, outcomes: dict[str, Any],
         if o.status not in ("hit", "run") or not o.key:
             continue
         if mark is not None and o.entry is not None:
-            mark(o.key, o.entry)
+            mark(o.key, o.entry.to_json())
         c = counts.setdefault(graph.task(tid).step, {"hit": 0, "run": 0, "remote_hit": 0})
         c[o.status] = c.get(o.status, 0) + 1
         if o.status == "hit" and o.key in fetched:
@@ -53,7 +54,8 @@ def _record(store: LocalStore, graph: Any, outcomes: dict[str, Any],
 
 def local_entries(store: LocalStore) -> Iterator[tuple[str, dict[str, Any] | None]]:
     """(key, entry) of every local action entry; entry None when it cannot be decoded."""
-    keys = sorted(k[3:] for k in store.index.iterkeys() if isinstance(k, str) and k.startswith("ac:"))
+    keys = sorted(k.removeprefix(index_keys.ACTION) for k in store.index.iterkeys()
+                  if isinstance(k, str) and k.startswith(index_keys.ACTION))
     for key in keys:
         try:
             yield key, LocalStore.get_action(store, key)

@@ -5,6 +5,8 @@
     s:<path>                          stat cache of a source file: [ino, mtime_ns, size, ctime_ns, digest]
     v:<digest>                        stat of a blob verified last: [ino, mtime_ns, size, ctime_ns]
     m:<path>                          a copy the store placed outside it: [digest, ino, mtime_ns, size]
+    used:<task key>                   when a build last used the entry (store/gc.py)
+    stats:steps                       per-step hit and run counts (store/gc.py)
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 
 ACTION = "ac:"
 LAST = "last:"
+USED = "used:"
+STATS = "stats:steps"
 
 
 def action(key: str) -> str:

@@ -37,7 +37,6 @@ class TieredStore(LocalStore):
         self.fetched: dict[str, dict[str, Any]] = {}  # remote entries read by this process
         self._raw: dict[str, bytes | None] = {}  # prefetched remote objects (None: absent)
         self.refused: list[str] = []  # why remote entries or blobs were refused
-        self.remote_hits = 0
         self.used: dict[str, dict[str, Any]] = {}  # entries this build used: the pack it leaves
         self._packed: dict[str, bytes] = {}  # entry objects read from the remote's packs
         self._on_remote: set[str] = set()  # keys this process read from or wrote to the remote
@@ -68,7 +67,6 @@ class TieredStore(LocalStore):
             raise
         self.fetched[key] = entry
         self._on_remote.add(key)
-        self.remote_hits += 1
         return entry
 
     def put_action(self, key: str, entry: dict[str, Any]) -> None:
