@@ -148,7 +148,7 @@ def open_engine(path: Path, threads: int, precision_hint: str = "f32", *,
                                "target hardware: {device: cpu}")
         from orchestrator.runtime.litert import open_litert
 
-        return Engine(*open_litert(path, threads))
+        return Engine(*open_litert(model_file(path, ".tflite"), threads))
     if device != "cpu" and kind == "openvino":
         raise RuntimeError("OpenVINO engines are measured on the CPU only; give the target "
                            "hardware: {device: cpu}")
