@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from orchestrator.compare import flatten
 from orchestrator.manifest import dumps
 
 # Fields that two honest builds of the same inputs may disagree on: measured latencies and
@@ -53,20 +54,6 @@ def write_committed(folder: Path, table: list[Any]) -> list[Path]:
     return written
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k in sorted(value):
-            out.update(_flat(value[k], f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        out = {}
-        for i, v in enumerate(value):
-            out.update(_flat(v, f"{prefix}.{i}"))
-        return out
-    return {prefix: value}
-
-
 def measured(manifest: dict[str, Any]) -> list[str]:
     """MEASURED, plus, from the first step whose class says `reproducible = False` (its output
     bytes differ from build to build, as TensorRT plans do), every digest and key after it."""
@@ -84,5 +71,5 @@ def measured(manifest: dict[str, Any]) -> list[str]:
 def reproducible_part(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest's leaves (dotted paths) that must be identical across two builds."""
     patterns = measured(manifest)
-    return {k: v for k, v in _flat(manifest).items()
+    return {k: v for k, v in flatten(manifest, lists=True).items()
             if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}

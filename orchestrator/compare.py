@@ -114,13 +114,20 @@ def _steps(m: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return {f"{i + 1}:{s['step']}": s for i, s in enumerate((m or {}).get("steps") or [])}
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "", lists: bool = False) -> dict[str, Any]:
+    """Dotted path -> leaf value of nested dicts (and, with ``lists``, of lists of dicts, by
+    index), in sorted order."""
+    items: list[tuple[str, Any]] = []
     if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k in sorted(value):
-            out.update(_flat(value[k], f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
+        items = [(str(k), value[k]) for k in sorted(value)]
+    elif lists and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else k, lists))
+    return out
 
 
 def key_reasons(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -129,7 +136,7 @@ def key_reasons(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     if a.get("version") != b.get("version"):
         why.append(f"step version changed: {a.get('version')} -> {b.get('version')}")
     for field, word in (("params", "param"), ("toolchain", "toolchain")):
-        fa, fb = _flat(a.get(field) or {}), _flat(b.get(field) or {})
+        fa, fb = flatten(a.get(field) or {}), flatten(b.get(field) or {})
         why.extend(f"{word} changed: {k} {_word(fa.get(k))} -> {_word(fb.get(k))}"
                    for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k))
     ia, ib = a.get("inputs") or {}, b.get("inputs") or {}

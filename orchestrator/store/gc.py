@@ -142,20 +142,7 @@ def collect(store: LocalStore, max_bytes: int | None, max_age_s: float | None,
     needs = {k: entry_blobs(store, e) for k, e in entries.items() if e is not None and k not in drop}
     sizes = _blob_sizes(store)
     if max_bytes is not None:
-        refs: dict[str, int] = {}
-        for blobs in needs.values():
-            for d in blobs:
-                refs[d] = refs.get(d, 0) + 1
-        live = sum(sizes.get(d, 0) for d in refs)
-        for k in sorted((k for k in needs if k not in keep), key=lambda k: (used[k], k)):
-            if live <= max_bytes:
-                break
-            drop.add(k)
-            for d in needs.pop(k):
-                refs[d] -= 1
-                if refs[d] == 0:
-                    live -= sizes.get(d, 0)
-                    del refs[d]
+        fit_quota(needs, sizes, used, keep, drop, max_bytes)
     for k in sorted(drop):
         store.delete_action(k)
         with contextlib.suppress(KeyError):
@@ -164,6 +151,26 @@ def collect(store: LocalStore, max_bytes: int | None, max_age_s: float | None,
     report.kept_by_manifest = len(keep & set(entries))
     _remove_blobs(store, sizes, set().union(*needs.values()) if needs else set(), now, report)
     return report
+
+
+def fit_quota(needs: dict[str, set[str]], blobs: dict[str, int], used: dict[str, float],
+         keep: set[str], drop: set[str], max_bytes: int) -> None:
+    """Drop the least recently used entries (never a kept one) until the blobs still needed fit
+    max_bytes; ``needs`` loses the dropped entries. Shared by the local and the remote gc."""
+    refs: dict[str, int] = {}
+    for digests in needs.values():
+        for d in digests:
+            refs[d] = refs.get(d, 0) + 1
+    live = sum(blobs.get(d, 0) for d in refs)
+    for k in sorted((k for k in needs if k not in keep), key=lambda k: (used[k], k)):
+        if live <= max_bytes:
+            break
+        drop.add(k)
+        for d in needs.pop(k):
+            refs[d] -= 1
+            if refs[d] == 0:
+                live -= blobs.get(d, 0)
+                del refs[d]
 
 
 def _blob_sizes(store: LocalStore) -> dict[str, int]:

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from orchestrator.hashing import sha256_bytes
-from orchestrator.store.gc import GRACE_S, GcReport
+from orchestrator.store.gc import GRACE_S, GcReport, fit_quota
 from orchestrator.store.remote import Remote, _when
 
 BATCH = 500
@@ -39,7 +39,7 @@ def collect_remote(remote: Remote, max_bytes: int | None, max_age_s: float | Non
     needs = _needed_blobs(remote, [k for k in sorted(entries) if k not in drop])
     blobs = remote.list_blobs()
     if max_bytes is not None:
-        _fit(needs, blobs, used, keep, drop, max_bytes)
+        fit_quota(needs, blobs, used, keep, drop, max_bytes)
     remote.delete([remote.entry_path(k) for k in sorted(drop)])
     report.entries_removed = len(drop)
     report.kept_by_manifest = len(keep & set(entries))
@@ -53,25 +53,6 @@ def collect_remote(remote: Remote, max_bytes: int | None, max_age_s: float | Non
     if max_age_s is not None:
         remote.delete([n for n, when in sorted(packs.items()) if now - when > max_age_s])
     return report
-
-
-def _fit(needs: dict[str, set[str]], blobs: dict[str, int], used: dict[str, float],
-         keep: set[str], drop: set[str], max_bytes: int) -> None:
-    """Drop the least recently used entries until the blobs still needed fit max_bytes."""
-    refs: dict[str, int] = {}
-    for digests in needs.values():
-        for d in digests:
-            refs[d] = refs.get(d, 0) + 1
-    live = sum(blobs.get(d, 0) for d in refs)
-    for k in sorted((k for k in needs if k not in keep), key=lambda k: (used[k], k)):
-        if live <= max_bytes:
-            break
-        drop.add(k)
-        for d in needs.pop(k):
-            refs[d] -= 1
-            if refs[d] == 0:
-                live -= blobs.get(d, 0)
-                del refs[d]
 
 
 def _mtimes(remote: Remote, folder: str, digests: bool = False) -> dict[str, float]:
