@@ -142,9 +142,13 @@ def add_bundle(manifest: dict[str, Any], store: Any, source: Path | None, fmt: s
            **signature(store, runtime, artifact), "postprocess": postprocess(task)}
     files = []
     if source is not None and source.is_dir():
+        from orchestrator.sources import StatCache
+
+        digests = StatCache(store.index)  # the source's own files: hashed once, not per build
         for name in TOKENIZER_FILES:
             if (source / name).is_file():
-                files.append(_file(f"tokenizer/{name}", store.put_file(source / name)))
+                known = digests.file_digest(source / name, "tokenizer")
+                files.append(_file(f"tokenizer/{name}", store.put_file(source / name, known)))
     files.append(_file(SIGNATURE, store.put_bytes(dumps(doc).encode())))
     example = resources.files("orchestrator").joinpath("bundle_example.py").read_bytes()
     files.append(_file(EXAMPLE, store.put_bytes(example)))

@@ -42,7 +42,7 @@ def _example(folder: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def test_bundles_load_and_verify(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_bundles_load_and_verify(tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     (tmp_path / "pyproject.toml").write_text("")
     (tmp_path / "samples.txt").write_text("the quick brown fox\nhello world\n")
     recipe = tmp_path / "tiny.yaml"
@@ -92,3 +92,19 @@ def test_bundles_load_and_verify(tiny_model_dir: Path, tmp_path: Path, capsys) -
     assert "ir/: its files differ from the manifest" in capsys.readouterr().out
     assert main(["verify", str(tmp_path)]) == 1
     assert "holds no manifest.json" in capsys.readouterr().err
+    # a no-op build puts the bundle together again without hashing the tokenizer files anew
+    hashed: list[str] = []
+    import orchestrator.hashing
+    import orchestrator.sources
+    import orchestrator.store.local
+
+    real = orchestrator.hashing.sha256_file
+
+    def counting(path, *a, **kw):  # type: ignore[no-untyped-def]
+        hashed.append(Path(path).name)
+        return real(path, *a, **kw)
+
+    for module in (orchestrator.sources, orchestrator.store.local):
+        monkeypatch.setattr(module, "sha256_file", counting)
+    assert main([str(recipe), "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert not {"vocab.txt", "tokenizer.json", "tokenizer_config.json"} & set(hashed), hashed

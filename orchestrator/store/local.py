@@ -147,9 +147,10 @@ class LocalStore:
     def blob_path(self, digest: str) -> Path:
         return self.cas / digest[:2] / digest[2:]
 
-    def put_file(self, path: Path) -> Blob:
-        digest = sha256_file(path)
-        size = path.stat().st_size
+    def put_file(self, path: Path, known: tuple[str, int] | None = None) -> Blob:
+        """Store a file. ``known``: its (digest, size) from a stat cache (sources.StatCache), so
+        an unchanged file is not hashed again."""
+        digest, size = known if known is not None else (sha256_file(path), path.stat().st_size)
         self._write(digest, lambda tmp: shutil.copyfile(path, tmp))
         return Blob("file", digest, size)
 
