@@ -199,6 +199,36 @@ def test_leases_keep_other_builds_out_until_released_or_expired(remote: Any) -> 
     assert r.lease("c" * 64, "build-4")
 
 
+def test_of_builds_asking_for_one_lease_at_once_exactly_one_gets_it(remote: Any) -> None:
+    """The race CI once lost: two builds both read "no lease", both wrote theirs, both read their
+    own back and both built the task. The lease is now created only where none exists."""
+    import threading
+
+    machines = [remote(f"m{i}").remote for i in range(6)]
+    for round_ in range(6):
+        key = f"{round_:x}" * 64
+        if round_ == 5 and not machines[0].is_local:  # a store without conditional writes
+            for r in machines:
+                r._conditional_put = False
+        start = threading.Barrier(len(machines))
+        won: list[str] = []
+
+        def ask(r: Any, owner: str, key: str = key, start: threading.Barrier = start,
+                won: list[str] = won) -> None:
+            start.wait()
+            if r.lease(key, owner):
+                won.append(owner)
+
+        threads = [threading.Thread(target=ask, args=(r, f"build-{i}"))
+                   for i, r in enumerate(machines)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1, (round_, won)
+        assert machines[0].disabled is None
+
+
 @pytest.mark.usefixtures("s3_endpoint")
 def test_an_unreachable_remote_degrades_to_local_only_with_one_warning(tmp_path: Path) -> None:
     from orchestrator.store.remote import Remote

@@ -43,6 +43,7 @@ MODES: tuple[Mode, ...] = ("read", "write", "readwrite")
 OPTIONS_ENV = "DEPLOY_BUILD_REMOTE_OPTIONS"  # JSON: fsspec storage options (endpoint_url, ...)
 TRANSFERS = 16  # concurrent requests
 LEASE_TTL_S = 600.0
+LEASE_SETTLE_S = 0.5  # without conditional writes: how long a lease settles before it is read back
 PACKS_READ = 4  # the newest packs a planning machine reads
 MAX_PACK_BYTES = 64 * 2**20
 T = TypeVar("T")
@@ -80,6 +81,7 @@ class Remote:
         self.known: set[str] = set()  # digests seen on the remote in this process
         self.bytes_in = self.bytes_out = self.blobs_in = self.blobs_out = 0
         self.lock = threading.Lock()  # for the counters, updated by transfer threads
+        self._conditional_put: bool | None = None  # whether pipe_file(mode="create") works
 
     # ---- what may be done -------------------------------------------------------------------
     @property
@@ -276,23 +278,70 @@ class Remote:
 
     # ---- leases -------------------------------------------------------------------------------
     def lease(self, key: str, owner: str, ttl_s: float = LEASE_TTL_S) -> bool:
-        """Take the lease on key unless another owner holds one that has not expired. Object
-        stores have no lock: the lease is written, read back, and lost to a later writer; at
-        worst two builds run one task, which is harmless (content-addressed, same entry)."""
+        """Take the lease on key unless another owner holds one that has not expired.
+
+        The lease object is created only where none exists (a folder: a hard link, which fails on
+        an existing name; S3: a conditional PUT, ``If-None-Match: *``), so of two builds asking
+        at once exactly one gets it. A lease whose holder died is taken over once it expires.
+        Where a store has no create-if-absent, the lease is written, left to settle and read back:
+        the later writer wins, and at worst two builds run one task (content-addressed, harmless).
+        """
         if not self.can_write:
             return True
         path = self.lease_path(key)
 
+        def body() -> bytes:
+            return canonical_json({"expires": time.time() + ttl_s, "owner": owner}).encode()
+
         def take() -> bool:
-            current = self._read_lease(path)
-            if current and current.get("owner") != owner and current.get("expires", 0) > time.time():
-                return False
-            body = canonical_json({"expires": time.time() + ttl_s, "owner": owner}).encode()
-            self._write(path, body)
-            back = self._read_lease(path)
-            return back is None or back.get("owner") == owner
+            for _ in range(2):  # a second try only after removing an expired lease
+                if self._create(path, body()):
+                    return True
+                current = self._read_lease(path)
+                if current is None:
+                    continue  # released between the two calls: ask again
+                if current.get("owner") == owner:
+                    self._write(path, body())  # ours: extend it
+                    return True
+                if current.get("expires", 0) > time.time():
+                    return False
+                with contextlib.suppress(FileNotFoundError):  # its holder died: free it
+                    self.fs.rm(path)
+            return False
 
         return self.guard("taking a lease", take, True)
+
+    def _create(self, path: str, data: bytes) -> bool:
+        """Write path only if it does not exist; False when it did."""
+        if self.is_local:
+            parent = path.rsplit("/", 1)[0]
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.link(tmp, path)  # atomic, and refused when the name exists
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        if self._conditional_put is not False:
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+                self._conditional_put = True
+                return True
+            except FileExistsError:
+                return False
+            except (TypeError, NotImplementedError, ValueError):
+                self._conditional_put = False  # this backend cannot: fall back below
+        if self._read_lease(path) is not None or self.fs.exists(path):
+            return False
+        self._write(path, data)
+        time.sleep(LEASE_SETTLE_S)  # let a concurrent writer's PUT land, then see who won
+        back = self.fs.cat_file(path)
+        return bool(back == data)
 
     def release_lease(self, key: str, owner: str) -> None:
         path = self.lease_path(key)
