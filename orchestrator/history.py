@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,20 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock (a file in the cache) beside path while it is read, merged and
+    written again: two builds finishing at once must not lose each other's records (the lock is
+    released with the file descriptor, also when the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def read_last_run(cache: Path) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads((cache / LAST_RUN).read_text())
@@ -35,12 +52,13 @@ def read_last_run(cache: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_last_run(cache: Path, graph: Any, outcomes: dict[str, Any]) -> None:
-    record = read_last_run(cache)
-    for task in graph.tasks():
-        o = outcomes.get(task.id)
-        if o is not None:
-            record[task.id] = {"status": o.status, "key": o.key, "label": task.label}
-    _write_atomic(cache / LAST_RUN, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    with _locked(cache / LAST_RUN):
+        record = read_last_run(cache)
+        for task in graph.tasks():
+            o = outcomes.get(task.id)
+            if o is not None:
+                record[task.id] = {"status": o.status, "key": o.key, "label": task.label}
+        _write_atomic(cache / LAST_RUN, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def history_path(cache: Path, manifests: Path | None) -> Path:
@@ -72,15 +90,19 @@ def append_history(path: Path, table: list[Any], outcomes: dict[str, Any]) -> bo
     True when it did."""
     if not table or not any(o.status in ("run", "fail") for o in outcomes.values()):
         return False
-    previous = read_history(path)
-    entry = {
-        "run": (previous[-1].get("run", len(previous)) + 1) if previous else 1,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "targets": {label: target_record(manifest, status)
-                    for label, manifest, status, _ in sorted(table, key=lambda r: r[0])},
-    }
+    targets = {label: target_record(manifest, status)
+               for label, manifest, status, _ in sorted(table, key=lambda r: r[0])}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
+        # the run number counts the lines before: one build appends at a time (the lock is the
+        # file's own, so no lock file lies beside a committed history)
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        previous = read_history(path)
+        entry = {
+            "run": (previous[-1].get("run", len(previous)) + 1) if previous else 1,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "targets": targets,
+        }
         f.write(json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n")
     return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from conftest import FAKE_RECIPE, Project
 
@@ -108,3 +109,31 @@ def test_a_non_reproducible_engine_leaves_its_digests_out_of_the_comparison() ->
     plain = manifest("plan-1")
     del plain["steps"][1]["reproducible"]
     assert reproducible_part(plain)["artifacts.0.digest"] == "plan-1"  # reproducible: compared
+
+
+def _write_marks(cache: str, build: int) -> None:
+    from types import SimpleNamespace as NS
+
+    from orchestrator.history import write_last_run
+
+    for i in range(40):  # each build records its tasks one by one: many chances to interleave
+        task = NS(id=f"b{build}-t{i}", label=f"b{build}/{i}")
+        graph = NS(tasks=lambda task=task: [task])
+        write_last_run(Path(cache), graph, {task.id: NS(status="hit", key=f"{build}{i}")})
+
+
+def test_builds_finishing_at_once_keep_each_others_last_run_marks(tmp_path: Path) -> None:
+    """last-run.json is read, merged and written again by every build: without a lock, two builds
+    finishing at once lost each other's marks (deploy-build graph then showed stale ones)."""
+    import multiprocessing
+
+    from orchestrator.history import read_last_run
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_marks, args=(str(tmp_path), b)) for b in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert len(read_last_run(tmp_path)) == 4 * 40
