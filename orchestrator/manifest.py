@@ -127,28 +127,10 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
     recipe = tp.recipe
     target = recipe.model.targets[tp.name]
     src = sources.get(f"src:{recipe.name}:model")
-    failures: list[str] = []
-    complete = True
-    steps = []
-    for tid in tp.steps:
-        o = outcomes.get(tid)
-        task = graph.task(tid)
-        if o is None or o.entry is None:
-            complete = False
-            failures.append(f"step {task.label} {'failed' if o and o.status == 'fail' else 'did not run'}"
-                            + (f": {o.reasons[0]}" if o and o.status == "skip" and o.reasons else ""))
-            continue
-        steps.append(_step_record(task, o.entry, o.key, _input_sizes(task, outcomes, sources)))
+    steps, failures, complete = _steps_section(tp, graph, outcomes, sources)
     sections, problems, judged = judge_checks(tp, graph, outcomes)
     failures += problems
     complete = complete and judged
-    final = graph.task(tp.steps[-1])
-    fo = outcomes.get(final.id)
-    artifacts = []
-    if fo is not None and fo.entry is not None:
-        for name, o in sorted(fo.entry.outputs.items()):
-            artifacts.append({"name": name, "path": o["filename"].rstrip("/"), "digest": o["digest"],
-                              "size": o["size"], "kind": o["kind"]})
     manifest: dict[str, Any] = {
         "schema": MANIFEST_SCHEMA,
         "status": "failed" if failures else "ok",
@@ -163,13 +145,40 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
             "size": src.blob.size if src else None,
         },
         "steps": steps,
-        "artifacts": artifacts if not failures else [],
+        "artifacts": _artifacts(graph, outcomes, tp) if not failures else [],
         "checks": sections["checks"],
         "benchmark": sections["benchmark"],
     }
     if failures:
         manifest["failures"] = failures
     return manifest, failures, complete
+
+
+def _steps_section(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
+                   sources: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str], bool]:
+    """The steps' records, why steps did not finish, and whether all of them did."""
+    failures: list[str] = []
+    complete = True
+    steps = []
+    for tid in tp.steps:
+        o = outcomes.get(tid)
+        task = graph.task(tid)
+        if o is None or o.entry is None:
+            complete = False
+            failures.append(f"step {task.label} {'failed' if o and o.status == 'fail' else 'did not run'}"
+                            + (f": {o.reasons[0]}" if o and o.status == "skip" and o.reasons else ""))
+            continue
+        steps.append(_step_record(task, o.entry, o.key, _input_sizes(task, outcomes, sources)))
+    return steps, failures, complete
+
+
+def _artifacts(graph: BuildGraph, outcomes: dict[str, Any], tp: TargetPlan) -> list[dict[str, Any]]:
+    """What the target's last step made: the files a deployment takes."""
+    fo = outcomes.get(graph.task(tp.steps[-1]).id)
+    if fo is None or fo.entry is None:
+        return []
+    return [{"name": name, "path": o["filename"].rstrip("/"), "digest": o["digest"],
+             "size": o["size"], "kind": o["kind"]} for name, o in sorted(fo.entry.outputs.items())]
 
 
 def write_target(out_root: Path, tp: TargetPlan, manifest: dict[str, Any], store: LocalStore,

@@ -65,9 +65,14 @@ def _print_verify(report: dict[str, Any]) -> int:
 def verify_store(store: LocalStore) -> dict[str, Any]:
     """Re-hash every blob (ignoring the stat cache), then check every action entry against what
     is left. Returns counts and one line per problem."""
-    from orchestrator.plan import entry_problem
-
     problems: list[str] = []
+    blobs = _verify_blobs(store, problems)
+    entries = _verify_entries(store, problems)
+    return {**blobs, **entries, "problems": problems}
+
+
+def _verify_blobs(store: LocalStore, problems: list[str]) -> dict[str, int]:
+    """Re-hash every blob in cas/; what is not a good blob is removed (a foreign name is left)."""
     blobs = size = removed = 0
     cas = store.cas
     shards = sorted(os.scandir(cas), key=lambda e: e.name) if cas.is_dir() else []
@@ -104,6 +109,13 @@ def verify_store(store: LocalStore) -> dict[str, Any]:
                 problems.append(f"blob {digest[:12]}: corrupt, its bytes no longer match (removed)")
                 store._discard(path)
                 removed += 1
+    return {"blobs": blobs, "bytes": size, "blobs_removed": removed}
+
+
+def _verify_entries(store: LocalStore, problems: list[str]) -> dict[str, int]:
+    """Check every action entry and the blobs it names; a bad entry is removed (rebuilt later)."""
+    from orchestrator.plan import entry_problem
+
     entries = entries_removed = trees = 0
     keys = [k for k in store.index.iterkeys()
             if isinstance(k, str) and k.startswith(index_keys.ACTION)]
@@ -128,8 +140,7 @@ def verify_store(store: LocalStore) -> dict[str, Any]:
             problems.append(f"action entry {key[:12]}: {why} (removed)")
             store.delete_action(key)
             entries_removed += 1
-    return {"blobs": blobs, "bytes": size, "trees": trees, "entries": entries,
-            "blobs_removed": removed, "entries_removed": entries_removed, "problems": problems}
+    return {"trees": trees, "entries": entries, "entries_removed": entries_removed}
 
 
 # ---- the remote, ls, stats, gc, push, pull ----------------------------------------------------
