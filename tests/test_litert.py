@@ -85,7 +85,7 @@ needs_env = pytest.mark.skipif(litert_env.problem("litert") is not None,
 
 
 @needs_env
-@pytest.mark.parametrize("mode", ["dynamic-int8", "int8"])
+@pytest.mark.parametrize("mode", ["dynamic-int8", "int8", "fp16"])
 def test_tiny_bert_converts_quantizes_and_passes_parity(mode: str, tmp_path: Path,
                                                         tiny_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     from orchestrator.cli import main
@@ -98,7 +98,8 @@ def test_tiny_bert_converts_quantizes_and_passes_parity(mode: str, tmp_path: Pat
     m = json.loads((out / "edge/edge-int8/manifest.json").read_text())
     assert m["status"] == "ok"
     parity = m["checks"]["parity"]
-    assert parity["precision"] == "int8" and parity["runtime"]["runtime"] == "litert"
+    assert parity["precision"] == ("fp16" if mode == "fp16" else "int8")
+    assert parity["runtime"]["runtime"] == "litert"
     assert parity["runtime"]["static_shape"] == [1, 16]
     assert parity["mean_cosine"] >= 0.9
     quant = m["steps"][1]["metrics"]
