@@ -298,9 +298,33 @@ def plugin_hint(name: str, recipe: Path) -> str:
 @functools.cache
 def _entry_points() -> tuple[Any, ...]:
     """The installed `deploy_build.steps` entry points (scanned once per process)."""
+    if not _some_distribution_names_the_group():
+        return ()
     from importlib.metadata import entry_points
 
     return tuple(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _some_distribution_names_the_group() -> bool:
+    """Whether an entry_points.txt on sys.path mentions the group at all: a few small file reads,
+    where importlib.metadata parses every installed distribution's metadata (a no-op build of a
+    recipe with built-in steps only would pay ~15 ms for that). A mention sends the real scan."""
+    for entry in sys.path:
+        folder = entry or "."
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for n in names:
+            if not n.endswith((".dist-info", ".egg-info")):
+                continue
+            try:
+                with open(os.path.join(folder, n, "entry_points.txt"), "rb") as f:
+                    if ENTRY_POINT_GROUP.encode() in f.read():
+                        return True
+            except OSError:
+                continue
+    return False
 
 
 def load_step(ref: dict[str, str]) -> type[Step[Any]]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import Project
 
 STEP = '''
@@ -92,3 +93,19 @@ def test_plugin_attributes_are_validated(project: Project, capsys) -> None:
     assert "'toolchain' must be a tuple of strings, got 'torch'" in err
     assert "unknown hardware_keys ['gpu_model']; known: ['accelerator', 'device', 'requires']" in err
     assert "run must take exactly (self, ctx)" in err
+
+
+def test_the_quick_look_for_entry_points_finds_a_declaring_distribution(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe of built-in steps must not pay for importlib.metadata's full scan; the quick look
+    that spares it must still see any distribution that declares the group."""
+    from orchestrator.registry import _some_distribution_names_the_group
+
+    bare = tmp_path / "bare"
+    (bare / "other-1.0.dist-info").mkdir(parents=True)
+    (bare / "other-1.0.dist-info" / "entry_points.txt").write_text("[console_scripts]\nx = y:z\n")
+    monkeypatch.setattr(sys, "path", [str(bare), str(tmp_path / "missing")])
+    assert not _some_distribution_names_the_group()
+    installed_plugin(tmp_path / "site")
+    monkeypatch.setattr(sys, "path", [str(bare), str(tmp_path / "site")])
+    assert _some_distribution_names_the_group()
