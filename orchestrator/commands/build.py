@@ -116,10 +116,13 @@ def open_store(cache: Path) -> LocalStore:
     """Open the local cache, saying precisely what stops it (and never suggesting to delete a
     healthy index); warn once when the index was found empty; sweep what killed builds left."""
     from orchestrator.diskerrors import SQLITE_DAMAGED, describe, nearest_existing, probe_write
+    from orchestrator.store.sqlindex import NewerIndex
 
     store = LocalStore(cache)
     try:
         store.index  # noqa: B018 - opens (and creates) the cache now, to report problems early
+    except NewerIndex as e:
+        raise FatalError(str(e)) from None
     except OSError as e:
         raise FatalError(f"cannot use the cache folder {cache}: {describe(e)}; or choose another "
                          "with --cache or DEPLOY_BUILD_CACHE") from None

@@ -1,4 +1,4 @@
-"""The keys of the local index (diskcache), each kind built here and nowhere else.
+"""The keys of the local index (store/sqlindex.py), each kind built here and nowhere else.
 
     ac:<task key>                     an action entry (canonical JSON)
     last:<recipe>/<target>/<position> the key document a task position used last (for reasons)

@@ -1,8 +1,9 @@
-"""Local store: diskcache index on local disk (no eviction) + sharded read-only blob files.
+"""Local store: an SQLite index on local disk (no eviction) + sharded read-only blob files.
 
 Layout under the cache folder::
 
-    index/                 diskcache: action entries ("ac:<key>"), stat caches, last key documents
+    index/cache.db         SQLite (store/sqlindex.py): action entries ("ac:<key>"), stat
+                           caches, last key documents
     cas/sha256/ab/cdef...  immutable blobs, read-only, written by temp file + os.replace
     tmp/                   task scratch folders and the temp files of blobs being written (same
                            file system as cas/); each holds a `.lock` its owner keeps flock'ed
@@ -90,7 +91,7 @@ class LocalStore:
     @property
     def index(self) -> Any:
         if self._index is None:
-            import diskcache
+            from orchestrator.store.sqlindex import Index
 
             self.tmp.mkdir(parents=True, exist_ok=True)
             db = self.root / "index" / "cache.db"
@@ -100,10 +101,7 @@ class LocalStore:
             except FileNotFoundError:
                 if (self.root / "index").is_dir() and any(self.cas.glob("??")):
                     self.index_reset = f"the cache index {db} was missing"
-            self._index = diskcache.Cache(
-                str(self.root / "index"), eviction_policy="none", size_limit=2**62,
-                cull_limit=0, statistics=False,
-            )
+            self._index = Index(self.root / "index")
         return self._index
 
     def close(self) -> None:
