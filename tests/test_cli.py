@@ -34,10 +34,12 @@ def test_noop_build_imports_no_model_library(project: Project) -> None:
 
 def test_noop_build_imports_no_graph_library_and_starts_no_executor(project: Project) -> None:
     """A fully cached build walks the DAG without networkx and never loads an executor (nor
-    subprocess, which only running a task needs)."""
+    subprocess, which only running a task needs), nor importlib.metadata (pydantic's plugin
+    loader would import it, and the step registry's entry points scan with it, for nothing)."""
     r = project.recipe(FAKE_RECIPE)
     assert project.run(str(r)) == 0
-    lazy = ("networkx", "subprocess", "orchestrator.executors.local", "orchestrator.worker")
+    lazy = ("networkx", "subprocess", "orchestrator.executors.local", "orchestrator.worker",
+            "importlib.metadata", "email")
     code = ("import sys\nfrom orchestrator.cli import main\n"
             f"rc = main([{str(r)!r}, '--cache', {str(project.cache)!r}, '--out', {str(project.out)!r}])\n"
             f"print(rc, [m for m in {lazy!r} if m in sys.modules])")
@@ -189,3 +191,24 @@ def test_the_build_only_parser_parses_a_build_as_the_whole_one() -> None:
     assert vars(parser("build").parse_args(words)) == vars(parser().parse_args(words))
     with pytest.raises(SystemExit):
         parser("build").parse_args(["diff", "a", "b"])  # only build is there
+
+
+def test_the_stand_in_for_pydantics_plugin_loader_answers_like_it() -> None:
+    """With plugins disabled the real loader answers "no plugins"; the stand-in (which spares the
+    import of importlib.metadata) must too, validate as before, and hand any other name asked of
+    it to the real module. Under any other setting the real loader is used."""
+    code = ("import os, sys\nfrom orchestrator import cli\n"
+            "os.environ['PYDANTIC_DISABLE_PLUGINS'] = sys.argv[1]\n"
+            "cli._no_pydantic_plugin_loader()\n"
+            "import pydantic\n"
+            "class M(pydantic.BaseModel):\n    x: int\n"
+            "assert M(x='3').x == 3\n"
+            "from pydantic.plugin._loader import get_plugins\n"
+            "assert list(get_plugins()) == []\n"
+            "print('importlib.metadata' in sys.modules)\n"
+            "import pydantic.plugin._loader as loader\n"
+            "print(loader.PYDANTIC_ENTRY_POINT_GROUP)\n")
+    out = subprocess.run([sys.executable, "-c", code, "__all__"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "pydantic"], out.stderr
+    out = subprocess.run([sys.executable, "-c", code, "logfire"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "pydantic"], out.stderr

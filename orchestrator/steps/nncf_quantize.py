@@ -9,7 +9,6 @@ a BERT model breaks (cosine 0.41 vs PyTorch on MiniLM).
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,6 +69,8 @@ class NncfQuantize(Step[NncfQuantizeParams]):
 
     def run(self, ctx: StepContext[NncfQuantizeParams]) -> dict[str, Any]:
         telemetry_opt_out()
+        import logging
+
         import nncf
         import openvino as ov
 
