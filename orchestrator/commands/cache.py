@@ -279,27 +279,30 @@ def _print_gc(what: str, report: Any) -> None:
 def push(args: argparse.Namespace) -> int:
     from orchestrator.store.transfer import push as push_all
 
-    store = _remote(args, default_cache(args), required=True)
-    try:
-        n = push_all(store)
-    finally:
-        store.close()
+    n, url, failed = _transfer(args, push_all)
     print(f"cache push: {n['entries']} action entries ({_mib(n['bytes'])} of blobs) uploaded to "
-          f"{store.remote.url}; {n['skipped']} unusable local entries skipped", file=sys.stderr)
-    return EXIT_BUILD_FAILED if store.remote.disabled else EXIT_OK
+          f"{url}; {n['skipped']} unusable local entries skipped", file=sys.stderr)
+    return EXIT_BUILD_FAILED if failed else EXIT_OK
 
 
 def pull(args: argparse.Namespace) -> int:
     from orchestrator.store.transfer import pull as pull_all
 
+    n, url, failed = _transfer(args, pull_all)
+    print(f"cache pull: {n['entries']} action entries ({_mib(n['bytes'])} of blobs, verified) "
+          f"from {url}; {n['refused']} refused", file=sys.stderr)
+    return EXIT_BUILD_FAILED if failed or n["refused"] else EXIT_OK
+
+
+def _transfer(args: argparse.Namespace, move: Any) -> tuple[dict[str, int], str, bool]:
+    """Run push or pull over the tiered store: its counts, the remote's URL, whether the remote
+    failed meanwhile."""
     store = _remote(args, default_cache(args), required=True)
     try:
-        n = pull_all(store)
+        n: dict[str, int] = move(store)
     finally:
         store.close()
-    print(f"cache pull: {n['entries']} action entries ({_mib(n['bytes'])} of blobs, verified) "
-          f"from {store.remote.url}; {n['refused']} refused", file=sys.stderr)
-    return EXIT_BUILD_FAILED if store.remote.disabled or n["refused"] else EXIT_OK
+    return n, store.remote.url, bool(store.remote.disabled)
 
 
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}

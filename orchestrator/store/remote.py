@@ -314,19 +314,11 @@ class Remote:
     def _create(self, path: str, data: bytes) -> bool:
         """Write path only if it does not exist; False when it did."""
         if self.is_local:
-            parent = path.rsplit("/", 1)[0]
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.link(tmp, path)  # atomic, and refused when the name exists
+                _place_whole(path, data, os.link)  # atomic, and refused when the name exists
                 return True
             except FileExistsError:
                 return False
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
         if self._conditional_put is not False:
             try:
                 self.fs.pipe_file(path, data, mode="create")
@@ -371,22 +363,28 @@ class Remote:
         if not self.is_local:
             self.fs.pipe_file(path, data)
             return
-        parent = path.rsplit("/", 1)[0]
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        _place_whole(path, data, os.replace)
 
     def _map(self, fn: Callable[[str], T], items: list[str]) -> list[T]:
         if len(items) <= 1:
             return [fn(i) for i in items]
         with ThreadPoolExecutor(min(TRANSFERS, len(items))) as pool:
             return list(pool.map(fn, items))
+
+
+def _place_whole(path: str, data: bytes, place: Callable[[str, str], None]) -> None:
+    """Write data to a temp file beside path, then place it there with one atomic call
+    (os.replace: overwrite; os.link: only where nothing is, else FileExistsError)."""
+    parent = path.rsplit("/", 1)[0]
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        place(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _when(info: dict[str, Any]) -> float:
