@@ -39,6 +39,7 @@ def imported_names(text: str) -> set[str]:
     return names
 
 
+@functools.cache
 def _package_file(module: str) -> Path | None:
     parts = module.split(".")
     if parts[0] != "orchestrator":
@@ -50,7 +51,19 @@ def _package_file(module: str) -> Path | None:
     return None
 
 
-def _walk(start: str, locate: Callable[[str], Path | None]) -> dict[str, str]:
+def _read_module(path: Path) -> tuple[str, set[str]]:
+    """A module file's digest and the names it imports."""
+    data = path.read_bytes()
+    return sha256_bytes(data)[:16], imported_names(data.decode(errors="replace"))
+
+
+# the package's own modules are read once per process (steps share their helpers); a plugin's
+# helpers are read on every walk: a long-lived process may see them edited
+_read_package_module = functools.cache(_read_module)
+
+
+def _walk(start: str, locate: Callable[[str], Path | None],
+          read: Callable[[Path], tuple[str, set[str]]] = _read_module) -> dict[str, str]:
     digests: dict[str, str] = {}
     todo = [start]
     while todo:
@@ -58,16 +71,16 @@ def _walk(start: str, locate: Callable[[str], Path | None]) -> dict[str, str]:
         path = locate(name)
         if name in digests or path is None:
             continue
-        data = path.read_bytes()
-        digests[name] = sha256_bytes(data)[:16]
-        todo.extend(imported_names(data.decode(errors="replace")))
+        digests[name], names = read(path)
+        todo.extend(names)
     return digests
 
 
 @functools.cache
 def builtin_code(module: str) -> dict[str, str]:
     """{module: digest} of a built-in step's module and the package modules it imports."""
-    return dict(sorted(_walk(module, lambda m: None if m in ENGINE else _package_file(m)).items()))
+    found = _walk(module, lambda m: None if m in ENGINE else _package_file(m), _read_package_module)
+    return dict(sorted(found.items()))
 
 
 def plugin_code(path: Path) -> dict[str, str]:
