@@ -78,8 +78,8 @@ def once(s: dict[str, object], what: str) -> float:
     t = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"{what} failed ({r.returncode}):\n{r.stderr.decode()[-2000:]}")
-    if what == "noop" and b"RUN" in r.stdout:
-        raise SystemExit(f"the timed build was not a no-op:\n{r.stdout.decode()[-2000:]}")
+    if what == "noop" and b"RUN   " in r.stdout + r.stderr:  # progress lines go to stderr
+        raise SystemExit(f"the timed build was not a no-op:\n{r.stderr.decode()[-2000:]}")
     return t
 
 
