@@ -101,12 +101,12 @@ def executor(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 def job(tmp_path: Path, cls: str, params: dict[str, Any], *, name: str = "t",
-        accelerator: str | None = None, **kw: Any) -> Job:
+        accelerator: str | None = None, plugin: str = "fake_steps.py", **kw: Any) -> Job:
     model = tmp_path / "model.txt"
     model.write_text("hello")
     scratch = tmp_path / f"scratch-{name}"
     spec = TaskSpec(
-        ref={"file": str(FIXTURES / "fake_steps.py"), "class": cls},
+        ref={"file": str(FIXTURES / plugin), "class": cls},
         step=cls, params=params, inputs={"model": str(model)}, out_dir=str(scratch / "out"),
         result=str(scratch / "result.json"),
         hardware={"device": "cpu", "accelerator": accelerator},
@@ -191,6 +191,25 @@ def test_a_task_for_an_accelerator_runs_on_the_node_that_offers_it(ray_address: 
     fins = wait(ex, 3)
     assert all(f.ok for f in fins), [f.log for f in fins]
     assert {ex.ran_on[f.task_id] for f in fins} == set(edge)
+
+
+def test_a_lost_ray_worker_is_retried_and_the_task_still_builds(ray_address: str,
+                                                                 tmp_path: Path) -> None:
+    """A node or Ray worker lost under a task is a system failure: Ray runs the task again (a step
+    failure, by contrast, is never retried: test_a_failing_step_is_a_failed_job_with_its_log)."""
+    from orchestrator.executors.ray_cluster import RayExecutor
+
+    ex = RayExecutor(ray_address)
+    marker = tmp_path / "attempts.txt"
+    try:
+        ex.start(job(tmp_path, "LoseWorkerOnce", {"marker": str(marker)}, plugin="ray_steps.py"))
+        (fin,) = wait(ex)
+    finally:
+        ex.cancel_all()
+    lines = marker.read_text().splitlines()
+    assert fin.ok, (fin.log, lines)
+    assert [line.split()[0] for line in lines] == ["lost", "built"], lines
+    assert lines[0].split()[-1] != lines[1].split()[-1]  # another Ray worker ran it again
 
 
 def test_a_task_no_node_can_run_finishes_at_once_with_the_reason(ray_address: str,
