@@ -117,7 +117,7 @@ class Scheduler:
             from orchestrator.executors import make_executor
 
             self._executor = make_executor(self.opts.executor, self.opts.jobs,
-                                           self.opts.ray_address)
+                                           self.opts.ray_address, self.store)
         return self._executor
 
     def running(self) -> bool:

@@ -212,6 +212,43 @@ def test_a_lost_ray_worker_is_retried_and_the_task_still_builds(ray_address: str
     assert lines[0].split()[-1] != lines[1].split()[-1]  # another Ray worker ran it again
 
 
+def test_with_a_remote_cache_the_bytes_travel_through_it_not_a_shared_folder(
+        ray_address: str, tmp_path: Path) -> None:
+    """With a remote cache the build may read and write, a node needs no file system in common
+    with the build: the build uploads the task's inputs, the node fetches them into its own
+    cache, runs the step, uploads the outputs, and the build downloads them, verified. The build's
+    copies of the inputs (and its scratch folder) are deleted once the task is sent: a node that
+    read them from the build's folders would fail."""
+    from orchestrator.executors.ray_cluster import RayExecutor
+    from orchestrator.store.remote import Remote
+    from orchestrator.store.tiered import TieredStore
+
+    remote_dir = tmp_path / "remote"
+    store = TieredStore(tmp_path / "build-cache", Remote(remote_dir.as_uri()))
+    ex = RayExecutor(ray_address, store)
+    assert ex.portable
+    model = tmp_path / "model"  # a folder input: a tree, file by file
+    (model / "sub").mkdir(parents=True)
+    (model / "a.txt").write_text("hello ")
+    (model / "sub" / "b.txt").write_text("world")
+    j = job(tmp_path, "Upper", {"suffix": "!"})
+    j.spec.inputs["model"] = str(model)
+    try:
+        ex.start(j)
+        shutil.rmtree(model)
+        shutil.rmtree(j.scratch)
+        (fin,) = wait(ex)
+    finally:
+        ex.cancel_all()
+    try:
+        assert fin.ok, (fin.reason, fin.log)
+        out = fin.result["outputs"]["model"] if fin.result else {}
+        assert store.read_bytes(out["digest"]) == b"HELLO WORLD!"  # fetched into the build's cache
+        assert (remote_dir / "cas" / "sha256" / out["digest"][:2] / out["digest"][2:]).is_file()
+    finally:
+        store.close()
+
+
 def test_a_task_no_node_can_run_finishes_at_once_with_the_reason(ray_address: str,
                                                                  tmp_path: Path) -> None:
     from orchestrator.executors.ray_cluster import RayExecutor

@@ -15,13 +15,14 @@ def cuda_device_ids() -> list[int]:
     return sorted(int(n[6:]) for n in names if n.startswith("nvidia") and n[6:].isdigit())
 
 
-def make_executor(name: str, jobs: int, ray_address: str | None = None) -> Any:
+def make_executor(name: str, jobs: int, ray_address: str | None = None, store: Any = None) -> Any:
     """The executor a build runs its tasks with: ``local`` (worker processes on this machine) or
-    ``ray`` (Ray tasks on a cluster; ``ray`` is imported only then)."""
+    ``ray`` (Ray tasks on a cluster; ``ray`` is imported only then; with the build's store, the
+    bytes travel through its remote cache when it has one)."""
     if name == "ray":
         from orchestrator.executors.ray_cluster import RayExecutor
 
-        return RayExecutor(ray_address)
+        return RayExecutor(ray_address, store)
     from orchestrator.executors.local import LocalExecutor
 
     return LocalExecutor(jobs)

@@ -11,9 +11,16 @@ own, under the task's limits (``orchestrator.executors.local`` does both), so a 
 in that task and a step failure is a result, not a Ray error: it is never retried. A node or Ray
 worker lost under a task is a system failure: Ray runs the task again (``max_retries``).
 
-Only the small spec and result travel through Ray. The bytes (inputs, outputs) are read and written
-through the cache folder named in the spec: every node must see the build's cache at the same path
-(a shared file system), which holds on a cluster on one machine and on nodes that mount one share.
+Only the small spec and result travel through Ray. The bytes (inputs, outputs) go through the
+build's remote cache when it has one it may read and write (``--remote-cache``): the build uploads
+each task's inputs (blobs, verified by digest like every remote read), the node fetches them into
+a cache of its own (``$DEPLOY_BUILD_NODE_CACHE``, else ``<tmp>/deploy-build-node-<uid>/cache``),
+runs the step, uploads the outputs, and the build downloads them, verified, before it records the
+task. So a node needs no file system in common with the build, only the remote (and, for S3, its
+credentials; the storage options of ``DEPLOY_BUILD_REMOTE_OPTIONS`` travel with the task).
+Without a remote cache the bytes go through the cache folder named in the spec: every node must
+then see the build's cache at the same path (a cluster on one machine, or nodes that mount one
+share).
 
 A task that no node of the cluster can run (an accelerator or GPU no node offers) is not queued
 forever: ``start`` finishes it at once with the reason. ``ray`` is imported only here.
@@ -23,6 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +43,67 @@ from orchestrator.executors.local import Finished, Job
 ACCELERATOR_PREFIX = "accelerator:"
 ACCELERATOR_SHARE = 0.001  # of a node's accelerator resource, per task
 MAX_RETRIES = 2  # reruns after a lost node or Ray worker (never after a step failure)
+NODE_CACHE_ENV = "DEPLOY_BUILD_NODE_CACHE"  # a node's own cache, for tasks whose bytes travel
+                                            # through the remote cache
+
+
+def node_cache() -> Path:
+    """Where a node keeps what it fetched from the remote cache and what its tasks made."""
+    env = os.environ.get(NODE_CACHE_ENV)
+    if env:
+        return Path(env)
+    return Path(tempfile.gettempdir()) / f"deploy-build-node-{os.getuid()}" / "cache"
 
 
 def run_on_node(job: dict[str, Any]) -> dict[str, Any]:
-    """The Ray task's body: run one job in a local worker process on this node, under its limits."""
+    """The Ray task's body: run one job in a local worker process on this node, under its limits
+    (with ``portable``: its inputs fetched from the remote cache, its outputs sent there)."""
+    if job.get("portable"):
+        return _run_portable(job)
+    return _run_local(job)
+
+
+def _run_portable(job: dict[str, Any]) -> dict[str, Any]:
+    from orchestrator.store.base import Blob, BlobError
+    from orchestrator.store.remote import Remote
+    from orchestrator.store.tiered import TieredStore
+
+    job = dict(job)
+    how = job.pop("portable")
+    store = TieredStore(node_cache(), Remote(how["url"], "readwrite", options=how["options"]))
+    scratch = store.scratch(prefix=f"{job['spec']['step']}-")
+    try:
+        inputs = {}
+        for name, ref in sorted(how["inputs"].items()):
+            dest = scratch / "in" / name / ref["filename"].rstrip("/")
+            store.materialize(Blob.from_json(ref), dest)
+            inputs[name] = str(dest)
+        spec = {**job["spec"], "inputs": inputs, "out_dir": str(scratch / "out"),
+                "result": str(scratch / "result.json"), "store": str(store.root)}
+        out = _run_local({**job, "spec": spec, "scratch": str(scratch / "run")})
+        if out["ok"] and out["result"] is not None:
+            store.remote.upload(store.entry_files({"outputs": out["result"]["outputs"]}))
+            if store.remote.disabled is not None:
+                out.update(ok=False, result=None,
+                           reason=f"its outputs could not be sent to the remote cache "
+                                  f"({store.remote.disabled})")
+        return out
+    except BlobError as e:
+        fin = Finished(job["task_id"], False, None, "", 0, 0.0,
+                       f"an input could not be fetched from the remote cache on this node: {e}")
+        return {**dataclasses.asdict(fin), "node": _node_id()}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        store.close()
+
+
+def _node_id() -> str:
     import ray
 
+    return str(ray.get_runtime_context().get_node_id())
+
+
+def _run_local(job: dict[str, Any]) -> dict[str, Any]:
     from orchestrator.executors.local import LocalExecutor
     from orchestrator.worker import TaskSpec
 
@@ -51,7 +116,7 @@ def run_on_node(job: dict[str, Any]) -> dict[str, Any]:
         while True:
             for fin in local.poll(0.2):
                 out = dataclasses.asdict(fin)
-                out["node"] = ray.get_runtime_context().get_node_id()
+                out["node"] = _node_id()
                 return out
     finally:
         local.cancel_all()
@@ -71,6 +136,7 @@ class RayExecutor:
     start --head`` prints it), or None for a new local one."""
 
     address: str | None = None
+    store: Any = None  # the build's store: with a remote it may read and write, bytes go there
     running: dict[str, _Submitted] = field(default_factory=dict)
     nodes: list[dict[str, float]] = field(default_factory=list)
     ran_on: dict[str, str] = field(default_factory=dict)  # task id -> node id
@@ -159,8 +225,34 @@ class RayExecutor:
             return
         payload = dataclasses.asdict(job)
         payload["scratch"] = str(job.scratch)
+        if self.portable:
+            try:
+                payload["portable"] = self._send_inputs(job)
+            except OSError as e:
+                self._done.append(Finished(job.task_id, False, None, "", 0, 0.0,
+                                           f"its inputs could not be sent to the remote cache: {e}"))
+                return
         ref = self._remote.options(**self.resources(job)).remote(payload)
         self.running[job.task_id] = _Submitted(job, ref, time.monotonic())
+
+    @property
+    def portable(self) -> bool:
+        """Whether the bytes travel through the build's remote cache (else the shared folder)."""
+        remote = getattr(self.store, "remote", None)
+        return remote is not None and remote.can_read and remote.can_write
+
+    def _send_inputs(self, job: Job) -> dict[str, Any]:
+        """Store the job's inputs as blobs and upload them; what the node needs to fetch them."""
+        inputs: dict[str, Any] = {}
+        for name, path in sorted(job.spec.inputs.items()):
+            p = Path(path)
+            blob = self.store.put_tree(p) if p.is_dir() else self.store.put_file(p)
+            inputs[name] = {**blob.to_json(), "filename": p.name + ("/" if p.is_dir() else "")}
+        remote = self.store.remote
+        remote.upload(self.store.entry_files({"outputs": inputs}))
+        if remote.disabled is not None:
+            raise OSError(remote.disabled)
+        return {"url": remote.url, "options": remote.options, "inputs": inputs}
 
     def elapsed(self, task_id: str) -> float:
         return time.monotonic() - self.running[task_id].started
@@ -184,8 +276,22 @@ class RayExecutor:
                                     f"the Ray task was lost: {type(e).__name__}: {e}"[:500]))
                 continue
             self.ran_on[tid] = str(got.pop("node"))
+            if self.portable and got["ok"] and got["result"] is not None:
+                got = self._fetch_outputs(got)
             out.append(Finished(**got))
         return out
+
+    def _fetch_outputs(self, got: dict[str, Any]) -> dict[str, Any]:
+        """Download (verified) the outputs a node sent to the remote cache; a task whose outputs
+        cannot be had fails with the reason."""
+        from orchestrator.store.base import Blob
+
+        outputs = got["result"]["outputs"].values()
+        problems = self.store.fetch_outputs([Blob.from_json(o) for o in outputs])
+        if problems:
+            return {**got, "ok": False, "result": None,
+                    "reason": f"its outputs could not be fetched from the remote cache: {problems[0]}"}
+        return got
 
     def enforce_limits(self) -> None:
         """Limits are enforced on the node, by the local executor that runs the worker."""

@@ -69,7 +69,8 @@ class Remote:
         self.sign_key = sign_key
         self.log = log
         self.disabled: str | None = None  # why the remote was switched off, once it was
-        opts = dict(options or {})
+        self.options = dict(options or {})  # as given (a Ray node opens the remote with them)
+        opts = dict(self.options)
         protocol = url.split("://", 1)[0] if "://" in url else "file"
         if protocol in ("s3", "s3a"):  # fail fast on an unreachable endpoint
             opts.setdefault("config_kwargs", {"connect_timeout": 5, "read_timeout": 60,

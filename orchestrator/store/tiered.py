@@ -74,7 +74,7 @@ class TieredStore(LocalStore):
         self.used[key] = entry
         if not self.remote.can_write:
             return
-        files = self._entry_files(entry)
+        files = self.entry_files(entry)
         before = self.remote.bytes_out
         self.remote.upload(files)
         if self.remote.can_write and self.remote.put_entry(key, entry):
@@ -265,7 +265,7 @@ class TieredStore(LocalStore):
     def _local_ok(self, digest: str) -> bool:
         return self._intact(self.blob_path(digest), digest)
 
-    def _entry_files(self, entry: dict[str, Any]) -> dict[str, str]:
+    def entry_files(self, entry: dict[str, Any]) -> dict[str, str]:
         """digest -> local path of every blob the entry names (tree files before nothing: all
         are uploaded before the entry)."""
         digests: set[str] = set()

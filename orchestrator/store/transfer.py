@@ -47,7 +47,7 @@ def push(store: TieredStore) -> dict[str, int]:
     before = remote.bytes_out
     files: dict[str, str] = {}
     for entry in todo.values():
-        files.update(store._entry_files(entry))
+        files.update(store.entry_files(entry))
     remote.upload(files)
     done = remote._map(lambda k: remote.put_entry(k, todo[k]), sorted(todo)) if remote.can_write else []
     keys = sorted(todo)
