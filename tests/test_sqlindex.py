@@ -25,6 +25,8 @@ def test_values_round_trip_and_keys_come_sorted(tmp_path: Path) -> None:
     assert list(ix.iterkeys()) == sorted(values) and "f" in ix and len(ix) == len(values)
     assert ix.get("nope") is None and ix.get("nope", 7) == 7
     assert ix.delete("f") and not ix.delete("f")
+    ix._con.execute("UPDATE kv SET value = '{torn' WHERE key = 'used:k'")  # damaged on disk
+    assert ix.get("used:k") is None  # as if absent: the caller rebuilds or re-hashes
     ix.close()
     again = Index(tmp_path / "index")
     assert again.get("last:r/t/1") == values["last:r/t/1"]

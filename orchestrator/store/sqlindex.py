@@ -96,7 +96,12 @@ class Index:
     def get(self, key: str, default: Any = None) -> Any:
         with self._lock:
             row = self._db().execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except ValueError:  # a value damaged on disk: as if absent (a rebuild, a re-hash)
+            return default
 
     def set(self, key: str, value: Any) -> None:
         text = json.dumps(value, separators=(",", ":"))
