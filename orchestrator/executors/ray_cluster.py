@@ -243,10 +243,19 @@ class RayExecutor:
 
     def _send_inputs(self, job: Job) -> dict[str, Any]:
         """Store the job's inputs as blobs and upload them; what the node needs to fetch them."""
+        from orchestrator.sources import StatCache
+
+        digests = StatCache(self.store.index)  # a model folder is hashed once, not per task
         inputs: dict[str, Any] = {}
         for name, path in sorted(job.spec.inputs.items()):
             p = Path(path)
-            blob = self.store.put_tree(p) if p.is_dir() else self.store.put_file(p)
+            # a source (the model folder, the samples) by its stat cache; what the scratch
+            # folder holds (linked from the cache) is hashed: its paths are new each task
+            known = None if p.is_relative_to(self.store.tmp) else digests.file_digest
+            if p.is_dir():
+                blob = self.store.put_tree(p, known)
+            else:
+                blob = self.store.put_file(p, known(p) if known is not None else None)
             inputs[name] = {**blob.to_json(), "filename": p.name + ("/" if p.is_dir() else "")}
         remote = self.store.remote
         remote.upload(self.store.entry_files({"outputs": inputs}))

@@ -174,9 +174,11 @@ class LocalStore:
                 os.unlink(tmp)
         self._remember(dest, digest)
 
-    def put_tree(self, path: Path) -> Blob:
+    def put_tree(self, path: Path, known: Callable[[Path], tuple[str, int]] | None = None) -> Blob:
+        """Store a folder file by file, and its listing. ``known``: a file's (digest, size) from
+        a stat cache, as for put_file."""
         def put(p: Path) -> tuple[str, int]:
-            b = self.put_file(p)
+            b = self.put_file(p, known(p) if known is not None else None)
             return b.digest, b.size
 
         listing, total = tree_listing(path, put)
