@@ -84,14 +84,21 @@ needs_env = pytest.mark.skipif(litert_env.problem("litert") is not None,
                                reason="no LiteRT environment: make litert-env")
 
 
+@pytest.fixture(scope="module")
+def edge_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the three modes: the conversion (the slow part) is built once, then a hit."""
+    return tmp_path_factory.mktemp("edge-cache")
+
+
 @needs_env
 @pytest.mark.parametrize("mode", ["dynamic-int8", "int8", "fp16"])
 def test_tiny_bert_converts_quantizes_and_passes_parity(mode: str, tmp_path: Path,
-                                                        tiny_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+                                                        tiny_model_dir: Path, edge_cache: Path,
+                                                        capsys) -> None:  # type: ignore[no-untyped-def]
     from orchestrator.cli import main
 
     out = tmp_path / "out"
-    rc = main([str(_recipe(tmp_path, tiny_model_dir, mode)), "--cache", str(tmp_path / "c"),
+    rc = main([str(_recipe(tmp_path, tiny_model_dir, mode)), "--cache", str(edge_cache),
                "--out", str(out), "--json"])
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0, summary
