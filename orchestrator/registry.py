@@ -193,9 +193,10 @@ class Registry:
         ]
         if not found:
             raise FatalError(f"plugin {path}{at} defines no Step subclass with a 'name'")
+        code = plugin_code(path)  # the helpers beside the file: once for all its steps
         infos = [
             self.register(cls, origin=f"plugin {path}", dist=f"file:{path.name}",
-                          dist_version=digest, code=plugin_code(path),
+                          dist_version=digest, code=code,
                           ref={"file": str(path), "class": cls.__name__, "digest": digest})
             for cls in found
         ]
@@ -245,7 +246,18 @@ def plugin_step_names(path: Path) -> list[str] | None:
     """The step names a plugin file declares: ``name = "..."`` in its top-level classes, read
     from the source without running it; None when that cannot tell (then it is imported)."""
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
+        st = path.stat()
+    except OSError:
+        return None
+    names = _declared_names(str(path), st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+    return list(names) if names is not None else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _declared_names(path: str, *stat_sig: int) -> tuple[str, ...] | None:
+    """plugin_step_names, once per version of the file (a nightly's recipes share plugins)."""
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=path)
     except (OSError, SyntaxError, ValueError):
         return None
     names = []
@@ -261,7 +273,7 @@ def plugin_step_names(path: Path) -> list[str] | None:
             if isinstance(target, ast.Name) and target.id == "name" and \
                     isinstance(value, ast.Constant) and isinstance(value.value, str):
                 names.append(value.value)
-    return names or None
+    return tuple(names) or None
 
 
 MAX_NEARBY = 200  # plugin files read for the hint of an unknown step, at most

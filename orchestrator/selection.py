@@ -16,6 +16,7 @@ def expand_recipes(specs: list[str]) -> list[str]:
     """Each spec as given, a folder's *.yaml/*.yml files (sorted), or a glob's matches (sorted);
     the same file named twice counts once."""
     out: list[str] = []
+    seen: set[Path] = set()  # resolved once each: a nightly names hundreds of recipes
     for spec in specs:
         if Path(spec).is_dir():
             found = sorted(str(p) for p in Path(spec).iterdir()
@@ -31,7 +32,9 @@ def expand_recipes(specs: list[str]) -> list[str]:
         else:
             found = [spec]
         for p in found:
-            if all(Path(p).resolve() != Path(q).resolve() for q in out):
+            resolved = Path(p).resolve()
+            if resolved not in seen:
+                seen.add(resolved)
                 out.append(p)
     return out
 
