@@ -283,9 +283,11 @@ class Remote:
 
         The lease object is created only where none exists (a folder: a hard link, which fails on
         an existing name; S3: a conditional PUT, ``If-None-Match: *``), so of two builds asking
-        at once exactly one gets it. A lease whose holder died is taken over once it expires.
-        Where a store has no create-if-absent, the lease is written, left to settle and read back:
-        the later writer wins, and at worst two builds run one task (content-addressed, harmless).
+        at once exactly one gets it. A lease whose holder died is taken over once it expires
+        (two builds taking over the same expired lease within a moment of each other may both
+        get it). Where a store has no create-if-absent, the lease is written, left to settle and
+        read back: the later writer wins. In those rare cases two builds run one task, which is
+        harmless (content-addressed, the same entry).
         """
         if not self.can_write:
             return True
@@ -306,8 +308,9 @@ class Remote:
                     return True
                 if current.get("expires", 0) > time.time():
                     return False
-                with contextlib.suppress(FileNotFoundError):  # its holder died: free it
-                    self.fs.rm(path)
+                if self._read_lease(path) == current:  # its holder died: free it (unless
+                    with contextlib.suppress(FileNotFoundError):  # another build just did)
+                        self.fs.rm(path)
             return False
 
         return self.guard("taking a lease", take, True)
