@@ -275,11 +275,13 @@ def _job(task: Task, d: Decision, plan: Plan, store: Store,
 
     scratch = store.scratch(prefix=f"{task.step}-")
     inputs: dict[str, str] = {}
+    blobs: dict[str, dict[str, Any]] = {}
     for name, (node, out) in task.inputs.items():
         if node in plan.sources:
             inputs[name] = str(plan.sources[node].path)
             continue
         ref = outputs[node][out]
+        blobs[name] = dict(ref)
         dest = scratch / "in" / name / ref["filename"].rstrip("/")
         try:
             store.materialize(Blob.from_json(ref), dest)
@@ -300,7 +302,7 @@ def _job(task: Task, d: Decision, plan: Plan, store: Store,
     return Job(task.id, spec, scratch, res.cpu, task.label, res.memory_gb, res.cuda,
                timeout_s=timeout.value if timeout else None,
                max_memory_mb=memory.value if memory else None, limit_where=where,
-               exclusive=task.exclusive)
+               exclusive=task.exclusive, input_blobs=blobs)
 
 
 def _record(task: Task, d: Decision, fin: Finished, store: Store, repro: str) -> TaskOutcome:

@@ -249,6 +249,36 @@ def test_with_a_remote_cache_the_bytes_travel_through_it_not_a_shared_folder(
         store.close()
 
 
+def test_an_input_from_the_cache_is_sent_by_its_known_blob_not_hashed_again(
+        ray_address: str, tmp_path: Path) -> None:
+    """An input the scheduler placed from the cache comes with its blob (Job.input_blobs): the
+    Ray executor sends that blob as it is. Its placed copy does not even exist here: hashing it
+    again (a big ONNX file per task) would fail."""
+    import dataclasses
+
+    from orchestrator.executors.ray_cluster import RayExecutor
+    from orchestrator.store.remote import Remote
+    from orchestrator.store.tiered import TieredStore
+
+    store = TieredStore(tmp_path / "build-cache", Remote((tmp_path / "remote").as_uri()))
+    ex = RayExecutor(ray_address, store)
+    blob = store.put_bytes(b"from the cache")
+    j = job(tmp_path, "Upper", {"suffix": "?"})
+    j.spec.inputs["model"] = str(tmp_path / "never-placed" / "model.txt")
+    j = dataclasses.replace(j, input_blobs={"model": {**blob.to_json(), "filename": "model.txt"}})
+    try:
+        ex.start(j)
+        (fin,) = wait(ex)
+    finally:
+        ex.cancel_all()
+    try:
+        assert fin.ok, (fin.reason, fin.log)
+        out = fin.result["outputs"]["model"] if fin.result else {}
+        assert store.read_bytes(out["digest"]) == b"FROM THE CACHE?"
+    finally:
+        store.close()
+
+
 def test_a_task_no_node_can_run_finishes_at_once_with_the_reason(ray_address: str,
                                                                  tmp_path: Path) -> None:
     from orchestrator.executors.ray_cluster import RayExecutor

@@ -54,6 +54,10 @@ class Job:
     max_memory_mb: float | None = None
     limit_where: dict[str, str] = field(default_factory=dict)  # limit name -> where it was set
     exclusive: bool = False  # runs alone: starts only when nothing runs, and nothing beside it
+    # input name -> the blob (Blob.to_json() and its filename) an input placed from the cache
+    # is, so an executor that ships inputs elsewhere (Ray over the remote cache) need not
+    # hash them again; sources (the model folder, the samples) are not in it
+    input_blobs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -246,16 +246,13 @@ class RayExecutor:
         from orchestrator.sources import StatCache
 
         digests = StatCache(self.store.index)  # a model folder is hashed once, not per task
-        inputs: dict[str, Any] = {}
+        inputs: dict[str, Any] = dict(job.input_blobs)  # placed from the cache: known blobs
         for name, path in sorted(job.spec.inputs.items()):
-            p = Path(path)
-            # a source (the model folder, the samples) by its stat cache; what the scratch
-            # folder holds (linked from the cache) is hashed: its paths are new each task
-            known = None if p.is_relative_to(self.store.tmp) else digests.file_digest
-            if p.is_dir():
-                blob = self.store.put_tree(p, known)
-            else:
-                blob = self.store.put_file(p, known(p) if known is not None else None)
+            if name in inputs:
+                continue
+            p = Path(path)  # a source (the model folder, the samples): by its stat cache
+            blob = (self.store.put_tree(p, digests.file_digest) if p.is_dir()
+                    else self.store.put_file(p, digests.file_digest(p)))
             inputs[name] = {**blob.to_json(), "filename": p.name + ("/" if p.is_dir() else "")}
         remote = self.store.remote
         remote.upload(self.store.entry_files({"outputs": inputs}))
