@@ -116,6 +116,11 @@ def _build_parser(sub: Any) -> None:
     mode.add_argument("--fail-fast", action="store_true", dest="fail_fast",
                       help="stop at the first failed task")
     b.set_defaults(fail_fast=False)
+    b.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", dest="lock_timeout",
+                   help="fail a task that waited this long for another build's lock (a benchmark "
+                        "holds the machine alone; two builds never run one task twice), naming "
+                        "the holder (default: $DEPLOY_BUILD_LOCK_TIMEOUT, else wait as long as it "
+                        "takes: a queued benchmark is legitimate)")
     b.add_argument("--force", action="store_true", help="re-run every selected task")
     b.add_argument("--rebench", action="store_true", help="re-run benchmark checks")
     b.add_argument("--only", metavar="TARGET/POSITION",

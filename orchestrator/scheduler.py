@@ -26,6 +26,8 @@ from orchestrator.store.base import ActionEntry, Blob, BlobError, Store
 if TYPE_CHECKING:
     from orchestrator.executors.local import Finished, Job
 
+WAIT_REPORT_S = 120.0  # a task waiting for another build's lock says so again this often
+
 
 @dataclass
 class TaskOutcome:
@@ -46,6 +48,7 @@ class Options:
     fail_fast: bool = False
     executor: str = "local"  # or "ray" (orchestrator.executors.make_executor)
     ray_address: str | None = None
+    lock_timeout: float | None = None  # seconds a task may wait for another build's lock
 
 
 class Interrupted(Exception):
@@ -87,27 +90,30 @@ class Scheduler:
         self._executor: Any = None  # made when a task first starts (see `executor`)
         self.locks = BuildLocks(store.root, getattr(store, "remote", None))
         self.waiting_exclusive: set[str] = set()  # ready exclusive tasks waiting to run alone
-        self._waited: set[tuple[str, str]] = set()
+        self._waits: dict[str, tuple[float, float, str]] = {}  # tid -> (since, last said, why)
 
     def run(self) -> dict[str, TaskOutcome]:
         try:
-            while not self.done():
-                self.start_ready()
-                if self.done():
-                    break
-                if not self.running():
-                    time.sleep(0.05)  # nothing runs: waiting for another build's locks only
-                self.collect()
-                self.reporter.tick(self.executor)
+            with self.locks:  # whatever stops the loop, every lock goes with it
+                self._loop()
         except KeyboardInterrupt as e:
             raise Interrupted(143 if isinstance(e, Terminated) else 130) from None
         finally:  # whatever stops the loop, no worker outlives it and no scratch is left
             if self._executor is not None:
                 self._executor.cancel_all()
-            self.locks.release_all()
             for job in self.started.values():
                 shutil.rmtree(job.scratch, ignore_errors=True)
         return self.outcomes
+
+    def _loop(self) -> None:
+        while not self.done():
+            self.start_ready()
+            if self.done():
+                break
+            if not self.running():
+                time.sleep(0.05)  # nothing runs: waiting for another build's locks only
+            self.collect()
+            self.reporter.tick(self.executor)
 
     @property
     def executor(self) -> Any:
@@ -186,7 +192,7 @@ class Scheduler:
         build runs it, or benchmarks). A key another build finished meanwhile is a hit."""
         assert d.key is not None
         if not self.locks.holds_key(task.id):
-            if not self.locks.lock_key(task.id, d.key):
+            if not self.locks.lock_key(task.id, d.key, task.label):
                 self.wait(task, "another build is running it: a hit once it is done")
                 return False
             entry = None if self.plan.forced(task) else usable_entry(self.store, d.key)[0]
@@ -197,14 +203,15 @@ class Scheduler:
                 self.decisions[task.id] = hit
                 self.finish(task.id, TaskOutcome("hit", hit.key, entry, reasons=hit.reasons))
                 return False
-        if self.locks.lock_machine(task.id, task.exclusive):
+        if self.locks.lock_machine(task.id, task.exclusive, task.label):
             self.waiting_exclusive.discard(task.id)
+            self._waits.pop(task.id, None)
             return True
         if task.exclusive:  # another build's tasks run: start nothing until it can
             self.waiting_exclusive.add(task.id)
-            self.wait(task, "it runs alone: waiting for another build's tasks to finish")
+            self.wait(task, "it runs alone: waiting for the machine")
         else:
-            self.wait(task, "another build is benchmarking: nothing runs beside it")
+            self.wait(task, "another build is benchmarking or about to: nothing starts beside it")
         return False
 
     def start(self, task: Task, d: Decision) -> None:
@@ -261,10 +268,30 @@ class Scheduler:
         self.reporter.task_done(self.tasks[tid], outcome)
 
     def wait(self, task: Task, why: str) -> None:
-        """Report once per task and reason that it waits for another build."""
-        if (task.id, why) not in self._waited:
-            self._waited.add((task.id, why))
-            self.reporter.task_wait(task, why)
+        """Report that a task waits for another build's lock, naming the holder: when it starts
+        waiting, when the reason changes and every ``WAIT_REPORT_S``; past ``--lock-timeout``,
+        fail it with the same words."""
+        now = time.monotonic()
+        since, said, before = self._waits.get(task.id, (now, -WAIT_REPORT_S, ""))
+        waited = now - since
+        limit = self.opts.lock_timeout
+        if limit is not None and waited >= limit:
+            msg = (f"{task.label} gave up after waiting {waited:.0f} s (--lock-timeout "
+                   f"{limit:g}): {why}; {self.locks.holders(task.id)}")
+            self._waits.pop(task.id, None)
+            self.locks.release(task.id)
+            self.waiting_exclusive.discard(task.id)
+            self.fail(task, TaskOutcome("fail", self.decisions[task.id].key, error=msg,
+                                        summary=msg, reasons=self.decisions[task.id].reasons))
+            return
+        if why != before or now - said >= WAIT_REPORT_S:
+            self._waits[task.id] = (since, now, why)
+            text = f"{why}; {self.locks.holders(task.id)}"
+            if waited >= 1:
+                text += f"; waiting {waited:.0f} s so far"
+            self.reporter.task_wait(task, text)
+        else:
+            self._waits[task.id] = (since, said, why)
 
 
 def _job(task: Task, d: Decision, plan: Plan, store: Store,

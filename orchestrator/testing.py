@@ -135,13 +135,30 @@ def _inputs(session: Any, task: Any, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def run_task_in_process(session: Any, only: str, jobs: int) -> int:
+def run_task_in_process(session: Any, only: str, jobs: int, lock_timeout: float | None = None
+                        ) -> int:
     """Run the task ``only`` in this process, in the foreground (breakpoint() works), on its
-    cached inputs; print its metrics and where its outputs are. Nothing is cached."""
+    cached inputs; print its metrics and where its outputs are. Nothing is cached. It holds the
+    machine lock as a build's task would (a benchmark alone), so it neither disturbs nor is
+    disturbed by another build's benchmark."""
+    from orchestrator.errors import EXIT_BUILD_FAILED
+    from orchestrator.locks import BuildLocks, LockTimeout, hold_machine
+
+    task = _find(session.graph, only)
+    with BuildLocks(session.store.root) as locks:
+        try:
+            hold_machine(locks, task.id, task.exclusive, task.label, lock_timeout,
+                         lambda line: print(line, file=sys.stderr, flush=True))
+        except LockTimeout as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BUILD_FAILED
+        return _run_in_process(session, task, jobs)
+
+
+def _run_in_process(session: Any, task: Any, jobs: int) -> int:
     from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK
     from orchestrator.worker import ContractError, run_checked
 
-    task = _find(session.graph, only)
     cls = task.info.cls
     recipe, target, pos = task.labels[0]
     folder = session.out / "in-process" / recipe / target / pos.replace(":", "-")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,28 @@ def make_tiny_model(folder: Path, task: str = "feature-extraction", seed: int = 
     model = cls(config).eval()
     model.save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def private_lock_folder(tmp_path_factory: pytest.TempPathFactory,
+                        monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own machine-lock folder (inherited by the builds it starts), so no test
+    waits for, or blocks, a real build of this user on this machine (see orchestrator.locks).
+    A lock wait that still happens inside a test gives up after 10 minutes instead of hanging."""
+    folder = tmp_path_factory.mktemp("locks")
+    monkeypatch.setenv("DEPLOY_BUILD_LOCK_DIR", str(folder))
+    monkeypatch.setenv("DEPLOY_BUILD_LOCK_TIMEOUT", "600")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def no_build_outlives_its_test() -> Iterator[None]:
+    """Builds a test started in the background (tests/reliability/helpers.popen_cli) are killed,
+    with their workers, when the test ends, whether it passed or not."""
+    yield
+    helpers = sys.modules.get("helpers")
+    if helpers is not None and hasattr(helpers, "kill_started"):
+        helpers.kill_started()
 
 
 @pytest.fixture(scope="session")

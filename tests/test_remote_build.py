@@ -156,7 +156,13 @@ def test_two_builds_on_two_machines_build_each_task_once(tmp_path: Path) -> None
             [sys.executable, "-m", "orchestrator", str(r), "--cache", str(project.cache), "--out",
              str(project.out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=env))
-    results = [p.communicate(timeout=300) for p in procs]
+    try:
+        results = [p.communicate(timeout=300) for p in procs]
+    finally:  # a build past its timeout is killed (its workers die with it), never left running
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in results]
     runs = [t["label"] for out, _ in results for t in json.loads(out)["tasks"]
             if t["status"] == "run"]

@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     """`deploy-build RECIPE`: plan, then print the plan (--dry-run) or build, judge and sum up."""
     if args.jobs < 1:
         raise FatalError(f"--jobs must be at least 1, got {args.jobs}")
+    lock_timeout(args)  # a bad value is a user error before anything runs
     if getattr(args, "in_process", False):
         return in_process(args)
     s = open_session(args, force=args.force, rebench=args.rebench)
@@ -246,6 +247,23 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(done, int):
         return done
     return summary(args, s, done)
+
+
+def lock_timeout(args: argparse.Namespace) -> float | None:
+    """--lock-timeout, else $DEPLOY_BUILD_LOCK_TIMEOUT, else None (wait as long as it takes)."""
+    value: Any = getattr(args, "lock_timeout", None)
+    where = "--lock-timeout"
+    if value is None and os.environ.get("DEPLOY_BUILD_LOCK_TIMEOUT"):
+        value, where = os.environ["DEPLOY_BUILD_LOCK_TIMEOUT"], "DEPLOY_BUILD_LOCK_TIMEOUT"
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise FatalError(f"{where} must be a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def dry_run(args: argparse.Namespace, s: Session) -> int:
@@ -292,7 +310,8 @@ def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         try:
-            opts = Options(args.jobs, args.fail_fast, args.executor, args.ray_address)
+            opts = Options(args.jobs, args.fail_fast, args.executor, args.ray_address,
+                           lock_timeout(args))
             outcomes = execute(s.plan, s.store, opts, reporter, repro)
         except Interrupted as e:
             reporter.close()
@@ -341,7 +360,7 @@ def in_process(args: argparse.Namespace) -> int:
 
     s = open_session(args)
     try:
-        return run_task_in_process(s, args.only, args.jobs)
+        return run_task_in_process(s, args.only, args.jobs, lock_timeout(args))
     finally:
         s.store.close()
 

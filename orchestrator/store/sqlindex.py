@@ -57,11 +57,26 @@ class Index:
             con.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never torn
             version = con.execute("PRAGMA user_version").fetchone()[0]
             if version != SCHEMA_VERSION:
-                self._setup(con, version)
+                with self._setting_up():
+                    self._setup(con, con.execute("PRAGMA user_version").fetchone()[0])
         except BaseException:
             con.close()
             raise
         return con
+
+    @contextlib.contextmanager
+    def _setting_up(self) -> Iterator[None]:
+        """One process at a time sets a new index up: two builds that switched a new file to WAL
+        at the same instant deadlocked in SQLite, and one got SQLITE_BUSY at once (the busy
+        timeout does not apply to that deadlock)."""
+        import fcntl
+
+        fd = os.open(self.folder / ".setup.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for the few ms a setup takes
+            yield
+        finally:
+            os.close(fd)
 
     def _setup(self, con: sqlite3.Connection, version: int) -> None:
         if version > SCHEMA_VERSION:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,8 +27,44 @@ def run_cli(*args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedP
                           timeout=timeout, env=cli_env(), **kw)
 
 
+STARTED: list[subprocess.Popen[str]] = []  # killed (with their workers) after each test
+
+
 def popen_cli(*args: str, **kw: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", CLI, *args], env=cli_env(), text=True, **kw)
+    kw.setdefault("env", cli_env())
+    proc = subprocess.Popen([sys.executable, "-c", CLI, *args], text=True, **kw)
+    STARTED.append(proc)
+    return proc
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process below it (its workers and what they started)."""
+    import signal
+
+    for child in children(pid):
+        kill_tree(child)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def kill_started() -> None:
+    """Kill what popen_cli started and is still running: no build outlives its test."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+                proc.communicate(timeout=10)
+
+
+def communicate(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
+    """proc.communicate, but a process past its timeout is killed (with its workers) first."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.communicate(timeout=10)
+        raise
 
 
 def alive(pid: int) -> bool:

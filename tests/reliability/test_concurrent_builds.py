@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 from conftest import Project
-from helpers import children, popen_cli, run_cli, wait_for
+from helpers import children, communicate, popen_cli, run_cli, wait_for
 
 SHARED = """\
 name: shared
@@ -129,7 +129,7 @@ def _start(project: Project, recipe: Path, out: str, *args: str) -> subprocess.P
 
 
 def _summary(proc: subprocess.Popen[str]) -> dict:
-    out, err = proc.communicate(timeout=60)
+    out, err = communicate(proc, timeout=60)
     assert proc.returncode == 0, err
     summary = json.loads(out)
     summary["err"] = err
@@ -224,28 +224,27 @@ def test_a_build_waits_for_a_locked_task_and_runs_others_meanwhile(project: Proj
 def test_a_waiting_benchmark_is_not_starved_by_other_builds_tasks(tmp_path: Path) -> None:
     from orchestrator.locks import BuildLocks
 
-    one, two, three = (BuildLocks(tmp_path) for _ in range(3))  # three builds (fds) on one cache
-    assert one.lock_machine("task", exclusive=False)
-    assert not two.lock_machine("bench", exclusive=True)  # a task runs: the benchmark waits...
-    assert not three.lock_machine("other", exclusive=False)  # ...and no new task starts meanwhile
-    one.release("task")
-    assert two.lock_machine("bench", exclusive=True)
-    assert not three.lock_machine("other", exclusive=False)  # nothing beside the benchmark
-    two.release("bench")
-    assert three.lock_machine("other", exclusive=False)
-    three.release_all()
+    # three builds (fds) on one cache; whatever fails below, their locks go with the block
+    with BuildLocks(tmp_path) as one, BuildLocks(tmp_path) as two, BuildLocks(tmp_path) as three:
+        assert one.lock_machine("task", exclusive=False)
+        assert not two.lock_machine("bench", exclusive=True)  # a task runs: the benchmark waits...
+        assert not three.lock_machine("other", exclusive=False)  # ...and no new task starts
+        one.release("task")
+        assert two.lock_machine("bench", exclusive=True)
+        assert not three.lock_machine("other", exclusive=False)  # nothing beside the benchmark
+        two.release("bench")
+        assert three.lock_machine("other", exclusive=False)
 
 
 def test_a_key_lock_is_exclusive_and_its_file_goes_with_it(tmp_path: Path) -> None:
     from orchestrator.locks import BuildLocks
 
-    one, two = BuildLocks(tmp_path), BuildLocks(tmp_path)
-    assert one.lock_key("t", "k" * 64)
-    assert not two.lock_key("t", "k" * 64)
-    one.release("t")
-    assert not list((tmp_path / "locks" / "ac").iterdir())
-    assert two.lock_key("t", "k" * 64)
-    two.release_all()
+    with BuildLocks(tmp_path) as one, BuildLocks(tmp_path) as two:
+        assert one.lock_key("t", "k" * 64)
+        assert not two.lock_key("t", "k" * 64)
+        one.release("t")
+        assert not list((tmp_path / "locks" / "ac").iterdir())
+        assert two.lock_key("t", "k" * 64)
 
 
 def test_the_executor_starts_an_exclusive_job_alone() -> None:
@@ -272,7 +271,7 @@ def test_a_task_that_failed_in_the_other_build_runs_here(project: Project,
     assert wait_for(lambda: list(project.cache.glob("locks/ac/*.lock")), 30)
     monkeypatch.delenv("FLAKY_FAIL")
     second = _start(project, r, "out1")
-    failing.communicate(timeout=60)
+    communicate(failing, timeout=60)
     assert failing.returncode != 0
     s = _summary(second)
     assert [t["status"] for t in s["tasks"]] == ["run"]
