@@ -135,6 +135,9 @@ def _build_parser(sub: Any) -> None:
                         "history file goes beside DIR")
     b.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout at the end (progress stays on stderr)")
+    b.add_argument("--strict", action="store_true",
+                   help="fail a target (exit 2) when a gate is unjudged: a noisy figure whose "
+                        "interval straddles the threshold (default: a warning, exit 0)")
     b.add_argument("--require-all", action="store_true", dest="require_all",
                    help="exit 2 when a target is skipped because this machine lacks its hardware "
                         "or runtime (default: skipped targets are reported, exit 0)")

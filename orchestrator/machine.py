@@ -165,7 +165,7 @@ def _detect_cuda() -> _Cuda:
 @cache
 def detect() -> Machine:
     """This machine's facts, read once per process."""
-    model, flags = parse_cpuinfo(_read("/proc/cpuinfo"))
+    model, flags = parse_cpuinfo(_read(cpuinfo_path()))
     cuda = _detect_cuda()
     return Machine(model or platform.processor() or platform.machine(), os.cpu_count() or 1,
                    flags, parse_meminfo(_read("/proc/meminfo")), cuda.nodes, cuda.gpus,
@@ -174,15 +174,30 @@ def detect() -> Machine:
 
 # ---- the facts a measurement's key holds (a step's ``machine_keys``) ----------------------
 
+def cpuinfo_path() -> str:
+    """/proc/cpuinfo, or the file $DEPLOY_BUILD_CPUINFO names: a copy of another machine's, to
+    see how a recipe's machine-conditioned gates are judged there (its figures are still this
+    machine's)."""
+    return os.environ.get("DEPLOY_BUILD_CPUINFO") or "/proc/cpuinfo"
+
+
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo), else what the platform says."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path(cpuinfo_path()).read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_features() -> list[str]:
+    """The ISA features that decide engine speed (orchestrator.conditions.ISA_FEATURES) that
+    this CPU has: what a benchmark records beside its figures, and what gate conditions name."""
+    from orchestrator.conditions import isa_features
+
+    return isa_features(parse_cpuinfo(_read(cpuinfo_path()))[1])
 
 
 def cpu_count() -> str:

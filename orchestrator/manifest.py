@@ -73,10 +73,11 @@ def target_params(task: Task, cp: CheckPlan) -> Any:
     return cls.Params.model_validate({**task.params, **gates})
 
 
-def check_section(name: str, cp: CheckPlan, graph: BuildGraph,
-                  outcomes: dict[str, Any]) -> tuple[dict[str, Any], list[str]] | None:
+def check_section(name: str, cp: CheckPlan, graph: BuildGraph, outcomes: dict[str, Any],
+                  strict: bool = False) -> tuple[dict[str, Any], list[str]] | None:
     """One check's manifest section and failures, judged by the check itself (``Step.judge``)
-    with this target's gates; None when its task (or its reference task) did not complete."""
+    with this target's gates; None when its task (or its reference task) did not complete.
+    A gate the check could not decide (``Verdict.unjudged``) is a warning, a failure if strict."""
     task = graph.task(cp.task)
     o = outcomes.get(cp.task)
     ro = outcomes.get(cp.reference) if cp.reference else None
@@ -88,7 +89,12 @@ def check_section(name: str, cp: CheckPlan, graph: BuildGraph,
     verdict = cls.judge(params, o.entry.metrics, ref_metrics)
     section, problems = dict(verdict.summary), list(verdict.failures)
     section["key"] = o.key
-    warnings = sorted(set(o.entry.warnings) | set(ro.entry.warnings if ro and ro.entry else []))
+    if verdict.unjudged:
+        section["unjudged"] = list(verdict.unjudged)
+        if strict:
+            problems += [f"{u} (--strict)" for u in verdict.unjudged]
+    warnings = sorted(set(o.entry.warnings) | set(ro.entry.warnings if ro and ro.entry else [])
+                      | set(verdict.unjudged))
     if warnings:
         section["warnings"] = warnings
     if cls.gate_fields:
@@ -97,15 +103,15 @@ def check_section(name: str, cp: CheckPlan, graph: BuildGraph,
     return section, [f"check {name}: {p}" for p in problems]
 
 
-def judge_checks(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any]
-                 ) -> tuple[dict[str, dict[str, Any]], list[str], bool]:
+def judge_checks(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
+                 strict: bool = False) -> tuple[dict[str, dict[str, Any]], list[str], bool]:
     """The manifest sections of a target's checks (``checks`` by name, and the sections checks
     declare as their ``manifest_section``), the failures, and whether every check completed."""
     sections: dict[str, dict[str, Any]] = {"checks": {}, "benchmark": {}}
     failures: list[str] = []
     complete = True
     for name, cp in sorted(tp.checks.items()):
-        judged = check_section(name, cp, graph, outcomes)
+        judged = check_section(name, cp, graph, outcomes, strict)
         if judged is None:
             failures.append(f"check {name} did not complete")
             complete = False
@@ -121,14 +127,15 @@ def judge_checks(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any]
 
 
 def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
-                   sources: dict[str, Any]) -> tuple[dict[str, Any], list[str], bool]:
+                   sources: dict[str, Any], strict: bool = False
+                   ) -> tuple[dict[str, Any], list[str], bool]:
     """The manifest of one target, the reasons it failed (empty when ok) and whether every task
     of the target finished (False: a task failed or was skipped, so there is nothing to judge)."""
     recipe = tp.recipe
     target = recipe.model.targets[tp.name]
     src = sources.get(f"src:{recipe.name}:model")
     steps, failures, complete = _steps_section(tp, graph, outcomes, sources)
-    sections, problems, judged = judge_checks(tp, graph, outcomes)
+    sections, problems, judged = judge_checks(tp, graph, outcomes, strict)
     failures += problems
     complete = complete and judged
     manifest: dict[str, Any] = {

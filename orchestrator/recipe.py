@@ -432,6 +432,9 @@ def _format_errors(
             )
             if hint.startswith("did you mean"):
                 suggested.add(loc[:-1] + (hint.split("'")[1],))
+            if field in ("True", "False"):  # YAML 1.1 reads on/off/yes/no unquoted as booleans
+                hint = ("YAML reads an unquoted on/off/yes/no key as true/false: quote it"
+                        + (f", or use one of: {', '.join(sorted(allowed))}" if allowed else ""))
             lines.append(f"unknown key {field!r}{ctx} at {pos.at(full, key=True)}; {hint}")
         elif e["type"] == "missing":
             if loc in suggested:  # already explained as a misspelling of this key

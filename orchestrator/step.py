@@ -255,6 +255,9 @@ class Verdict:
 
     summary: dict[str, Any]  # the manifest's section for the check
     failures: list[str] = field(default_factory=list)  # why it fails; empty: it passes
+    # gates that could not decide (a noisy figure whose interval straddles the threshold): a
+    # warning, and a failure under `--strict`
+    unjudged: list[str] = field(default_factory=list)
 
 
 def at_defaults(params: P, fields: tuple[str, ...]) -> P:

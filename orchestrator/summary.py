@@ -34,14 +34,17 @@ def _parity(checks: dict[str, Any]) -> str:
 
 
 def _point_speedup(point: dict[str, Any]) -> str:
+    """``2.03x [1.98-2.26]``; a noisy point is marked and shows only its interval: its point
+    estimate is never the headline."""
     s = point.get("speedup")
     if s is None:
         return "-"
     interval = point.get("speedup_interval")
-    text = f"{s:.2f}x"
-    if isinstance(interval, list | tuple) and len(interval) == 2:
-        text += f" [{interval[0]:.2f}-{interval[1]:.2f}]"
-    return text
+    bounds = (f"{interval[0]:.2f}-{interval[1]:.2f}"
+              if isinstance(interval, list | tuple) and len(interval) == 2 else None)
+    if point.get("noisy"):
+        return f"noisy ({bounds}x)" if bounds else "noisy"
+    return f"{s:.2f}x" + (f" [{bounds}]" if bounds else "")
 
 
 def _bench(bench: dict[str, Any]) -> tuple[str, str]:
@@ -51,8 +54,6 @@ def _bench(bench: dict[str, Any]) -> tuple[str, str]:
     lat = ", ".join(f"{k} {v.get('median_ms', 0):.1f} ms" for k, v in sorted(results.items()))
     speed = ", ".join(f"{k} {_point_speedup(v)}" for k, v in sorted(results.items())
                       if v.get("speedup") is not None) or "-"
-    if bench.get("noisy"):
-        speed += " (noisy)"
     return lat, speed
 
 

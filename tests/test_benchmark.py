@@ -219,7 +219,7 @@ def test_a_noisy_result_is_kept_marked_and_warned(tiny_onnx: Path, tiny_model_di
                               "(outside load: fed); speed-up ")
     assert "--rebench" in warning
     [problem] = Benchmark.judge(p, m, None).failures
-    assert "point estimate" in problem and "measured on a noisy machine: outside load: fed" in problem
+    assert "upper bound" in problem and "measured on a noisy machine: outside load: fed" in problem
 
 
 HOG = """\

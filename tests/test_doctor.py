@@ -58,10 +58,28 @@ def test_doctor_json(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report["targets"] == {"hw/cpu": {
         "status": "ok", "reason": None, "not_here": {},
         "runs_here": ["1:export-onnx", "check:parity", "check:parity:reference"],
-        "hardware": {"accelerator": None, "device": "cpu"}}}
+        "hardware": {"accelerator": None, "device": "cpu"}, "gates": []}}
 
 
 def test_doctor_without_a_recipe_shows_the_machine(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("machine:\n") and "runtimes:\n" in out and "targets:" not in out
+
+
+def test_doctor_says_which_gates_hold_on_this_machine(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """recipes/bert-edge.yaml on a faked AVX2-only CPU ($DEPLOY_BUILD_CPUINFO) and a faked VNNI one."""
+    from orchestrator import machine
+
+    repo = Path(__file__).resolve().parents[1]
+    for flags, goal in (("avx avx2 fma", "not judged here: this machine lacks avx512_vnni"),
+                        ("avx avx2 fma avx512f avx512_vnni", "judged here")):
+        (tmp_path / "cpuinfo").write_text(f"model name\t: Fake\nflags\t\t: {flags}\n")
+        monkeypatch.setenv("DEPLOY_BUILD_CPUINFO", str(tmp_path / "cpuinfo"))
+        machine.detect.cache_clear()
+        assert main(["doctor", str(repo / "recipes" / "bert-edge.yaml"), "-t", "edge-int8"]) == 0
+        out = capsys.readouterr().out
+        assert "gate benchmark.min_speedup 1: judged here" in out
+        assert f"gate benchmark.min_speedup 3 (when the CPU has avx512_vnni): {goal}" in out, out
+    machine.detect.cache_clear()

@@ -379,7 +379,8 @@ def judge(args: argparse.Namespace, s: Session, outcomes: dict[str, Any]
             print(f"\nFAILED {o.error}", file=sys.stderr)
     table: list[Any] = []
     for tp in s.graph.targets:
-        manifest, failures, complete = build_manifest(tp, s.graph, outcomes, s.plan.sources)
+        manifest, failures, complete = build_manifest(tp, s.graph, outcomes, s.plan.sources,
+                                                      bool(getattr(args, "strict", False)))
         label = f"{tp.recipe.name}/{tp.name}"
         if label in s.fit.targets:
             from orchestrator.skipped import record_skip

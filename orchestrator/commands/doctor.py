@@ -13,9 +13,6 @@ from orchestrator.machine import Machine, detect
 
 RUNTIMES = ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
             "tensorrt", "ai-edge-litert", "litert-torch", "ai-edge-quantizer")
-# the ISA features that decide int8/bf16 speed on x86 (all flags are in --json)
-CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                "amx_tile", "amx_int8", "amx_bf16")
 
 
 def ort_providers() -> list[str] | None:
@@ -34,8 +31,13 @@ def runtimes() -> dict[str, Any]:
 
 
 def machine_lines(m: Machine) -> list[str]:
-    features = [f for f in CPU_FEATURES if f in m.cpu_flags]
-    absent = [f for f in CPU_FEATURES if f not in m.cpu_flags]
+    from orchestrator.conditions import ISA_FEATURES
+
+    arm = bool({"asimd", "neon"} & m.cpu_flags)
+    shown = [f for f in ISA_FEATURES if (f in ("asimd", "asimddp", "asimdhp", "i8mm", "bf16",
+                                                "sve", "sve2")) == arm]
+    features = [f for f in shown if f in m.cpu_flags]
+    absent = [f for f in shown if f not in m.cpu_flags]
     lines = [f"cpu: {m.cpu_model} ({m.cpu_count} cores)",
              f"  features: {' '.join(features) or 'none'}"
              + (f" (absent: {' '.join(absent)})" if absent else ""),
@@ -74,9 +76,26 @@ def target_rows(graph: Any, fit: Fit) -> dict[str, dict[str, Any]]:
         out[label] = {"status": "skipped" if label in fit.targets else "ok",
                       "reason": fit.targets.get(label), "runs_here": builds + measured,
                       "not_here": skipped,
-                      "hardware": tp.recipe.model.targets[tp.name].hardware.record()}
+                      "hardware": tp.recipe.model.targets[tp.name].hardware.record(),
+                      "gates": gates_here(tp, detect())}
     return out
 
+
+def gates_here(tp: Any, m: Machine) -> list[dict[str, Any]]:
+    """Each threshold of the target's gates and whether it is judged on this machine (a
+    threshold for machines with CPU features this one lacks is recorded, not judged)."""
+    from orchestrator.conditions import describe, isa_features, not_here, thresholds
+
+    features = isa_features(m.cpu_flags)
+    out = []
+    for name, cp in sorted(tp.checks.items()):
+        cls = cp.use.info.cls
+        for gate in cls.gate_fields:
+            for t in thresholds(getattr(cp.use.params, gate, None)):
+                why = not_here(t, features)
+                out.append({"check": name, "gate": gate, "threshold": describe(t),
+                            "judged_here": why is None, "why": why or "judged here"})
+    return out
 
 def _recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if not args.recipes:
@@ -114,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     for label, row in rows.items():
         if row["status"] == "ok":
             print(f"  {label}: builds and is measured here")
+            for g in row["gates"]:
+                print(f"    gate {g['check']}.{g['gate']} {g['threshold']}: {g['why']}")
             continue
         print(f"  {label}: SKIPPED here: {row['reason']}")
         if row["runs_here"]:

@@ -14,6 +14,12 @@ CPUs (``/proc/stat`` against our own CPU time; the load average where there is n
 a fixed calibration loop timed before and after, and the width of the interval. A noisy point is
 measured once more; if it is still noisy it is kept, marked ``noisy`` with the reasons, and the
 task warns: marked, not withheld (``--rebench`` re-measures).
+
+Gates are judged on the interval, not the point (`judge_speedup`): a point fails when even its
+interval's upper bound is below the threshold, passes when it meets it and is not noisy, and is
+``unjudged`` (a warning; a failure under ``--strict``) only when a noisy interval straddles it.
+A threshold may be for some machines only (orchestrator.conditions): it is judged against the CPU
+features recorded with the figures.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.machine import cpu_model
+from orchestrator.conditions import Conditional, GateValue, describe, not_here, thresholds
+from orchestrator.machine import cpu_features, cpu_model
 from orchestrator.step import PlanContext, Planned, Resources, StepContext, Verdict
 from orchestrator.steps.checks import EngineCheck, device_of
 
@@ -49,7 +56,9 @@ CALIBRATION_LOOP = 250_000  # iterations of the pure-Python calibration loop (~1
 METHOD = (f"engine and PyTorch reference alternate in windows within one task (ABBA rounds); "
           f"speedup = median over rounds of reference/engine window medians; interval = "
           f"{CONFIDENCE:.0%} percentile bootstrap over rounds ({BOOTSTRAP_RESAMPLES} resamples, "
-          f"seed {BOOTSTRAP_SEED}); the min_speedup gate uses the point estimate")
+          f"seed {BOOTSTRAP_SEED}); min_speedup fails when the interval's upper bound is below it, "
+          "passes when the point meets it unless the point is noisy, and a noisy interval that "
+          "straddles it is unjudged")
 
 
 class BenchmarkParams(BaseModel):
@@ -74,14 +83,18 @@ class BenchmarkParams(BaseModel):
         "f32", description="OpenVINO INFERENCE_PRECISION_HINT.")
     profile: bool = Field(False, description="ONNX Runtime engines: record the 5 operator types "
                           "that take the most time (profiled in a separate session).")
-    min_speedup: float | None = Field(None, gt=0, description="Fail unless every grid point is "
-                                      "at least this much faster than the PyTorch reference "
-                                      "(the point estimate of the paired speed-up).")
-    max_load_ms: float | None = Field(None, gt=0, description="Gate: opening the engine (its "
-                                      "runtime already imported) takes at most this many ms.")
-    max_peak_mb: float | None = Field(None, gt=0, description="Gate: the engine adds at most "
-                                      "this many MB (2^20 bytes) of resident memory at its peak "
-                                      "while it loads and runs each grid point once.")
+    min_speedup: GateValue | None = Field(
+        None, description="Gate: every grid point is at least this much faster than the PyTorch "
+        "reference (the paired speed-up, judged on its interval). A number, {value, when: "
+        "{cpu_features: [...]}} for some machines only, or a list of both (a floor anywhere, a "
+        "goal where the CPU has the features).")
+    max_load_ms: GateValue | None = Field(
+        None, description="Gate: opening the engine (its runtime already imported) takes at most "
+        "this many ms (a number, or conditioned like min_speedup).")
+    max_peak_mb: GateValue | None = Field(
+        None, description="Gate: the engine adds at most this many MB (2^20 bytes) of resident "
+        "memory at its peak while it loads and runs each grid point once (a number, or "
+        "conditioned like min_speedup).")
 
     @model_validator(mode="after")
     def _runs(self) -> BenchmarkParams:
@@ -92,7 +105,7 @@ class BenchmarkParams(BaseModel):
 
 class Benchmark(EngineCheck[BenchmarkParams]):
     name = "benchmark"
-    version = "3"  # 3: the engine's load time and peak memory (footprint)
+    version = "4"  # 3: the engine's load time and peak memory (footprint); 4: CPU features
     description = ("Median/p90/p99 latency and throughput over a batch x sequence grid, and the "
                    "speed-up over PyTorch measured alternately in the same task.")
     inputs = ("model", "source")
@@ -163,6 +176,7 @@ class Benchmark(EngineCheck[BenchmarkParams]):
             "reference_runtime": reference.describe(),
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
+            "cpu_features": cpu_features(),
             "footprint": footprint,
         }
         if p.profile and engine.runtime == "onnxruntime":
@@ -174,49 +188,101 @@ class Benchmark(EngineCheck[BenchmarkParams]):
     @classmethod
     def judge(cls, params: BenchmarkParams, metrics: dict[str, Any],
               reference: dict[str, Any] | None) -> Verdict:
-        """The metrics as measured (the reference figures come from the same task), gated."""
+        """The metrics as measured (the reference figures come from the same task), gated on the
+        intervals, each threshold on the machines it is for."""
         summary = {**metrics, "results": {k: dict(v) for k, v in metrics["results"].items()}}
-        return Verdict(summary, cls.failures(params, metrics))
+        rows = gate_rows(params, metrics)
+        if rows:
+            summary["gates"] = rows
+        return Verdict(summary, [r["why"] for r in rows if r["verdict"] == "failed"],
+                       [r["why"] for r in rows if r["verdict"] == "unjudged"])
 
     @classmethod
     def failures(cls, params: BenchmarkParams, metrics: dict[str, Any]) -> list[str]:
-        """min_speedup is judged on the point estimate of the paired speed-up; the message gives
-        its interval (and the noise, when the point was measured on a busy machine)."""
-        problems = _footprint_failures(params, metrics.get("footprint") or {})
-        need = params.min_speedup
-        if need is None:
-            return problems
-        for key, point in metrics.get("results", {}).items():
-            got = point.get("speedup")
-            ref = point.get("reference") or {}
-            if got is None or not ref.get("median_ms"):
-                problems.append(f"{key}: no reference measurement to compare with")
-            elif got < need:
-                text = (f"{key}: speedup {got:.2f}x < {need:g}x (short by {need - got:.2f}x; "
-                        f"the gate uses the point estimate of {_with_interval(point)}; "
-                        f"{point['median_ms']} ms vs PyTorch {ref['median_ms']} ms "
-                        "alternated in one window)")
-                if point.get("noisy"):
-                    text += f"; measured on a noisy machine: {'; '.join(point.get('noise', []))}"
-                problems.append(text)
-        return problems
+        return [r["why"] for r in gate_rows(params, metrics) if r["verdict"] == "failed"]
 
 
-def _footprint_failures(params: BenchmarkParams, footprint: dict[str, Any]) -> list[str]:
-    """max_load_ms and max_peak_mb against what opening the engine cost."""
-    problems = []
+def recorded_features(metrics: dict[str, Any]) -> list[str] | None:
+    """The CPU features of the machine that measured (None: an old record without them)."""
+    features = metrics.get("cpu_features")
+    return [str(f) for f in features] if isinstance(features, list) else None
+
+
+def gate_rows(params: BenchmarkParams, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every threshold of every gate, per grid point where it has one: {gate, threshold, on,
+    point, verdict (passed | failed | unjudged | not judged here), why}."""
+    features = recorded_features(metrics)
+    rows: list[dict[str, Any]] = []
+    for t in thresholds(params.min_speedup):
+        for key, point in sorted(metrics.get("results", {}).items()):
+            verdict, why = judge_speedup(t, point, not_here(t, features))
+            rows.append(_row("min_speedup", t, key, verdict, f"{key}: {why}"))
+    footprint = metrics.get("footprint") or {}
     for gate, metric, unit, label in (("max_load_ms", "load_ms", "ms", "load time"),
                                       ("max_peak_mb", "peak_mb", "MB", "peak memory")):
-        limit, got = getattr(params, gate), footprint.get(metric)
-        if limit is None:
-            continue
-        if got is None:
-            problems.append(f"{label}: not measured on this machine; drop {gate} or measure "
-                            "where /proc is available")
-        elif got > limit:
-            problems.append(f"{label} {got:g} {unit} > {gate} {limit:g} (over by "
-                            f"{got - limit:.1f} {unit})")
-    return problems
+        for t in thresholds(getattr(params, gate)):
+            verdict, why = _judge_at_most(t, footprint.get(metric), gate, unit, label,
+                                          not_here(t, features))
+            rows.append(_row(gate, t, None, verdict, why))
+    return rows
+
+
+def _row(gate: str, t: Conditional, point: str | None, verdict: str, why: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"gate": gate, "threshold": t.value, "verdict": verdict, "why": why}
+    if t.when is not None:
+        row["when"] = t.when.model_dump(mode="json")
+    if point is not None:
+        row["point"] = point
+    return row
+
+
+def judge_speedup(t: Conditional, point: dict[str, Any], elsewhere: str | None
+                  ) -> tuple[str, str]:
+    """(verdict, why) of one grid point against one min_speedup threshold, on its interval: fail
+    when even the upper bound is below it (noisy or not); pass when the point meets it and is
+    not noisy (or a noisy interval lies wholly above it); unjudged when a noisy interval
+    straddles it; else (a quiet point below it) fail."""
+    need, got = t.value, point.get("speedup")
+    ref = point.get("reference") or {}
+    if got is None or not ref.get("median_ms"):
+        return ("not judged here", elsewhere) if elsewhere else (
+            "failed", "no reference measurement to compare with")
+    measured = (f"{_with_interval(point)}; {point.get('median_ms')} ms vs PyTorch "
+                f"{ref['median_ms']} ms alternated in one window")
+    if elsewhere:
+        return "not judged here", f"min_speedup {describe(t)}: {elsewhere} (measured {measured})"
+    interval = point.get("speedup_interval") or [got, got]
+    lo, hi = float(interval[0]), float(interval[1])
+    noisy = bool(point.get("noisy"))
+    noise = f"; measured on a noisy machine: {'; '.join(point.get('noise', []))}" if noisy else ""
+    if hi < need:
+        return "failed", (f"speedup {got:.2f}x < {need:g}x: even the interval's upper bound "
+                          f"{hi:.2f}x is below it ({measured}){noise}")
+    if got >= need and not noisy:
+        return "passed", f"speedup {got:.2f}x >= {need:g}x ({measured})"
+    if noisy and lo >= need:
+        return "passed", f"speedup {got:.2f}x >= {need:g}x, its whole interval too ({measured})"
+    if noisy:
+        return "unjudged", (f"unjudged (noisy): the interval of {_with_interval(point)} straddles "
+                            f"min_speedup {need:g}x{noise}; re-measure with --rebench on a "
+                            "quieter machine")
+    return "failed", (f"speedup {got:.2f}x < {need:g}x (short by {need - got:.2f}x; "
+                      f"{measured})")
+
+
+def _judge_at_most(t: Conditional, got: Any, gate: str, unit: str, label: str,
+                   elsewhere: str | None) -> tuple[str, str]:
+    """max_load_ms and max_peak_mb against what opening the engine cost."""
+    if elsewhere:
+        measured = f"{got:g} {unit}" if isinstance(got, int | float) else "not measured"
+        return "not judged here", f"{gate} {describe(t)}: {elsewhere} ({label} {measured})"
+    if got is None:
+        return "failed", (f"{label}: not measured on this machine; drop {gate} or measure "
+                          "where /proc is available")
+    if got > t.value:
+        return "failed", (f"{label} {got:g} {unit} > {gate} {t.value:g} (over by "
+                          f"{got - t.value:.1f} {unit})")
+    return "passed", f"{label} {got:g} {unit} <= {gate} {t.value:g}"
 
 
 def _profile(ctx: StepContext[BenchmarkParams], grid: list[tuple[int, int]],
