@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from orchestrator.conditions import Conditional, OnMachine, not_here, thresholds
 from orchestrator.steps.benchmark import Benchmark, BenchmarkParams, judge_speedup
 
