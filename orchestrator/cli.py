@@ -188,7 +188,20 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
                    help="text (default), md (a pull-request comment) or json")
     d.add_argument("--fail-on", action="append", default=[], metavar="RULE",
                    help="exit 2 when a rule is broken, e.g. 'parity.min_cosine<0.99' or "
-                        "'latency+10%%'")
+                        "'latency+10%%' (latency is judged on a paired figure: --rebench, else "
+                        "the speed-up vs PyTorch each run measured; the same engine re-measured "
+                        "never regresses)")
+    d.add_argument("--rebench", action="store_true",
+                   help="time the base and the head engine of each changed target alternately in "
+                        "one window on this machine (engines from the folders given, else from "
+                        "the cache by digest) and judge latency on head/base with its interval")
+    d.add_argument("--cache", metavar="DIR", default=None,
+                   help="with --rebench: the local cache holding the engines (default: "
+                        "$DEPLOY_BUILD_CACHE or cache/ in the project)")
+    d.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                   dest="lock_timeout", help="with --rebench: give up waiting for the machine "
+                   "after this long (default: wait)")
+    _remote_flags(d)
     d.set_defaults(func="orchestrator.commands.diff:run")
 
     _review_parsers(sub)

@@ -1,11 +1,18 @@
 """The comparison of two manifests of one target, as values (pure: no files, no printing).
 
 `compare(old, new)` gives what a reviewer reads first (status, parity, size, per-point latency
-and speed-up, each with its change) and why task keys changed. A latency change inside the
-measured spread of the two measurements is `noise`, not a regression: the band is the larger of
-the two points' spreads (consecutive window medians, the relative half-width of the paired
-speed-up's 95% interval, and, for a point marked noisy or unstable, p90 over the median).
-A speed-up whose two intervals overlap is `noise` too.
+and speed-up, each with its change) and why task keys changed.
+
+Absolute latencies from two runs on a shared machine are not comparable (the PyTorch reference
+itself moved +40% between two runs of an unchanged engine), so a latency change is judged on a
+paired figure (`latency`): the head and base engines timed alternately in one window (`diff
+--rebench`); else, when the benchmark's key is unchanged, not at all (the same engine
+re-measured never regresses); else through the speed-up against PyTorch that each run measured
+paired, labelled so. Only a change whose interval lies wholly on one side is `slower` or
+`faster`; the rest is `noise`. Manifests without speed-ups (older ones) fall back to the raw
+medians against the larger of the two points' measured spreads (`band`). A speed-up whose two
+intervals overlap is `noise` too; a benchmark not run because its target failed an untimed gate
+reads `not measured`, never `removed`.
 """
 
 from __future__ import annotations
@@ -52,23 +59,80 @@ def _points(m: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in results.items() if isinstance(v, dict)}
 
 
-def latency(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any]:
+def _bench(m: dict[str, Any] | None) -> dict[str, Any]:
+    bench = (m or {}).get("benchmark")
+    return bench if isinstance(bench, dict) else {}
+
+
+BASIS_PAIRED = "paired A/B"  # head and base timed alternately in one window (diff --rebench)
+BASIS_SAME = "same engine re-measured"  # the benchmark's key did not change: nothing to judge
+BASIS_SPEEDUP = "through the speed-up vs PyTorch"  # each run paired its engine with PyTorch
+BASIS_RAW = "raw medians"  # no paired figure at all (old manifests): judged on the band
+
+
+def latency(old: dict[str, Any] | None, new: dict[str, Any] | None,
+            paired: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per grid point: the raw medians (what people read) and the judged change (what a
+    ``latency+X%`` rule reads), on the best basis there is: a paired A/B of the two engines
+    (``paired``: point -> {ratio, interval, noisy}); else nothing to judge when the benchmark's
+    key is unchanged (the same engine, re-measured); else the change of the engine's time
+    relative to PyTorch, which each run measured paired (absolute latencies from two runs on a
+    shared machine are not comparable); else the raw medians against their measured spread."""
     out: dict[str, Any] = {}
+    bo, bn = _bench(old), _bench(new)
     po, pn = _points(old), _points(new)
+    same_engine = bool(bo.get("key")) and bo.get("key") == bn.get("key")
     for key in sorted(set(po) | set(pn)):
         a, b = po.get(key, {}), pn.get(key, {})
         ma, mb = a.get("median_ms"), b.get("median_ms")
-        change = pct(ma, mb)
-        width = max(band(a), band(b)) if a and b else None
-        if change is None:
-            verdict = "same" if ma == mb else ("added" if ma is None else "removed")
-        elif width is not None and abs(change) <= width * 100:
-            verdict = "noise"
-        else:
-            verdict = "slower" if change > 0 else ("faster" if change < 0 else "same")
-        out[key] = {"old": ma, "new": mb, "pct": change,
-                    "band_pct": None if width is None else round(width * 100, 2), "verdict": verdict}
+        entry: dict[str, Any] = {"old": ma, "new": mb, "pct": pct(ma, mb)}
+        entry.update(_judged(a, b, (paired or {}).get(key), same_engine))
+        out[key] = entry
+    if bn.get("not_measured"):
+        for key in sorted(po):
+            out[key] = {"old": po[key].get("median_ms"), "new": None, "pct": None,
+                        "verdict": "not measured", "why": bn["not_measured"]}
     return out
+
+
+def _judged(a: dict[str, Any], b: dict[str, Any], paired: dict[str, Any] | None,
+            same_engine: bool) -> dict[str, Any]:
+    """The verdict (same | added | removed | noise | slower | faster), its basis, the judged
+    change in percent and its interval."""
+    ma, mb = a.get("median_ms"), b.get("median_ms")
+    if paired is not None:
+        lo, hi = paired["interval"]
+        return {"basis": BASIS_PAIRED, **_ratio_verdict(paired["ratio"], lo, hi),
+                "noisy": bool(paired.get("noisy"))}
+    if not _num(ma) or not _num(mb):
+        return {"verdict": "same" if ma == mb else ("added" if ma is None else "removed")}
+    if same_engine:
+        return {"basis": BASIS_SAME, "verdict": "same", "change_pct": 0.0}
+    sa, sb = a.get("speedup"), b.get("speedup")
+    ia, ib = a.get("speedup_interval"), b.get("speedup_interval")
+    if _num(sa) and _num(sb) and sa > 0 and sb > 0:
+        ia = ia if isinstance(ia, list) and len(ia) == 2 and ia[0] > 0 else [sa, sa]
+        ib = ib if isinstance(ib, list) and len(ib) == 2 and ib[0] > 0 else [sb, sb]
+        # engine time relative to PyTorch: old/new speed-up; its interval from the two intervals
+        return {"basis": BASIS_SPEEDUP, **_ratio_verdict(sa / sb, ia[0] / ib[1], ia[1] / ib[0])}
+    change = pct(ma, mb)
+    width = max(band(a), band(b)) if a and b else None
+    if change is None or change == 0:
+        verdict = "same"
+    elif width is not None and abs(change) <= width * 100:
+        verdict = "noise"
+    else:
+        verdict = "slower" if change > 0 else "faster"
+    return {"basis": BASIS_RAW, "verdict": verdict, "change_pct": change,
+            "band_pct": None if width is None else round(width * 100, 2)}
+
+
+def _ratio_verdict(ratio: float, lo: float, hi: float) -> dict[str, Any]:
+    """A new/old time ratio with its interval: slower or faster only when the interval lies
+    wholly on one side of 1 (no change), else noise."""
+    verdict = "slower" if lo > 1.0 else ("faster" if hi < 1.0 else "noise")
+    return {"verdict": verdict, "change_pct": round((ratio - 1.0) * 100, 2),
+            "interval_pct": [round((lo - 1.0) * 100, 2), round((hi - 1.0) * 100, 2)]}
 
 
 def _overlap(a: Any, b: Any) -> bool:
@@ -166,8 +230,9 @@ def keys(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[dict[st
 
 
 def compare(old: dict[str, Any] | None, new: dict[str, Any] | None,
-            details: list[str]) -> dict[str, Any]:
-    """The comparison of one target; ``details`` are the diff's full change lines."""
+            details: list[str], paired: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The comparison of one target; ``details`` are the diff's full change lines; ``paired``
+    the target's paired A/B figures (diff --rebench), if any."""
     if old is None or new is None:
         change = "added" if old is None else "removed"
     else:
@@ -178,7 +243,7 @@ def compare(old: dict[str, Any] | None, new: dict[str, Any] | None,
         "status": {"old": (old or {}).get("status"), "new": (new or {}).get("status")},
         "parity": parity(old, new),
         "size": {"old": so, "new": sn, "pct": pct(so, sn)},
-        "latency": latency(old, new),
+        "latency": latency(old, new, paired),
         "speedup": speedup(old, new),
         "keys": keys(old, new),
         "details": details,

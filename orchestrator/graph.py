@@ -140,6 +140,9 @@ class Task:
     limits: TaskLimits | None = None  # per-step limits; never keyed (they change no output)
     exclusive: bool = False  # the step measures speed: the task runs alone (Step.exclusive)
     toolchain: tuple[str, ...] = ()  # what Step.plan declared: these distributions are keyed
+    # tasks that must finish first without feeding it (never keyed): a speed check waits for its
+    # targets' untimed checks, so a target that fails one is never timed (cheap gates first)
+    after: list[str] = field(default_factory=list)
 
     @property
     def step(self) -> str:
@@ -281,6 +284,15 @@ def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], pos
     return tid
 
 
+def _cheap_first(dag: Dag, checks: dict[str, CheckPlan]) -> None:
+    """A target's speed checks run after its untimed checks (parity, accuracy, size)."""
+    cheap = [i for c in checks.values() if not c.use.info.cls.measures_speed for i in c.ids()]
+    for c in checks.values():
+        if c.use.info.cls.measures_speed:
+            task = dag.nodes[c.task]["obj"]
+            task.after.extend(i for i in cheap if i not in task.after and i != c.task)
+
+
 def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) -> BuildGraph:
     dag = Dag()
     plans: list[TargetPlan] = []
@@ -321,6 +333,7 @@ def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) 
                                     f"check:{use.info.name}:reference", use.info.cls.reference)
                 cid = _add_task(dag, at, use, upstream, f"check:{use.info.name}", reference_task=ref)
                 checks[use.info.name] = CheckPlan(cid, ref, use)
+            _cheap_first(dag, checks)
             plans.append(TargetPlan(recipe, tname, ids, checks))
     if len(recipes) > 1:
         for node in dag.nodes:

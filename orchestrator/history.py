@@ -81,6 +81,8 @@ def target_record(manifest: dict[str, Any] | None, status: str) -> dict[str, Any
         "latency_ms": {k: v.get("median_ms") for k, v in sorted(results.items())},
         "speedup": {k: v.get("speedup") for k, v in sorted(results.items())},
         "noisy": bool((manifest.get("benchmark") or {}).get("noisy")),
+        **({"not_measured": manifest["benchmark"]["not_measured"]}
+           if (manifest.get("benchmark") or {}).get("not_measured") else {}),
         "size": size_of(manifest),
     }
 

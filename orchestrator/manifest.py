@@ -103,6 +103,23 @@ def check_section(name: str, cp: CheckPlan, graph: BuildGraph, outcomes: dict[st
     return section, [f"check {name}: {p}" for p in problems]
 
 
+def cheap_failure(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any]) -> str | None:
+    """Why the target already failed on its untimed checks (parity, accuracy, size), once they
+    all finished: ``parity failed (...)``; None when none failed or one has not finished."""
+    for name, cp in sorted(tp.checks.items()):
+        if graph.task(cp.task).info.cls.measures_speed:
+            continue
+        if any(i not in outcomes for i in cp.ids()):
+            return None
+        judged = check_section(name, cp, graph, outcomes)
+        if judged is None:
+            return f"{name} did not complete"
+        if judged[1]:
+            first = judged[1][0].removeprefix(f"check {name}: ")
+            return f"{name} failed ({first})"
+    return None
+
+
 def judge_checks(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
                  strict: bool = False) -> tuple[dict[str, dict[str, Any]], list[str], bool]:
     """The manifest sections of a target's checks (``checks`` by name, and the sections checks
@@ -111,6 +128,15 @@ def judge_checks(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
     failures: list[str] = []
     complete = True
     for name, cp in sorted(tp.checks.items()):
+        where = graph.task(cp.task).info.cls.manifest_section
+        o = outcomes.get(cp.task)
+        if o is not None and getattr(o, "pruned", False):  # cheap gates first: not timed
+            pruned = {"not_measured": o.reasons[0] if o.reasons else "not measured"}
+            if where == "checks":
+                sections["checks"][name] = pruned
+            else:
+                sections[where] = pruned
+            continue
         judged = check_section(name, cp, graph, outcomes, strict)
         if judged is None:
             failures.append(f"check {name} did not complete")
@@ -118,7 +144,6 @@ def judge_checks(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
             continue
         section, problems = judged
         failures += problems
-        where = graph.task(cp.task).info.cls.manifest_section
         if where == "checks":
             sections["checks"][name] = section
         else:

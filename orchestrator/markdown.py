@@ -55,19 +55,41 @@ def size_cell(c: dict[str, Any]) -> str:
     return f"{_mb(s['old'])} → {_mb(s['new'])}{change}"
 
 
+SHORT_BASIS = {"paired A/B": "paired A/B", "through the speed-up vs PyTorch": "vs PyTorch",
+               "raw medians": "raw"}
+
+
+def _judged(p: dict[str, Any]) -> str:
+    """``+26.3% [+15.0%..+38.9%] vs PyTorch``: the judged change and its basis."""
+    change = p.get("change_pct")
+    if change is None:
+        return ""
+    text = f"{change:+.1f}%"
+    if p.get("interval_pct"):
+        text += f" [{p['interval_pct'][0]:+.1f}%..{p['interval_pct'][1]:+.1f}%]"
+    elif p.get("band_pct") is not None:
+        text += f", band ±{p['band_pct']:g}%"
+    return f"{text} {SHORT_BASIS.get(p.get('basis', ''), '')}".rstrip()
+
+
 def latency_cell(c: dict[str, Any]) -> str:
+    """Raw medians for reading; the verdict from the judged (paired) change, labelled with its
+    basis: a paired A/B, the speed-up vs PyTorch of each run, or the same engine re-measured."""
     parts = []
     for key, p in c["latency"].items():
         a, b = p["old"], p["new"]
-        if p["pct"] is None:
+        if p["verdict"] == "not measured":
+            parts.append(f"{key} not measured")
+        elif a is None or b is None:
             parts.append(f"{key} {a if a is not None else '-'} → {b if b is not None else '-'} ms")
-        elif p["verdict"] == "noise":
-            parts.append(f"{key} {a:g} → {b:g} ms ({p['pct']:+.1f}%, noise ±{p['band_pct']:g}%) {NOISE}")
         elif p["verdict"] == "same":
-            parts.append(f"{key} {b:g} ms")
+            same = " (same engine)" if p.get("basis") == "same engine re-measured" and a != b else ""
+            parts.append(f"{key} {b:g} ms{same}")
+        elif p["verdict"] == "noise":
+            parts.append(f"{key} {a:g} → {b:g} ms (noise: {_judged(p)}) {NOISE}")
         else:
-            band = f", band ±{p['band_pct']:g}%" if p["band_pct"] is not None else ""
-            parts.append(f"{key} {a:g} → {b:g} ms ({p['pct']:+.1f}%{band}) {_arrow(p['pct'])}")
+            arrow = UP if p["verdict"] == "slower" else DOWN
+            parts.append(f"{key} {a:g} → {b:g} ms ({_judged(p)}) {arrow}")
     return "<br>".join(parts) or "-"
 
 

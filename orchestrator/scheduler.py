@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ class TaskOutcome:
     summary: str | None = None  # one line: what failed and why
     log_tail: str | None = None
     reproduce: str | None = None
+    pruned: bool = False  # a speed check not run: every target using it failed an untimed gate
 
 
 @dataclass
@@ -67,10 +68,15 @@ def raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+# Why a speed check need not run (every target using it already failed an untimed gate), given
+# the outcomes so far; None: run it
+Prune = Callable[[Task, dict[str, "TaskOutcome"]], str | None]
+
+
 def execute(plan: Plan, store: Store, opts: Options, reporter: Reporter,
-            repro: dict[str, str]) -> dict[str, TaskOutcome]:
+            repro: dict[str, str], prune: Prune | None = None) -> dict[str, TaskOutcome]:
     """Run the plan's RUN tasks (see Scheduler); returns every task's outcome."""
-    return Scheduler(plan, store, opts, reporter, repro).run()
+    return Scheduler(plan, store, opts, reporter, repro, prune).run()
 
 
 class Scheduler:
@@ -79,9 +85,10 @@ class Scheduler:
     its key and machine locks), collecting finished tasks, and stopping (--fail-fast, a signal)."""
 
     def __init__(self, plan: Plan, store: Store, opts: Options, reporter: Reporter,
-                 repro: dict[str, str]) -> None:
+                 repro: dict[str, str], prune: Prune | None = None) -> None:
         self.plan, self.store, self.opts, self.reporter, self.repro = (
             plan, store, opts, reporter, repro)
+        self.prune = prune
         self.tasks = {t.id: t for t in plan.graph.tasks()}
         self.decisions: dict[str, Decision] = dict(plan.decisions)
         self.outcomes: dict[str, TaskOutcome] = {}
@@ -141,7 +148,7 @@ class Scheduler:
             if tid in self.outcomes or tid in self.started:
                 continue
             if self.decisions[tid].status == "SKIP" or all(
-                    u in self.outcomes for u in preds(tid) if u in self.tasks):
+                    u in self.outcomes for u in [*preds(tid), *task.after] if u in self.tasks):
                 yield task
 
     def start_ready(self) -> None:
@@ -161,6 +168,11 @@ class Scheduler:
             d = self.redecide(task)
         if d.status == "HIT":
             self.finish(task.id, TaskOutcome("hit", d.key, d.entry, reasons=d.reasons))
+            return None
+        why = self.prune(task, self.outcomes) if self.prune and task.info.cls.measures_speed \
+            else None
+        if why is not None:  # cheap gates first: nothing to time for a target that failed
+            self.finish(task.id, TaskOutcome("skip", d.key, reasons=[why], pruned=True))
             return None
         return d
 

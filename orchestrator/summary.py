@@ -48,6 +48,8 @@ def _point_speedup(point: dict[str, Any]) -> str:
 
 
 def _bench(bench: dict[str, Any]) -> tuple[str, str]:
+    if bench.get("not_measured"):  # cheap gates first: the target failed before it was timed
+        return "not measured", "-"
     results = bench.get("results") or {}
     if not results:
         return "-", "-"

@@ -13,7 +13,7 @@ OLD = {
                "toolchain": {"onnxruntime": "1.32.0"}, "metrics": {"size_after": 100}}],
     "artifacts": [{"path": "model.onnx", "digest": "d1", "size": 1000}],
     "checks": {"parity": {"mean_cosine": 0.994, "min_cosine": 0.989, "key": "k1"}},
-    "benchmark": {"grid": {"b1_s128": {"median_ms": 8.0}}},
+    "benchmark": {"results": {"b1_s128": {"median_ms": 8.0}}},  # no speed-up: raw medians
 }
 
 
@@ -29,7 +29,7 @@ def test_diff_reports_changes_and_fails_on_rules(tmp_path: Path, capsys) -> None
     new["steps"][0]["params"]["per_channel"] = False
     new["artifacts"][0].update(digest="d2", size=1100)
     new["checks"]["parity"].update(mean_cosine=0.967, key="k2")
-    new["benchmark"]["grid"]["b1_s128"]["median_ms"] = 9.0
+    new["benchmark"]["results"]["b1_s128"]["median_ms"] = 9.0
     a, b = write(tmp_path, "old", OLD), write(tmp_path, "new", new)
     assert main(["diff", str(a), str(b)]) == 0
     out = capsys.readouterr().out
@@ -38,14 +38,15 @@ def test_diff_reports_changes_and_fails_on_rules(tmp_path: Path, capsys) -> None
         "  step 1:ort-quantize: params.per_channel true -> false",
         "  artifact model.onnx: size 1000 -> 1100 (+10.0%), digest changed",
         "  checks.parity.mean_cosine: 0.994 -> 0.967 (-2.7%)",
-        "  benchmark.grid.b1_s128.median_ms: 8 -> 9 (+12.5%)",
+        "  benchmark.results.b1_s128.median_ms: 8 -> 9 (+12.5%)",
     ]
     rc = main(["diff", str(a), str(b), "--fail-on", "parity.mean_cosine<0.99",
                "--fail-on", "latency+10%", "--fail-on", "size+20%"])
     out = capsys.readouterr().out
     assert rc == 2
     assert "REGRESSION bert-edge/cpu-int8: parity.mean_cosine<0.99: parity.mean_cosine is 0.967" in out
-    assert "REGRESSION bert-edge/cpu-int8: latency+10%: benchmark.grid.b1_s128.median_ms 8 -> 9" in out
+    assert ("REGRESSION bert-edge/cpu-int8: latency+10%: b1_s128 8 -> 9 ms (+12.5%, raw medians, "
+            "band ±0%)") in out
     assert "size+20%" not in out
 
 
@@ -132,10 +133,14 @@ def test_json_format_gives_changes_noise_and_key_reasons(tmp_path: Path, capsys)
     assert c["change"] == "changed"
     assert c["parity"]["mean_cosine"] == {"old": 0.994, "new": 0.967, "delta": -0.027}
     assert c["size"] == {"old": 22_800_000, "new": 22_700_000, "pct": -0.44}
-    # b1: +2.3% inside a +-7.02% band (speed-up interval half-width): noise; b8: +23% slower
-    assert c["latency"]["b1_s128"]["verdict"] == "noise"
-    assert c["latency"]["b1_s128"]["band_pct"] == 7.02
-    assert c["latency"]["b8_s128"]["verdict"] == "slower"
+    # judged through the speed-up vs PyTorch each run measured paired: b1 2.9x [2.7-3.1] ->
+    # 2.85x [2.6-3.0], engine time relative to PyTorch +1.8% [-10%..+19%]: noise; b8 2.4x ->
+    # 1.9x, +26.3% [+15%..+38.9%]: slower (the raw medians moved +2.3% and +23.1%)
+    b1, b8 = c["latency"]["b1_s128"], c["latency"]["b8_s128"]
+    assert b1["verdict"] == "noise" and b1["basis"] == "through the speed-up vs PyTorch"
+    assert b1["pct"] == 2.33 and b1["change_pct"] == 1.75
+    assert b8 == {"old": 65.0, "new": 80.0, "pct": 23.08, "basis": "through the speed-up vs PyTorch",
+                  "verdict": "slower", "change_pct": 26.32, "interval_pct": [15.0, 38.89]}
     assert c["speedup"]["b1_s128"]["verdict"] == "noise"
     assert c["speedup"]["b8_s128"]["verdict"] == "worse"
     assert c["keys"] == [{"step": "2:ort-quantize", "old": "q" * 60 + "aaaa", "new": "q" * 60 + "bbbb",
@@ -148,9 +153,10 @@ def test_text_format_marks_latency_inside_the_spread_as_noise(tmp_path: Path, ca
     b = _committed(tmp_path, "new", real_like(False))
     assert main(["diff", str(a), str(b)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert ("  benchmark.results.b1_s128.median_ms: 8.6 -> 8.8 (+2.3%)"
-            "  (noise: inside the measured ±7.02%)") in out
-    assert "  benchmark.results.b8_s128.median_ms: 65 -> 80 (+23.1%)" in out
+    assert ("  benchmark.results.b1_s128.median_ms: 8.6 -> 8.8 (+2.3%)  (judged +1.8% "
+            "[-10.0%..+19.2%] through the speed-up vs PyTorch: noise)") in out
+    assert ("  benchmark.results.b8_s128.median_ms: 65 -> 80 (+23.1%)  (judged +26.3% "
+            "[+15.0%..+38.9%] through the speed-up vs PyTorch: slower)") in out
 
 
 def test_markdown_table_first_then_details(tmp_path: Path, capsys) -> None:
@@ -166,8 +172,8 @@ def test_markdown_table_first_then_details(tmp_path: Path, capsys) -> None:
     assert row[2] == "0.9940 → 0.9670 (-0.0270) ↓"
     assert row[3] == "21.7 MB → 21.6 MB (-0.4%) ↓"
     b1, b8 = row[4].split("<br>")
-    assert b1 == "b1_s128 8.6 → 8.8 ms (+2.3%, noise ±7.02%) ≈"
-    assert b8.startswith("b8_s128 65 → 80 ms (+23.1%") and b8.endswith("↑")
+    assert b1 == "b1_s128 8.6 → 8.8 ms (noise: +1.8% [-10.0%..+19.2%] vs PyTorch) ≈"
+    assert b8 == "b8_s128 65 → 80 ms (+26.3% [+15.0%..+38.9%] vs PyTorch) ↑"
     assert "b8_s128 2.4x [2.3-2.5] → 1.9x [1.8-2] ↓" in row[5]
     assert md.index("<details>") > table_at  # the table comes first, details folded below it
     body = md[md.index("<details>"):md.index("</details>")]
@@ -175,7 +181,8 @@ def test_markdown_table_first_then_details(tmp_path: Path, capsys) -> None:
     assert ("- `2:ort-quantize` `qqqqqqqqqqqq` → `qqqqqqqqqqqq`: "
             "param changed: per_channel true -> false") in body
     assert "- step 2:ort-quantize: params.per_channel true -> false" in body
-    assert "- :x: bert-edge/cpu-int8: latency+10%: benchmark.results.b8_s128.median_ms 65 -> 80" in md
+    assert ("- :x: bert-edge/cpu-int8: latency+10%: b8_s128 +26.3% [+15.0%..+38.9%] through the "
+            "speed-up vs PyTorch (raw medians 65 -> 80 ms)") in md
 
 
 def _git(cwd: Path, *args: str) -> None:
@@ -240,8 +247,11 @@ def test_noise_band_of_a_noisy_point_includes_its_run_spread() -> None:
     quiet = _point(10.0, 2.0, [1.98, 2.02], spread=0.01)
     noisy = {**_point(12.0, 2.0, [1.9, 2.1], spread=0.03), "noisy": True}  # p90 10% over median
     assert band(quiet) == 0.01 and band(noisy) == 0.1
+    # points without a speed-up (older manifests) are judged on the raw medians and the band
+    quiet, noisy = ({k: v for k, v in p.items() if k != "speedup"} for p in (quiet, noisy))
     old = {"benchmark": {"results": {"p": quiet}}}
     assert latency(old, {"benchmark": {"results": {"p": noisy}}})["p"]["verdict"] == "slower"  # +20%
     near = {**noisy, "median_ms": 10.8, "p90_ms": 11.88}
     assert latency(old, {"benchmark": {"results": {"p": near}}})["p"] == {
-        "old": 10.0, "new": 10.8, "pct": 8.0, "band_pct": 10.0, "verdict": "noise"}
+        "old": 10.0, "new": 10.8, "pct": 8.0, "band_pct": 10.0, "verdict": "noise",
+        "basis": "raw medians", "change_pct": 8.0}

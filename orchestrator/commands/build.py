@@ -312,7 +312,7 @@ def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
         try:
             opts = Options(args.jobs, args.fail_fast, args.executor, args.ray_address,
                            lock_timeout(args))
-            outcomes = execute(s.plan, s.store, opts, reporter, repro)
+            outcomes = execute(s.plan, s.store, opts, reporter, repro, cheap_gates_first(s))
         except Interrupted as e:
             reporter.close()
             print("interrupted: running tasks stopped; finished tasks are cached", file=sys.stderr)
@@ -329,6 +329,26 @@ def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         s.store.close()
+
+
+def cheap_gates_first(s: Session) -> Any:
+    """The scheduler's prune rule: a speed check is not run when every target using it has
+    already failed an untimed check (its manifest says ``not measured: parity failed (...)``)."""
+    from orchestrator.manifest import cheap_failure
+
+    targets = {(tp.recipe.name, tp.name): tp for tp in s.graph.targets}
+
+    def prune(task: Any, outcomes: dict[str, Any]) -> str | None:
+        whys = []
+        for recipe, target, _ in task.labels:
+            tp = targets.get((recipe, target))
+            why = cheap_failure(tp, s.graph, outcomes) if tp is not None else None
+            if why is None:
+                return None
+            whys.append(why)
+        return f"not measured: {whys[0]}" if whys else None
+
+    return prune
 
 
 def summary(args: argparse.Namespace, s: Session, j: Judged) -> int:

@@ -50,6 +50,7 @@ def _change(a: Any, b: Any) -> str:
 
 def diff_manifest(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     lines: list[str] = []
+    not_measured = (new.get("benchmark") or {}).get("not_measured")
     if old.get("status") != new.get("status"):
         lines.append(f"status: {old.get('status')} -> {new.get('status')}")
     if old.get("model", {}).get("digest") != new.get("model", {}).get("digest"):
@@ -78,7 +79,9 @@ def diff_manifest(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             lines.append(f"artifact {p}: {'added' if a is None else 'removed'}")
         elif a["digest"] != b["digest"]:
             lines.append(f"artifact {p}: size {_change(a['size'], b['size'])}, digest changed")
-    for section in ("checks", "benchmark"):
+    if not_measured:  # cheap gates first: the benchmark did not run, it was not removed
+        lines.append(f"benchmark: {not_measured}")
+    for section in ("checks",) if not_measured else ("checks", "benchmark"):
         fa, fb = flatten(old.get(section, {})), flatten(new.get(section, {}))
         for k in sorted(set(fa) | set(fb)):
             if k.endswith(".key") or k == "key":
@@ -118,10 +121,10 @@ def check_rules(rules: list[str], manifests: list[dict[str, Any]]) -> None:
                              f"holds as a number; {hint}")
 
 
-def broken_rules(old: dict[str, Any], new: dict[str, Any], rules: list[str]) -> list[str]:
+def broken_rules(old: dict[str, Any], new: dict[str, Any], rules: list[str],
+                 paired: dict[str, Any] | None = None) -> list[str]:
     broken: list[str] = []
     flat_new = _metrics(new)
-    flat_old = flatten({"benchmark": old.get("benchmark", {})})
     for rule in rules:
         m, g = RULE.match(rule.strip()), GROWTH.match(rule.strip())
         if m:
@@ -142,15 +145,48 @@ def broken_rules(old: dict[str, Any], new: dict[str, Any], rules: list[str]) -> 
                 if a and (b - a) / a * 100 > pct:
                     broken.append(f"{rule}: artifacts grew {(b - a) / a * 100:.1f}%")
             else:
-                for k, v in flatten({"benchmark": new.get("benchmark", {})}).items():
-                    if k.endswith("median_ms") and "reference" not in k:
-                        a = flat_old.get(k)
-                        if isinstance(a, int | float) and a and (v - a) / a * 100 > pct:
-                            broken.append(f"{rule}: {k} {_change(a, v)}")
+                broken.extend(_slower(rule, pct, old, new, paired))
         else:
             raise FatalError(f"cannot read --fail-on rule {rule!r}; write e.g. "
                              "'parity.mean_cosine<0.99', 'latency+10%' or 'size+5%'")
     return broken
+
+
+def _slower(rule: str, pct: float, old: dict[str, Any], new: dict[str, Any],
+            paired: dict[str, Any] | None) -> list[str]:
+    """Grid points clearly slower (the judged change's interval wholly above none) by more than
+    pct, on the best paired basis there is (compare.latency)."""
+    from orchestrator.compare import latency
+
+    out = []
+    for point, v in latency(old, new, paired).items():
+        change = v.get("change_pct")
+        if v.get("verdict") == "slower" and isinstance(change, int | float) and change > pct:
+            out.append(f"{rule}: {point} {latency_words(v)}")
+    return out
+
+
+def latency_words(v: dict[str, Any], raw_too: bool = True) -> str:
+    """``+26.3% [+15.0%..+38.9%] through the speed-up vs PyTorch (raw medians 65 -> 80 ms)``."""
+    from orchestrator.compare import BASIS_RAW, BASIS_SAME
+
+    if v.get("verdict") == "not measured":
+        return f"not measured ({v.get('why')})"
+    raw = f"{_fmt(v['old'])} -> {_fmt(v['new'])} ms" if v.get("old") is not None else ""
+    basis = v.get("basis")
+    if basis is None:
+        return raw
+    if basis == BASIS_SAME:
+        return f"{raw}: {basis}, not judged"
+    text = f"{v['change_pct']:+.1f}%"
+    if v.get("interval_pct"):
+        lo, hi = v["interval_pct"]
+        text += f" [{lo:+.1f}%..{hi:+.1f}%]"
+    if basis == BASIS_RAW:
+        band = v.get("band_pct")
+        return f"{raw} ({text}, raw medians{f', band ±{band:g}%' if band is not None else ''})"
+    return f"{text} {basis}" + (f" (raw medians {raw})" if raw and raw_too else "") + (
+        ", noisy" if v.get("noisy") else "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,6 +194,11 @@ def run(args: argparse.Namespace) -> int:
 
     old, new = load_pair(args.old, args.new)
     check_rules(args.fail_on, [*old.values(), *new.values()])
+    paired: dict[str, Any] = {}
+    if getattr(args, "rebench", False):
+        from orchestrator.abtest import rebench
+
+        paired = rebench(args, old, new)
     fmt = getattr(args, "format", "text") or "text"
     failed: list[str] = []
     comparisons: dict[str, Any] = {}
@@ -166,13 +207,14 @@ def run(args: argparse.Namespace) -> int:
         a, b = old.get(name), new.get(name)
         lines = diff_manifest(a, b) if a is not None and b is not None else []
         if a is not None and b is not None:
-            failed.extend(f"{label}: {x}" for x in broken_rules(a, b, args.fail_on))
+            failed.extend(f"{label}: {x}" for x in broken_rules(a, b, args.fail_on,
+                                                                  paired.get(label)))
         if fmt == "text":
-            _print_text(label, a, b, lines)
+            _print_text(label, a, b, lines, paired.get(label))
         else:
             from orchestrator.compare import compare
 
-            comparisons[label] = compare(a, b, lines)
+            comparisons[label] = compare(a, b, lines, paired.get(label))
     if fmt == "json":
         print(json.dumps({"targets": comparisons, "regressions": failed}, indent=2, sort_keys=True))
     elif fmt == "md":
@@ -186,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_text(label: str, a: dict[str, Any] | None, b: dict[str, Any] | None,
-                lines: list[str]) -> None:
+                lines: list[str], paired: dict[str, Any] | None = None) -> None:
     if a is None:
         print(f"{label}: new target")
         return
@@ -196,9 +238,23 @@ def _print_text(label: str, a: dict[str, Any] | None, b: dict[str, Any] | None,
     from orchestrator.compare import latency
 
     print(f"{label}: {'no changes' if not lines else ''}".rstrip())
-    verdicts = latency(a, b)
+    verdicts = latency(a, b, paired)
     for line in lines:
         point = line.removeprefix("benchmark.results.").partition(".median_ms:")[0]
         v = verdicts.get(point) if line.startswith(f"benchmark.results.{point}.median_ms:") else None
-        note = f"  (noise: inside the measured ±{v['band_pct']:g}%)" if v and v["verdict"] == "noise" else ""
-        print(f"  {line}{note}")
+        print(f"  {line}{_judged_note(v)}")
+    for point, v in verdicts.items():
+        if v.get("basis") == "paired A/B":
+            print(f"  latency {point}: head/base {latency_words(v)}: {v['verdict']}")
+
+
+def _judged_note(v: dict[str, Any] | None) -> str:
+    if not v or "basis" not in v:
+        return ""
+    if v["basis"] == "raw medians":
+        return f"  (noise: inside the measured ±{v['band_pct']:g}%)" if v["verdict"] == "noise" else ""
+    if v["basis"] == "same engine re-measured":
+        return "  (the same engine re-measured: not judged)"
+    if v["basis"] == "paired A/B":
+        return ""
+    return f"  (judged {latency_words(v, raw_too=False)}: {v['verdict']})"

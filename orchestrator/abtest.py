@@ -1,0 +1,174 @@
+"""Paired A/B of two engines for a pull request: `deploy-build diff BASE HEAD --rebench`.
+
+Two runs' absolute latencies are not comparable on a shared machine; a latency change between
+two engines is measured by timing both alternately, in one window, on this machine: the head
+engine takes the place of the benchmark's engine and the base engine the place of its PyTorch
+reference (`steps.benchmark.measure_point`: ABBA windows, a 95% bootstrap interval over the
+rounds, the outside-load detector, one more attempt when noisy). The result per grid point is
+head/base latency with its interval (``ratio`` > 1: the head is slower).
+
+The engines come from where the manifests were read, when that is a target folder holding the
+engine with the recorded digest (a bundle, `build/<recipe>/<target>/`), else from the cache
+(local, or `--remote-cache`) by the digest the manifest records. The run holds the machine lock
+alone, as a benchmark does. Heavy runtimes are imported only here, only with --rebench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import FatalError
+from orchestrator.manifestset import label_of
+
+POINT = re.compile(r"^b(\d+)_s(\d+)$")
+
+
+def changed_engines(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether the engine's bytes differ and both sides were benchmarked."""
+    def model(m: dict[str, Any]) -> str | None:
+        arts = [a for a in m.get("artifacts") or [] if a.get("name", "model") == "model"]
+        return arts[0].get("digest") if len(arts) == 1 else None
+
+    def measured(m: dict[str, Any]) -> bool:
+        return bool((m.get("benchmark") or {}).get("results"))
+
+    return model(old) is not None and model(new) is not None and model(old) != model(new) \
+        and measured(old) and measured(new)
+
+
+def engine_folders(spec: str) -> dict[str, Path]:
+    """label -> the target folder a manifest was read from, for a side given as a path."""
+    from orchestrator.manifestset import parse
+
+    root = Path(spec)
+    if not root.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in [root / "manifest.json", *sorted(root.glob("*/*/manifest.json"))]:
+        if path.is_file():
+            try:
+                data = parse(path.read_text(), str(path), strict=False)
+            except (OSError, UnicodeDecodeError, FatalError):
+                continue
+            if data is not None:
+                found.setdefault(label_of(data, ""), path.parent)
+    return found
+
+
+def _artifact(m: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = [a for a in m["artifacts"] if a.get("name", "model") == "model"][0]
+    return found
+
+
+def locate(m: dict[str, Any], folder: Path | None, store: Any, scratch: Path, side: str,
+           label: str) -> Path:
+    """The engine a manifest describes: in its target folder if the bytes there are the ones it
+    records, else placed from the cache by digest."""
+    from orchestrator.hashing import sha256_file
+    from orchestrator.store.base import Blob, BlobError
+
+    art = _artifact(m)
+    rel = str(art["path"])
+    if folder is not None and art.get("kind", "file") == "file":
+        here = folder / rel
+        if here.is_file() and here.stat().st_size == art["size"] and sha256_file(here) == art["digest"]:
+            return here
+    dest = scratch / side / rel
+    try:
+        store.materialize(Blob(art.get("kind", "file"), art["digest"], art["size"]), dest)
+    except BlobError as e:
+        raise FatalError(f"diff --rebench: the {side} engine of {label} ({art['path']}, sha256 "
+                         f"{art['digest'][:12]}) is in no cache here ({e}); build that revision "
+                         "on this machine first (or give --cache / --remote-cache where it is, "
+                         "or the build/ folders that hold it)") from None
+    return dest
+
+
+def grid(new: dict[str, Any]) -> list[tuple[int, int]]:
+    points = []
+    for key in sorted((new.get("benchmark") or {}).get("results") or {}):
+        match = POINT.match(key)
+        if match:
+            points.append((int(match[1]), int(match[2])))
+    return points
+
+
+def _vocab(folder: Path | None) -> int:
+    """A vocabulary bound for the synthetic token ids: the bundled vocab.txt's size, else 30
+    (ids every BERT-like vocabulary has)."""
+    try:
+        lines = (folder / "tokenizer" / "vocab.txt").read_text().count("\n") if folder else 0
+    except OSError:
+        lines = 0
+    return lines or 30
+
+
+def measure_pair(base: Path, head: Path, m: dict[str, Any], vocab: int,
+                 log: Any) -> dict[str, Any]:
+    """head vs base at each grid point of the head's benchmark: {point: {ratio, interval,
+    noisy, noise, base_ms, head_ms, runs}}."""
+    from orchestrator.runtime.engines import open_engine
+    from orchestrator.steps.benchmark import BenchmarkParams, measure_point, point_key, synthetic
+
+    bench = m.get("benchmark") or {}
+    threads = int(bench.get("threads") or 2)
+    hint = str(bench.get("precision_hint") or "f32")
+    task = str((m.get("model") or {}).get("task") or "feature-extraction")
+    p = BenchmarkParams.model_validate({"threads": threads, "precision_hint": hint})
+    base_e = open_engine(base, threads, hint, task=task)
+    head_e = open_engine(head, threads, hint, task=task)
+    out: dict[str, Any] = {}
+    for b, s in grid(m):
+        log(f"  {point_key(b, s)}: head and base alternated in one window")
+        r = measure_point(head_e.run, base_e.run, synthetic(b, s, vocab), p, log=log)
+        speedup = r["speedup"]  # base ms / head ms, per round
+        lo, hi = r["speedup_interval"] or [speedup, speedup]
+        out[point_key(b, s)] = {
+            "ratio": round(1.0 / speedup, 4), "interval": [round(1.0 / hi, 4), round(1.0 / lo, 4)],
+            "noisy": r["noisy"], "noise": r["noise"], "head_ms": r["median_ms"],
+            "base_ms": r["reference"]["median_ms"], "runs": r["runs"], "rounds": r["rounds"]}
+    return out
+
+
+def rebench(args: argparse.Namespace, old: dict[str, dict[str, Any]],
+            new: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """label -> paired figures for every target whose engine changed, measured here under the
+    machine lock."""
+    from orchestrator.commands.build import lock_timeout, open_store, project_root
+    from orchestrator.locks import BuildLocks, LockTimeout, hold_machine
+    from orchestrator.store.config import attach_remote
+
+    pairs = [n for n in sorted(set(old) & set(new)) if changed_engines(old[n], new[n])]
+    if not pairs:
+        return {}
+    cache = Path(args.cache or os.environ.get("DEPLOY_BUILD_CACHE") or project_root(Path.cwd()) / "cache")
+    store = attach_remote(open_store(cache), args)
+    folders = {"base": engine_folders(args.old), "head": engine_folders(args.new)}
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    paired: dict[str, dict[str, Any]] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="deploy-build-ab-") as tmp, \
+                BuildLocks(cache) as locks:
+            try:
+                hold_machine(locks, "ab", True, "diff --rebench", lock_timeout(args), say)
+            except LockTimeout as e:
+                raise FatalError(str(e)) from None
+            for name in pairs:
+                label = name or label_of(new[name], "")
+                base = locate(old[name], folders["base"].get(label), store, Path(tmp), "base", label)
+                head = locate(new[name], folders["head"].get(label), store, Path(tmp), "head", label)
+                say(f"rebench {label}: head vs base engine")
+                paired[label] = measure_pair(base, head, new[name],
+                                             _vocab(folders["head"].get(label)), say)
+    finally:
+        store.close()
+    return paired
