@@ -97,6 +97,8 @@ class Scheduler:
         self._executor: Any = None  # made when a task first starts (see `executor`)
         self.locks = BuildLocks(store.root, getattr(store, "remote", None))
         self.waiting_exclusive: set[str] = set()  # ready exclusive tasks waiting to run alone
+        self._kept: set[str] = set()  # speed checks the prune rule kept (asked once each)
+        self.groups: dict[str, list[str]] = {}  # lead task id -> the tasks running with it
         self._waits: dict[str, tuple[float, float, str]] = {}  # tid -> (since, last said, why)
 
     def run(self) -> dict[str, TaskOutcome]:
@@ -152,10 +154,52 @@ class Scheduler:
                 yield task
 
     def start_ready(self) -> None:
+        """Start what can start. Speed checks that can share a window (`Step.group_key`) wait
+        until no other task of this build runs or could start: then every one that is ready is
+        timed together, one group per model source (`start_group`)."""
+        deferred: list[tuple[Task, Decision]] = []
+        busy = self._running_plain()
         for task in self.ready():
             d = self.settle(task)
-            if d is not None and self.may_start(task) and self.claim(task, d):
+            if d is None:
+                continue
+            if self.groupable(task):
+                deferred.append((task, d))
+            elif self.waiting_exclusive and task.id not in self.waiting_exclusive:
+                continue  # a benchmark waits for the machine: nothing new starts
+            elif not self.may_start(task):
+                busy = True  # no room now: it starts before the speed checks
+            elif self.claim(task, d):
                 self.start(task, d)
+                busy = True
+        if deferred and not busy:
+            self.start_group(deferred)
+
+    def groupable(self, task: Task) -> bool:
+        cls = task.info.cls
+        return bool(task.exclusive and self.opts.executor == "local"
+                    and cls.group_key(cls.Params.model_validate(task.params)) is not None)
+
+    def _running_plain(self) -> bool:
+        if self._executor is None:
+            return False
+        return any(not getattr(getattr(r, "job", None), "exclusive", False)
+                   for r in self._executor.running.values())
+
+    def start_group(self, ready: list[tuple[Task, Decision]]) -> None:
+        """Start the first group of ready speed checks that can share a window: same step, same
+        ``group_key``, same model source and hardware. Its first task is the lead (it holds the
+        machine lock alone); the others join when their key locks are free."""
+        groups: dict[str, list[tuple[Task, Decision]]] = {}
+        for task, d in ready:
+            groups.setdefault(_group_of(task), []).append((task, d))
+        for members in groups.values():
+            lead, d = members[0]
+            if not (self.may_start(lead) and self.claim(lead, d)):
+                continue
+            joined = [(t, md) for t, md in members[1:] if self.claim_key(t, md)]
+            self.start(lead, d, joined)
+            return
 
     def settle(self, task: Task) -> Decision | None:
         """Finish a task that needs no run (SKIP, HIT, a hit found only now); else its RUN
@@ -169,8 +213,10 @@ class Scheduler:
         if d.status == "HIT":
             self.finish(task.id, TaskOutcome("hit", d.key, d.entry, reasons=d.reasons))
             return None
-        why = self.prune(task, self.outcomes) if self.prune and task.info.cls.measures_speed \
-            else None
+        why = None
+        if self.prune and task.info.cls.measures_speed and task.id not in self._kept:
+            why = self.prune(task, self.outcomes)  # final once its untimed checks finished
+            self._kept.add(task.id)
         if why is not None:  # cheap gates first: nothing to time for a target that failed
             self.finish(task.id, TaskOutcome("skip", d.key, reasons=[why], pruned=True))
             return None
@@ -199,22 +245,30 @@ class Scheduler:
             self.waiting_exclusive.add(task.id)
         return False
 
+    def claim_key(self, task: Task, d: Decision) -> bool:
+        """Take the task's key lock; False to look again later (another build runs it). A key
+        another build finished meanwhile is a hit (finished here)."""
+        assert d.key is not None
+        if self.locks.holds_key(task.id):
+            return True
+        if not self.locks.lock_key(task.id, d.key, task.label):
+            self.wait(task, "another build is running it: a hit once it is done")
+            return False
+        entry = None if self.plan.forced(task) else usable_entry(self.store, d.key)[0]
+        if entry is not None:  # it finished while this build planned or waited
+            self.locks.release(task.id)
+            self.waiting_exclusive.discard(task.id)
+            hit = Decision("HIT", ["built by another build meanwhile"], d.key, d.doc, entry)
+            self.decisions[task.id] = hit
+            self.finish(task.id, TaskOutcome("hit", hit.key, entry, reasons=hit.reasons))
+            return False
+        return True
+
     def claim(self, task: Task, d: Decision) -> bool:
         """Take the task's key lock and the machine lock; False to look again later (another
         build runs it, or benchmarks). A key another build finished meanwhile is a hit."""
-        assert d.key is not None
-        if not self.locks.holds_key(task.id):
-            if not self.locks.lock_key(task.id, d.key, task.label):
-                self.wait(task, "another build is running it: a hit once it is done")
-                return False
-            entry = None if self.plan.forced(task) else usable_entry(self.store, d.key)[0]
-            if entry is not None:  # it finished while this build planned or waited
-                self.locks.release(task.id)
-                self.waiting_exclusive.discard(task.id)
-                hit = Decision("HIT", ["built by another build meanwhile"], d.key, d.doc, entry)
-                self.decisions[task.id] = hit
-                self.finish(task.id, TaskOutcome("hit", hit.key, entry, reasons=hit.reasons))
-                return False
+        if not self.claim_key(task, d):
+            return False
         if self.locks.lock_machine(task.id, task.exclusive, task.label):
             self.waiting_exclusive.discard(task.id)
             self._waits.pop(task.id, None)
@@ -226,34 +280,49 @@ class Scheduler:
             self.wait(task, "another build is benchmarking or about to: nothing starts beside it")
         return False
 
-    def start(self, task: Task, d: Decision) -> None:
-        try:
-            job = _job(task, d, self.plan, self.store, self.outputs, self.opts)
-        except BlobError as e:  # an input blob went missing or bad since planning
-            self.locks.release(task.id)
-            msg = (f"{task.label} could not start: an input in the cache is {e} (removed or "
-                   "changed during the build); run the build again: the task that made it is "
-                   "rebuilt")
-            self.fail(task, TaskOutcome("fail", d.key, reasons=d.reasons, error=msg))
-            return
-        self.started[task.id] = job
-        self.executor.start(job)
-        self.reporter.task_start(task, d.reasons)
+    def start(self, task: Task, d: Decision,
+              group: list[tuple[Task, Decision]] | None = None) -> None:
+        """Start a task, with the tasks of its group (`start_group`) running in its worker."""
+        jobs = []
+        for t, td in [(task, d), *(group or [])]:
+            try:
+                jobs.append((t, td, _job(t, td, self.plan, self.store, self.outputs, self.opts)))
+            except BlobError as e:  # an input blob went missing or bad since planning
+                self.locks.release(t.id)
+                msg = (f"{t.label} could not start: an input in the cache is {e} (removed or "
+                       "changed during the build); run the build again: the task that made it "
+                       "is rebuilt")
+                self.fail(t, TaskOutcome("fail", td.key, reasons=td.reasons, error=msg))
+                if t is task:
+                    for other, _, job in jobs[1:]:
+                        self.locks.release(other.id)
+                        shutil.rmtree(job.scratch, ignore_errors=True)
+                    return
+        lead = jobs[0][2]
+        if len(jobs) > 1:
+            lead = _group_job(lead, [job for _, _, job in jobs[1:]])
+            self.groups[task.id] = [t.id for t, _, _ in jobs[1:]]
+        for t, td, job in jobs:
+            self.started[t.id] = lead if t is task else job
+            self.reporter.task_start(t, td.reasons)
+        self.executor.start(lead)
 
     # ---- collecting finished tasks, and stopping -----------------------------------------
     def collect(self) -> None:
         if self._executor is None:
             return
         for fin in self._executor.poll(0.05):
-            task = self.tasks[fin.task_id]
-            outcome = _record(task, self.decisions[task.id], fin, self.store,
-                              self.repro.get(task.id, ""))
-            self.locks.release(task.id)  # after the entry is written (or the task failed)
-            shutil.rmtree(self.started[task.id].scratch, ignore_errors=True)
-            if outcome.status == "fail":
-                self.fail(task, outcome)
-            else:
-                self.finish(task.id, outcome)
+            members = [_member_finished(fin, self.started[m]) for m in self.groups.pop(fin.task_id, [])]
+            for f in [*members, fin]:  # the group's members first: the lead's scratch holds theirs
+                task = self.tasks[f.task_id]
+                outcome = _record(task, self.decisions[task.id], f, self.store,
+                                  self.repro.get(task.id, ""))
+                self.locks.release(task.id)  # after the entry is written (or the task failed)
+                shutil.rmtree(self.started[task.id].scratch, ignore_errors=True)
+                if outcome.status == "fail":
+                    self.fail(task, outcome)
+                else:
+                    self.finish(task.id, outcome)
 
     def fail(self, task: Task, outcome: TaskOutcome) -> None:
         self.finish(task.id, outcome)
@@ -342,6 +411,45 @@ def _job(task: Task, d: Decision, plan: Plan, store: Store,
                timeout_s=timeout.value if timeout else None,
                max_memory_mb=memory.value if memory else None, limit_where=where,
                exclusive=task.exclusive, input_blobs=blobs)
+
+
+def _group_of(task: Task) -> str:
+    """Which speed checks may share one window: the same step and group key, the same model
+    source (the reference) and hardware."""
+    cls = task.info.cls
+    key = cls.group_key(cls.Params.model_validate(task.params))
+    return repr((task.info.ref, key, task.inputs.get("source"), sorted(task.hardware.items())))
+
+
+def _group_job(lead: Job, members: list[Job]) -> Job:
+    """The lead's job carrying its group's specs (its worker runs them all, Step.run_group);
+    limits: the sum of the timeouts (none if one has none), the largest memory limit."""
+    timeouts = [j.timeout_s for j in (lead, *members)]
+    memory = [j.max_memory_mb for j in (lead, *members)]
+    spec = replace(lead.spec, group=[m.spec.to_json() for m in members])
+    return replace(lead, spec=spec,
+                   timeout_s=None if None in timeouts else sum(t for t in timeouts if t),
+                   max_memory_mb=None if None in memory else max(m for m in memory if m),
+                   label=f"{lead.label} (+{len(members)} timed with it)")
+
+
+def _member_finished(lead: Finished, job: Job) -> Finished:
+    """What became of a task that ran in its lead's worker: its own result file, else its own
+    error file, else the lead's failure."""
+    import json
+    from pathlib import Path
+
+    from orchestrator.executors.local import Finished
+
+    result = Path(job.spec.result)
+    if result.is_file():
+        return Finished(job.task_id, True, json.loads(result.read_text()), lead.log, 0,
+                        lead.duration)
+    error = Path(job.spec.result + ".error")
+    log = lead.log + (f"\n{error.read_text()}" if error.is_file() else "")
+    return Finished(job.task_id, False, None, log, lead.returncode or 1, lead.duration,
+                    lead.reason or ("its engine failed in the group's window (log below)"
+                                    if error.is_file() else "its group's worker failed"))
 
 
 def _record(task: Task, d: Decision, fin: Finished, store: Store, repro: str) -> TaskOutcome:

@@ -42,6 +42,7 @@ modules to validate recipes, and planning must stay fast.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
@@ -199,6 +200,19 @@ class Step(Generic[P]):
                 return
 
     def run(self, ctx: StepContext[P]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def group_key(cls, params: P) -> tuple[Any, ...] | None:
+        """Optional, for exclusive checks: tasks of this step whose keys are equal (and whose
+        ``source`` input and hardware are the same) may run together in one worker through
+        ``run_group`` (the benchmark times several engines against one reference in one window).
+        None (the default): never grouped."""
+        return None
+
+    def run_group(self, ctxs: Sequence[StepContext[P]]) -> list[dict[str, Any] | BaseException]:
+        """Run several tasks of this step together (see ``group_key``): one metrics dict, or the
+        exception that failed that task alone, per context, in order."""
         raise NotImplementedError
 
     @classmethod

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ class TaskSpec:
     threads: int
     store: str
     reference: bool = False
+    # other tasks of the same step run together with this one (Step.run_group: benchmarks of one
+    # model source timed in one window); each writes its own result file
+    group: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,17 +102,13 @@ def run_checked(cls: Any, ctx: Any, protect: bool = True) -> dict[str, Any]:
     return metrics
 
 
-def run_spec(spec: TaskSpec) -> dict[str, Any]:
-    from orchestrator.registry import load_step
+def _context(cls: Any, spec: TaskSpec) -> Any:
     from orchestrator.step import ModelInfo, StepContext
-    from orchestrator.store.local import LocalStore
 
-    cls = load_step(spec.ref)
-    params = cls.Params.model_validate(spec.params)
     out_dir = Path(spec.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = StepContext(
-        params=params,
+    return StepContext(
+        params=cls.Params.model_validate(spec.params),
         inputs={k: Path(v) for k, v in spec.inputs.items()},
         out_dir=out_dir,
         outputs=dict(cls.outputs),
@@ -118,7 +117,13 @@ def run_spec(spec: TaskSpec) -> dict[str, Any]:
         threads=spec.threads,
         reference=spec.reference,
     )
-    metrics = run_checked(cls, ctx)
+
+
+def _stored(cls: Any, spec: TaskSpec, ctx: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The task's outputs stored as blobs: its result (outputs, metrics, warnings)."""
+    from orchestrator.store.local import LocalStore
+
+    out_dir = Path(spec.out_dir)
     store = LocalStore(spec.store)
     outputs: dict[str, Any] = {}
     try:
@@ -138,6 +143,49 @@ def run_spec(spec: TaskSpec) -> dict[str, Any]:
     finally:
         store.close()
     return {"outputs": outputs, "metrics": metrics, "warnings": ctx.warnings}
+
+
+def run_spec(spec: TaskSpec) -> dict[str, Any]:
+    from orchestrator.registry import load_step
+
+    cls = load_step(spec.ref)
+    if spec.group:
+        return run_group(cls, spec)
+    ctx = _context(cls, spec)
+    return _stored(cls, spec, ctx, run_checked(cls, ctx))
+
+
+def write_result(path: str, result: dict[str, Any]) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(canonical_json(result))
+    os.replace(tmp, path)
+
+
+def run_group(cls: Any, spec: TaskSpec) -> dict[str, Any]:
+    """The task and the members of its group, run together by the step's ``run_group``. Each
+    member's result goes to its own result file, or its error to ``<result>.error``; the
+    task's own result is returned (its error raised), so the task is recorded as usual."""
+    specs = [spec, *(TaskSpec.from_json(g) for g in spec.group)]
+    ctxs = [_context(cls, s) for s in specs]
+    guarded = [p for c in ctxs for p in c.inputs.values()]
+    before = sandbox.snapshot(guarded)
+    results = cls().run_group(ctxs)
+    touched = sandbox.changed(before, sandbox.snapshot(guarded))
+    if touched:
+        raise ContractError(f"step {cls.name!r} wrote into its input {touched[0]}; inputs are "
+                            "read-only links into the cache")
+    for s, ctx, r in list(zip(specs, ctxs, results, strict=True))[1:]:
+        try:
+            if isinstance(r, BaseException):
+                raise r
+            canonical_json(r)
+            write_result(s.result, _stored(cls, s, ctx, r))
+        except Exception as e:  # noqa: BLE001 - that member fails alone, with its traceback
+            Path(s.result + ".error").write_text("".join(traceback.format_exception(e)))
+    if isinstance(results[0], BaseException):
+        raise results[0]
+    canonical_json(results[0])
+    return _stored(cls, spec, ctxs[0], results[0])
 
 
 PARENT_ENV = "DEPLOY_BUILD_PARENT_PID"
@@ -183,9 +231,7 @@ def main(argv: list[str]) -> int:
     except Exception:
         traceback.print_exc()
         return 1
-    tmp = Path(spec.result + ".tmp")
-    tmp.write_text(canonical_json(result))
-    os.replace(tmp, spec.result)
+    write_result(spec.result, result)
     return 0
 
 

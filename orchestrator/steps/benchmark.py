@@ -9,6 +9,13 @@ per side or ``max_seconds`` (checked after each round). The speed-up is the medi
 per-round ratios (reference median / engine median) with a 95% bootstrap interval over the rounds
 (fixed seed: the same timings give the same interval).
 
+One window for many engines (`run_group`, `measure_robin`): the benchmarks of one model source
+that are ready together (the scheduler starts them once every engine of the build is built) run
+in one worker; each grid point times every engine that has it and one PyTorch reference in
+round-robin windows (the order rotating round by round), so PyTorch is measured once for all of
+them and their speed-ups come from the same stretch of time. An engine leaves the window once it
+is stable; each result is still cached under its own task's key.
+
 Outside load is watched around each point: the CPU time other processes took on this process's
 CPUs (``/proc/stat`` against our own CPU time; the load average where there is no ``/proc/stat``),
 a fixed calibration loop timed before and after, and the width of the interval. A noisy point is
@@ -53,7 +60,9 @@ LOADAVG_MARGIN = 1.0  # without /proc/stat: load average minus our threads beyon
 CALIBRATION_DRIFT = 0.20  # the calibration loop's time before vs after the window
 RATIO_SPREAD = 0.20  # width of the speed-up's interval relative to the speed-up
 CALIBRATION_LOOP = 250_000  # iterations of the pure-Python calibration loop (~10-20 ms)
-METHOD = (f"engine and PyTorch reference alternate in windows within one task (ABBA rounds); "
+METHOD = (f"engines and one PyTorch reference alternate in round-robin windows within one task "
+          f"(ABBA rounds for one engine; the engines of one model source whose benchmarks are "
+          f"ready together share the window); "
           f"speedup = median over rounds of reference/engine window medians; interval = "
           f"{CONFIDENCE:.0%} percentile bootstrap over rounds ({BOOTSTRAP_RESAMPLES} resamples, "
           f"seed {BOOTSTRAP_SEED}); min_speedup fails when the interval's upper bound is below it, "
@@ -131,59 +140,58 @@ class Benchmark(EngineCheck[BenchmarkParams]):
                            toolchain=tuple(sorted({*planned.toolchain, "torch", "transformers"})))
 
     def run(self, ctx: StepContext[BenchmarkParams]) -> dict[str, Any]:
-        from orchestrator.runtime.engines import detect_precision, engine_kind, open_engine
-        from orchestrator.runtime.footprint import measure_open
+        [result] = self.run_group([ctx])
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-        p: BenchmarkParams = ctx.params
-        model, source, trc = ctx.input("model"), ctx.input("source"), ctx.model.trust_remote_code
-        vocab = _vocab_size(source)
-        grid = [(b, s) for b in p.batch or [1] for s in p.sequence or [128]]
-        device = device_of(ctx.hardware)
-        # the engine first, alone in the process beside its runtime: its load time and memory
-        engine, footprint = measure_open(
-            engine_kind(model), lambda: open_engine(model, p.threads, p.precision_hint,
-                                                    task=ctx.model.task, trust_remote_code=trc,
-                                                    device=device),
-            [synthetic(b, s, vocab) for b, s in grid])
-        reference = open_engine(source, p.threads, task=ctx.model.task, trust_remote_code=trc,
+    @classmethod
+    def group_key(cls, params: BenchmarkParams) -> tuple[Any, ...]:
+        """Benchmarks of one model source with these equal may share one window and one PyTorch
+        reference (`run_group`): the same threads and timing rules."""
+        return (params.threads, params.warmup, params.min_runs, params.max_runs, params.window,
+                params.stability, params.max_seconds)
+
+    def run_group(self, ctxs: Sequence[StepContext[BenchmarkParams]]
+                  ) -> list[dict[str, Any] | BaseException]:
+        """Several engines of one model source, each with its own task and params, timed
+        together: each grid point runs every engine that has it and one PyTorch reference in
+        round-robin windows (`measure_points`), so the reference is measured once for all and
+        their speed-ups come from the same stretch of time. An engine that cannot be opened fails
+        its own task only. One metrics dict (or the exception) per context, in order."""
+        from orchestrator.runtime.engines import open_engine
+
+        first = ctxs[0]
+        source, trc, p0 = first.input("source"), first.model.trust_remote_code, first.params
+        device, vocab = device_of(first.hardware), _vocab_size(source)
+        out: list[dict[str, Any] | BaseException] = []
+        engines: dict[int, tuple[Any, dict[str, Any], list[tuple[int, int]]]] = {}
+        for i, ctx in enumerate(ctxs):  # each engine alone in the process beside its runtime
+            try:
+                engines[i] = _open_measured(ctx, vocab)
+                out.append({})
+            except Exception as e:  # noqa: BLE001 - this engine's task fails, not the others'
+                out.append(e)
+        if not engines:
+            return out
+        reference = open_engine(source, p0.threads, task=first.model.task, trust_remote_code=trc,
                                 device=device)
         if reference.runtime != "pytorch":
             raise ValueError(f"the benchmark's reference is the model source run by PyTorch; "
                              f"{source} opens as {reference.runtime}")
-        results: dict[str, Any] = {}
-        noise: dict[str, list[str]] = {}
-        for b, s in grid:
-            key = point_key(b, s)
-            ctx.log(f"benchmark {engine.runtime} vs pytorch batch {b} sequence {s}")
-            point = measure_point(engine.run, reference.run, synthetic(b, s, vocab), p, log=ctx.log)
-            results[key] = point
-            if point["noisy"]:
-                noise[key] = point["noise"]
-                ctx.warn(f"{key}: noisy machine, measured twice and still noisy "
-                         f"({'; '.join(point['noise'])}); speed-up "
-                         f"{_with_interval(point)} may be off: re-measure with --rebench "
-                         "on a quiet machine")
-        metrics: dict[str, Any] = {
-            "results": results,
-            "speedup": {k: v["speedup"] for k, v in results.items()},
-            "noisy": bool(noise),
-            "noise": noise,
-            "method": METHOD,
-            "threads": p.threads,
-            "precision_hint": p.precision_hint,
-            "precision": detect_precision(model),
-            "runtime": engine.describe(),
-            "reference_runtime": reference.describe(),
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "cpu_features": cpu_features(),
-            "footprint": footprint,
-        }
-        if p.profile and engine.runtime == "onnxruntime":
-            metrics["profile"] = _profile(ctx, grid, vocab)
-        elif p.profile:
-            ctx.warn(f"profile: only ONNX Runtime engines can be profiled, not {engine.runtime}")
-        return metrics
+        results: dict[int, dict[str, Any]] = {i: {} for i in engines}
+        for b, s in sorted({pt for _, _, grid in engines.values() for pt in grid}):
+            here = [i for i, (_, _, grid) in engines.items() if (b, s) in grid]
+            names = ", ".join(engines[i][0].runtime for i in here)
+            first.log(f"benchmark {names} vs pytorch batch {b} sequence {s}")
+            points = measure_points([engines[i][0].run for i in here], reference.run,
+                                    synthetic(b, s, vocab), p0, log=first.log)
+            for i, point in zip(here, points, strict=True):
+                results[i][point_key(b, s)] = point
+        for i, (engine, footprint, grid) in engines.items():
+            out[i] = _metrics(ctxs[i], engine, reference, footprint, results[i], grid, vocab,
+                              len(engines))
+        return out
 
     @classmethod
     def judge(cls, params: BenchmarkParams, metrics: dict[str, Any],
@@ -200,6 +208,60 @@ class Benchmark(EngineCheck[BenchmarkParams]):
     @classmethod
     def failures(cls, params: BenchmarkParams, metrics: dict[str, Any]) -> list[str]:
         return [r["why"] for r in gate_rows(params, metrics) if r["verdict"] == "failed"]
+
+
+def _open_measured(ctx: StepContext[BenchmarkParams], vocab: int
+                   ) -> tuple[Any, dict[str, Any], list[tuple[int, int]]]:
+    """The engine of a benchmark task, opened with its load time and memory measured; its
+    grid."""
+    from orchestrator.runtime.engines import engine_kind, open_engine
+    from orchestrator.runtime.footprint import measure_open
+
+    p: BenchmarkParams = ctx.params
+    model, trc = ctx.input("model"), ctx.model.trust_remote_code
+    grid = [(b, s) for b in p.batch or [1] for s in p.sequence or [128]]
+    engine, footprint = measure_open(
+        engine_kind(model), lambda: open_engine(model, p.threads, p.precision_hint,
+                                                task=ctx.model.task, trust_remote_code=trc,
+                                                device=device_of(ctx.hardware)),
+        [synthetic(b, s, vocab) for b, s in grid])
+    return engine, footprint, grid
+
+
+def _metrics(ctx: StepContext[BenchmarkParams], engine: Any, reference: Any,
+             footprint: dict[str, Any], results: dict[str, Any], grid: list[tuple[int, int]],
+             vocab: int, together: int) -> dict[str, Any]:
+    """What one benchmark task records: its points, the noise, the machine, the footprint."""
+    from orchestrator.runtime.engines import detect_precision
+
+    p: BenchmarkParams = ctx.params
+    noise = {k: v["noise"] for k, v in results.items() if v["noisy"]}
+    for key in noise:
+        ctx.warn(f"{key}: noisy machine, measured twice and still noisy "
+                 f"({'; '.join(noise[key])}); speed-up {_with_interval(results[key])} may be "
+                 "off: re-measure with --rebench on a quiet machine")
+    metrics: dict[str, Any] = {
+        "results": results,
+        "speedup": {k: v["speedup"] for k, v in results.items()},
+        "noisy": bool(noise),
+        "noise": noise,
+        "method": METHOD,
+        "engines_in_window": together,
+        "threads": p.threads,
+        "precision_hint": p.precision_hint,
+        "precision": detect_precision(ctx.input("model")),
+        "runtime": engine.describe(),
+        "reference_runtime": reference.describe(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_features": cpu_features(),
+        "footprint": footprint,
+    }
+    if p.profile and engine.runtime == "onnxruntime":
+        metrics["profile"] = _profile(ctx, grid, vocab)
+    elif p.profile:
+        ctx.warn(f"profile: only ONNX Runtime engines can be profiled, not {engine.runtime}")
+    return metrics
 
 
 def recorded_features(metrics: dict[str, Any]) -> list[str] | None:
@@ -431,32 +493,55 @@ def measure_paired(engine: Callable[[dict[str, Any]], Any],
                    reference: Callable[[dict[str, Any]], Any], feed: dict[str, Any],
                    p: BenchmarkParams,
                    clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
-    """Time the engine and the reference in alternating windows (ABBA rounds) within one stretch
-    of time. A window has ``p.window`` runs, fewer where that would leave no time for
-    ``MIN_ROUNDS`` rounds within ``max_seconds`` (a slow model gets short windows, not one round).
+    """One engine against the reference: `measure_robin` with one engine (ABBA rounds).
     Returns each side's figures and the per-round window medians [engine ms, reference ms]."""
+    r = measure_robin([engine], reference, feed, p, clock)
+    return {"engine": r["engines"][0], "reference": r["reference"], "rounds": r["rounds"][0]}
+
+
+def measure_robin(engines: Sequence[Callable[[dict[str, Any]], Any]],
+                  reference: Callable[[dict[str, Any]], Any], feed: dict[str, Any],
+                  p: BenchmarkParams,
+                  clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+    """Time several engines and one reference in round-robin windows within one stretch of
+    time: each round runs one window of every engine still measured and one of the reference,
+    the order rotating round by round (with one engine: E R / R E, ABBA), so every engine is
+    paired with reference windows taken moments apart. An engine stops being measured once it
+    and the reference are stable (``MIN_ROUNDS`` rounds at least) or at ``max_runs``; the
+    reference runs while any engine does. Time limit: ``max_seconds`` per engine. A window has
+    ``p.window`` runs, fewer where that would leave no time for ``MIN_ROUNDS`` rounds.
+    Returns each engine's figures, the reference's, and per engine its rounds [engine ms,
+    reference ms]."""
     start = clock()
-    eng, ref = _Side(engine, clock), _Side(reference, clock)
-    warm_e, warm_r = eng.warm(feed, p.warmup), ref.warm(feed, p.warmup)
-    # seconds for one run of each (None before anything ran: the first window is full size)
-    pair_s: float | None = None if warm_e is None or warm_r is None else warm_e + warm_r
-    rounds: list[list[float]] = []
-    while True:
+    limit = p.max_seconds * max(1, len(engines))
+    sides = [_Side(run, clock) for run in engines]
+    ref = _Side(reference, clock)
+    warm = [side.warm(feed, p.warmup) for side in [*sides, ref]]
+    # seconds for one run of each side (None before anything ran: the first window is full size)
+    cycle_s: float | None = None if None in warm else sum(w for w in warm if w is not None)
+    rounds: list[list[list[float]]] = [[] for _ in sides]
+    active = list(range(len(sides)))
+    n = 0
+    while active:
         size = p.window
-        if pair_s:
-            left = p.max_seconds - (clock() - start)
-            size = max(1, min(size, int(left / max(1, MIN_ROUNDS - len(rounds)) / pair_s)))
-        order = (eng, ref) if len(rounds) % 2 == 0 else (ref, eng)
-        medians = {id(side): side.window(feed, size, p) for side in order}
-        rounds.append([medians[id(eng)], medians[id(ref)]])
-        pair_s = (sum(eng.last) / len(eng.last) + sum(ref.last) / len(ref.last)) / 1000.0
-        if eng.stable(p) and ref.stable(p) and len(rounds) >= MIN_ROUNDS:
-            break
-        if eng.full(p) or ref.full(p) or clock() - start >= p.max_seconds:
+        if cycle_s:
+            left = limit - (clock() - start)
+            todo = max(1, MIN_ROUNDS - min(len(rounds[i]) for i in active))
+            size = max(1, min(size, int(left / todo / cycle_s)))
+        order: list[_Side] = [*(sides[i] for i in active), ref]
+        shift = n % len(order)
+        medians = {id(side): side.window(feed, size, p) for side in order[shift:] + order[:shift]}
+        for i in active:
+            rounds[i].append([medians[id(sides[i])], medians[id(ref)]])
+        cycle_s = sum(sum(s.last) / len(s.last) for s in order) / 1000.0
+        n += 1
+        active = [i for i in active if not (sides[i].full(p) or (
+            sides[i].stable(p) and ref.stable(p) and len(rounds[i]) >= MIN_ROUNDS))]
+        if ref.full(p) or clock() - start >= limit:
             break
     batch = int(feed["input_ids"].shape[0])
     return {
-        "engine": run_stats(eng.times, batch, eng.stable(p), eng.spread),
+        "engines": [run_stats(s.times, batch, s.stable(p), s.spread) for s in sides],
         "reference": run_stats(ref.times, batch, ref.stable(p), ref.spread),
         "rounds": rounds,
     }
@@ -601,33 +686,61 @@ def _loadavg() -> float | None:
 def measure_point(engine: Callable[[dict[str, Any]], Any],
                   reference: Callable[[dict[str, Any]], Any], feed: dict[str, Any],
                   p: BenchmarkParams, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One grid point: the paired measurement with the noise detector around it; a noisy window
-    is measured once more, and if it is still noisy the result says so (``noisy``, ``noise``)."""
-    first: list[str] = []
+    """One grid point of one engine: `measure_points` with one engine."""
+    return measure_points([engine], reference, feed, p, log)[0]
+
+
+def measure_points(engines: Sequence[Callable[[dict[str, Any]], Any]],
+                   reference: Callable[[dict[str, Any]], Any], feed: dict[str, Any],
+                   p: BenchmarkParams, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """One grid point of several engines, timed together against one reference
+    (`measure_robin`), with the noise detector around the window: the engines whose point was
+    noisy are measured once more (with the reference); a point still noisy says so (``noisy``,
+    ``noise``)."""
+    results: list[dict[str, Any] | None] = [None] * len(engines)
+    first: dict[int, list[str]] = {}
+    todo = list(range(len(engines)))
     for attempt in (1, 2):
         probe = LoadProbe.start()
         before = calibrate()
-        paired = measure_paired(engine, reference, feed, p)
+        robin = measure_robin([engines[i] for i in todo], reference, feed, p)
         after = calibrate()
-        outside = probe.outside()
-        load = _loadavg()
-        point, lo, hi = speedup_interval(paired["rounds"])
-        # one round (a model too slow for MIN_ROUNDS rounds in max_seconds) gives no interval
-        interval = (lo, hi) if len(paired["rounds"]) >= 2 else None
-        reasons = noise_reasons(cpus=len(probe.cpus), threads=p.threads, outside=outside,
-                                loadavg=load, calibration_ms=(before, after), speedup=point,
-                                interval=interval)
-        if not reasons:
+        outside, load = probe.outside(), _loadavg()
+        again = []
+        for j, i in enumerate(todo):
+            point = _point_result(robin["engines"][j], robin["reference"], robin["rounds"][j], p,
+                                  probe, outside, load, (before, after), attempt)
+            if point["noisy"] and attempt == 1:
+                first[i] = point["noise"]
+                again.append(i)
+            if i in first and attempt == 2:
+                point["first_attempt_noise"] = first[i]
+            results[i] = point
+        if not again:
             break
-        if attempt == 1:
-            first = reasons
-            log(f"noisy window ({'; '.join(reasons)}): measuring once more")
-    result: dict[str, Any] = {
-        **paired["engine"],
-        "reference": paired["reference"],
+        log(f"noisy window ({'; '.join(first[again[0]])}): measuring once more"
+            + (f" ({len(again)} of {len(engines)} engines)" if len(engines) > 1 else ""))
+        todo = again
+    return [r for r in results if r is not None]
+
+
+def _point_result(engine: dict[str, Any], ref: dict[str, Any], rounds: list[list[float]],
+                  p: BenchmarkParams, probe: LoadProbe, outside: tuple[float, float] | None,
+                  load: float | None, calibration: tuple[float, float],
+                  attempt: int) -> dict[str, Any]:
+    """The recorded figures of one engine at one grid point, with the noise verdict."""
+    point, lo, hi = speedup_interval(rounds)
+    # one round (a model too slow for MIN_ROUNDS rounds in max_seconds) gives no interval
+    interval = (lo, hi) if len(rounds) >= 2 else None
+    reasons = noise_reasons(cpus=len(probe.cpus), threads=p.threads, outside=outside,
+                            loadavg=load, calibration_ms=calibration, speedup=point,
+                            interval=interval)
+    return {
+        **engine,
+        "reference": ref,
         "speedup": round(point, 2),
         "speedup_interval": None if interval is None else [round(lo, 2), round(hi, 2)],
-        "rounds": len(paired["rounds"]),
+        "rounds": len(rounds),
         "noisy": bool(reasons),
         "noise": reasons,
         "attempts": attempt,
@@ -635,12 +748,9 @@ def measure_point(engine: Callable[[dict[str, Any]], Any],
             "cpus": len(probe.cpus),
             "outside_cpus": None if outside is None else round(outside[0], 3),
             "loadavg_1m": None if load is None else round(load, 2),
-            "calibration_ms": [round(before, 2), round(after, 2)],
+            "calibration_ms": [round(calibration[0], 2), round(calibration[1], 2)],
         },
     }
-    if first and attempt == 2:
-        result["first_attempt_noise"] = first
-    return result
 
 
 def top_ops(profile: Path, runs: int, n: int = 5) -> list[dict[str, Any]]:
