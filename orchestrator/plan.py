@@ -42,11 +42,21 @@ class Decision:
 
 @dataclass
 class Plan:
+    """Each task's decision, with everything the plan was made from, so that planning again
+    (after a remote blob was lost) is one call that cannot forget an argument (`replan`)."""
+
     graph: BuildGraph
     sources: dict[str, ResolvedSource]
     decisions: dict[str, Decision]
     force: bool = False
     rebench: bool = False
+    cuda_devices: int = 0
+    skips: dict[str, str] = field(default_factory=dict)  # task id -> why this machine cannot
+
+    def replan(self, store: Any) -> Plan:
+        """The plan made again against the store as it is now, from the same inputs."""
+        return make_plan(self.graph, store, self.sources, force=self.force, rebench=self.rebench,
+                         cuda_devices=self.cuda_devices, skips=self.skips)
 
     def forced(self, task: Task) -> bool:
         return self.force or (self.rebench and task.info.cls.measures_speed)
@@ -305,5 +315,5 @@ def make_plan(graph: BuildGraph, store: Any, sources: dict[str, ResolvedSource],
         decisions[task.id] = d
         if d.status == "HIT" and d.entry is not None:
             outputs[task.id] = d.entry.outputs
-    return Plan(graph, sources, decisions, force, rebench)
+    return Plan(graph, sources, decisions, force, rebench, cuda_devices, dict(skips))
 

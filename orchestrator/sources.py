@@ -48,6 +48,12 @@ class StatCache:
             st = path.stat()
             if not stat.S_ISREG(st.st_mode):
                 raise NotRegularFile(0, f"is a {file_kind(st.st_mode)}", str(path))
+            pseudo = pseudo_fs(st.st_dev)
+            if pseudo is not None:
+                raise FatalError(
+                    f"{label} is on a {pseudo} file system: the kernel makes its contents up when "
+                    "it is read (/proc/self/environ is this process's environment), so it is no "
+                    "input; give a file on a real disk")
             key = index_keys.source_stat(path)
             sig = [st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns]
             hit = self.index.get(key)
@@ -75,6 +81,43 @@ class StatCache:
             return Blob("tree", sha256_bytes(listing), total)
         d, size = self.file_digest(path, what)
         return Blob("file", d, size)
+
+
+# file systems whose files the kernel makes up on reading: never inputs (their bytes would land in
+# the cache, the environment and its secrets among them)
+PSEUDO_FS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "debugfs", "tracefs", "securityfs",
+                       "cgroup", "cgroup2", "configfs", "efivarfs", "bpf", "pstore", "fusectl",
+                       "hugetlbfs", "mqueue", "binfmt_misc", "autofs", "rpc_pipefs"})
+
+
+def pseudo_fs(dev: int) -> str | None:
+    """The type of the file system of device ``dev`` when it is a pseudo file system."""
+    fstype = _mounts().get((os.major(dev), os.minor(dev)))
+    return fstype if fstype in PSEUDO_FS else None
+
+
+_MOUNTS: dict[tuple[int, int], str] | None = None
+
+
+def _mounts() -> dict[tuple[int, int], str]:
+    """(major, minor) -> file system type, from /proc/self/mountinfo (read once per process;
+    empty where there is none)."""
+    global _MOUNTS
+    if _MOUNTS is None:
+        found: dict[tuple[int, int], str] = {}
+        try:
+            text = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            text = ""
+        for line in text.splitlines():
+            fields, _, rest = line.partition(" - ")
+            parts = fields.split()
+            if len(parts) > 2 and rest and ":" in parts[2]:
+                major, minor = parts[2].split(":", 1)
+                if major.isdigit() and minor.isdigit():
+                    found.setdefault((int(major), int(minor)), rest.split()[0])
+        _MOUNTS = found
+    return _MOUNTS
 
 
 def resolve_model_path(source: str, base_dir: Path, revision: str | None, where: str) -> Path:

@@ -113,6 +113,21 @@ class ModelInfo:
     trust_remote_code: bool = False
 
 
+class HardwareView(dict[str, Any]):
+    """``ctx.hardware``: only the target hardware properties the step declares in
+    ``hardware_keys`` (what its key holds), in a build, under ``orchestrator.testing.run_step``
+    and ``--in-process`` alike; reading another one says how to declare it."""
+
+    def __init__(self, hardware: dict[str, Any], keys: tuple[str, ...], step: str = "") -> None:
+        super().__init__({k: hardware.get(k) for k in keys})
+        self._step, self._keys = step, keys
+
+    def __missing__(self, key: str) -> Any:
+        raise KeyError(f"ctx.hardware holds only the hardware properties the step declares in "
+                       f"hardware_keys ({', '.join(self._keys) or 'none'}), which enter its key; "
+                       f"add {key!r} to {self._step or 'the step'}'s hardware_keys to read it")
+
+
 @dataclass
 class StepContext(Generic[P]):
     """What a running step sees. Paths only: the step never touches the cache itself."""

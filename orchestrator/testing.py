@@ -21,7 +21,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator.step import Hardware, ModelInfo, PlanContext, Step, StepContext, Verdict, at_defaults
+from orchestrator.step import (
+    Hardware,
+    HardwareView,
+    ModelInfo,
+    PlanContext,
+    Step,
+    StepContext,
+    Verdict,
+    at_defaults,
+)
 
 # format of a given input path, guessed from what it holds (pass input_formats to say it)
 _KIND_FORMAT = {"pytorch": "hf-model", "onnxruntime": "onnx", "openvino": "openvino-ir",
@@ -93,7 +102,8 @@ def run_step(step_cls: type[Step[Any]], params: BaseModel | dict[str, Any] | Non
     folder.mkdir(parents=True, exist_ok=True)
     ctx: StepContext[Any] = StepContext(
         params=run_params, inputs={k: v for k, v in given.items() if k in planned.inputs},
-        out_dir=folder, outputs=dict(step_cls.outputs), hardware=hw.model_dump(),
+        out_dir=folder, outputs=dict(step_cls.outputs),
+        hardware=HardwareView(hw.model_dump(), tuple(step_cls.hardware_keys), step_cls.name),
         model=ModelInfo(task, trust_remote_code), threads=threads, reference=reference)
     metrics = run_checked(step_cls, ctx, protect=False)
     outputs = {name: folder / f.rstrip("/") for name, f in step_cls.outputs.items()
@@ -165,7 +175,8 @@ def _run_in_process(session: Any, task: Any, jobs: int) -> int:
     shutil.rmtree(folder, ignore_errors=True)
     ctx: StepContext[Any] = StepContext(
         params=cls.Params.model_validate(task.params), inputs=_inputs(session, task, folder),
-        out_dir=folder / "out", outputs=dict(cls.outputs), hardware=task.hardware,
+        out_dir=folder / "out", outputs=dict(cls.outputs),
+        hardware=HardwareView(task.hardware, tuple(cls.hardware_keys), cls.name),
         model=ModelInfo(**task.model), threads=max(1, min(task.resources.cpu, jobs)),
         reference=task.reference)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)

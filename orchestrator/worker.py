@@ -103,7 +103,7 @@ def run_checked(cls: Any, ctx: Any, protect: bool = True) -> dict[str, Any]:
 
 
 def _context(cls: Any, spec: TaskSpec) -> Any:
-    from orchestrator.step import ModelInfo, StepContext
+    from orchestrator.step import HardwareView, ModelInfo, StepContext
 
     out_dir = Path(spec.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def _context(cls: Any, spec: TaskSpec) -> Any:
         inputs={k: Path(v) for k, v in spec.inputs.items()},
         out_dir=out_dir,
         outputs=dict(cls.outputs),
-        hardware=spec.hardware,
+        hardware=HardwareView(spec.hardware, tuple(cls.hardware_keys), cls.name),
         model=ModelInfo(**spec.model),
         threads=spec.threads,
         reference=spec.reference,

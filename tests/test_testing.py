@@ -122,3 +122,59 @@ def test_in_process_via_the_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path
     assert "in-process: t/2:ort-optimize (ort-optimize) in the foreground" in r.stderr
     out = json.loads(r.stdout)
     assert Path(out["outputs"], "model.onnx").stat().st_size > 0 and out["metrics"]
+
+
+HW_STEP = '''\
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.step import Step, StepContext
+
+
+class P(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReadsDevice(Step):
+    name = "reads-device"
+    version = "1"
+    Params = P
+    outputs = {"model": "model.txt"}
+    input_formats = {"model": ("any",)}
+    output_formats = {"model": "text"}
+    hardware_keys = HARDWARE_KEYS
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        ctx.output("model").write_text(str(ctx.hardware["device"]))
+        return {"hardware": dict(ctx.hardware)}
+'''
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_ctx_hardware_is_the_same_under_run_step_and_in_a_build(
+        project: Project, capsys: pytest.CaptureFixture[str], declared: bool) -> None:
+    """Issue 18, item 11: a step that read ctx.hardware["device"] without declaring it passed its
+    run_step test (the whole dict) and failed every build (only its hardware_keys)."""
+    import importlib.util
+
+    keys = '("device",)' if declared else "()"
+    (project.root / "hw_step.py").write_text(HW_STEP.replace("HARDWARE_KEYS", keys))
+    spec = importlib.util.spec_from_file_location(f"hw_step_{declared}", project.root / "hw_step.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    src = project.root / "m.txt"
+    src.write_text("abc")
+    r = project.recipe("name: hw\nplugins: [hw_step.py]\nmodel:\n  source: ./model\ntargets:\n"
+                       "  a:\n    hardware: {device: cpu}\n    steps:\n      - reads-device: {}\n")
+    s = project.build_json(r, capsys)
+    if declared:
+        run = run_step(module.ReadsDevice, {}, {"model": src}, hardware={"device": "cpu"})
+        assert run.metrics == {"hardware": {"device": "cpu"}}
+        assert s["rc"] == 0
+        return
+    with pytest.raises(KeyError, match="add 'device' to reads-device's hardware_keys"):
+        run_step(module.ReadsDevice, {}, {"model": src}, hardware={"device": "cpu"})
+    assert s["rc"] == 2
+    assert "add 'device' to reads-device's hardware_keys" in s["tasks"][0]["log_tail"]

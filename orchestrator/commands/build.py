@@ -241,8 +241,7 @@ def run(args: argparse.Namespace) -> int:
         s.store.close()
         raise
     if fetch_for_build(s.store, s.plan):  # a remote blob was lost or refused: those are misses
-        s.plan = make_plan(s.graph, s.store, s.plan.sources, force=args.force,
-                           rebench=args.rebench, cuda_devices=cuda_devices())
+        s.plan = s.plan.replan(s.store)
     done = build_and_judge(args, s)
     if isinstance(done, int):
         return done

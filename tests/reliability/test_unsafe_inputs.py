@@ -85,6 +85,26 @@ def test_samples_that_is_not_a_regular_file(project: Project, kind: str) -> None
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("pseudo", ["/proc/self/environ", "/sys/kernel/mm/transparent_hugepage/enabled"])
+def test_samples_on_a_pseudo_file_system_are_refused(project: Project, pseudo: str) -> None:
+    """Issue 18, item 5: /proc/self/environ is a 'regular file' of size 0 that the kernel fills
+    with the process's environment when read: taken as samples, the environment (its secrets
+    among them) would land in the cache."""
+    if not Path(pseudo).exists():
+        pytest.skip(f"{pseudo} does not exist here")
+    os.environ["DEPLOY_BUILD_TEST_SECRET"] = "s3cr3t-value"
+    try:
+        rc, err = _dry_run(project, _samples_recipe(project, pseudo))
+    finally:
+        del os.environ["DEPLOY_BUILD_TEST_SECRET"]
+    assert rc == 1, err
+    assert "samples (inputs.samples at " in err and " is on a " in err, err  # /proc/self: resolved
+    assert " file system: the kernel makes its contents up" in err
+    assert "Traceback" not in err
+    stored = b"".join(p.read_bytes() for p in project.cache.rglob("*") if p.is_file())
+    assert b"s3cr3t-value" not in stored
+
+
 def test_samples_too_large_is_refused_without_reading_it(project: Project) -> None:
     path = project.root / "s.txt"
     with open(path, "wb") as f:
