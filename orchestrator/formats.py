@@ -41,6 +41,7 @@ class Format:
     name: str
     description: str
     validate: Validator | None = None
+    folder: bool | None = None  # True: a folder (output names end in '/'), False: a file, None: either
 
 
 def _nonempty_file(path: Path) -> str | None:
@@ -137,29 +138,64 @@ def _tflite(path: Path) -> str | None:
 
 FORMATS: dict[str, Format] = {
     HF_MODEL: Format(HF_MODEL, "a Hugging Face model folder (config.json, weights, tokenizer)",
-                     _hf_model),
-    ONNX: Format(ONNX, "one ONNX model file", _onnx),
-    OPENVINO_IR: Format(OPENVINO_IR, "an OpenVINO IR folder (model.xml + model.bin)", _openvino_ir),
-    TORCHSCRIPT: Format(TORCHSCRIPT, "a TorchScript archive (torch.jit.save)", _torchscript),
+                     _hf_model, folder=True),
+    ONNX: Format(ONNX, "one ONNX model file", _onnx, folder=False),
+    OPENVINO_IR: Format(OPENVINO_IR, "an OpenVINO IR folder (model.xml + model.bin)", _openvino_ir,
+                        folder=True),
+    TORCHSCRIPT: Format(TORCHSCRIPT, "a TorchScript archive (torch.jit.save)", _torchscript,
+                        folder=False),
     TENSORRT_ENGINE: Format(TENSORRT_ENGINE, "a TensorRT engine folder (model.plan: a serialized "
                             "engine for one GPU type; engine.json: how it was built)",
-                            _tensorrt_engine),
+                            _tensorrt_engine, folder=True),
     TENSORRT_TIMING_CACHE: Format(TENSORRT_TIMING_CACHE, "a TensorRT timing cache (serialized)",
-                                  _nonempty_file),
-    TFLITE: Format(TFLITE, "a LiteRT (TensorFlow Lite) flatbuffer, static shapes", _tflite),
-    TEXT: Format(TEXT, "a text file"),
-    "parity-reference": Format("parity-reference", "tokenized samples and PyTorch outputs (.npy)"),
+                                  _nonempty_file, folder=False),
+    TFLITE: Format(TFLITE, "a LiteRT (TensorFlow Lite) flatbuffer, static shapes", _tflite,
+                   folder=False),
+    TEXT: Format(TEXT, "a text file", folder=False),
+    "parity-reference": Format("parity-reference", "tokenized samples and PyTorch outputs (.npy)",
+                               folder=True),
     ANY: Format(ANY, "anything (accepted as input only)"),
 }
 
 
-def register_format(name: str, description: str, validate: Validator | None = None) -> None:
+def register_format(name: str, description: str, validate: Validator | None = None,
+                    folder: bool | None = None) -> None:
     """Declare a format of a plugin's own, optionally with a validator (path -> problem or None)
-    that runs on every output of that format before it is cached."""
+    that runs on every output of that format before it is cached, and whether it is a folder
+    (``True``: output names end in '/'), a file (``False``) or either (``None``)."""
     existing = FORMATS.get(name)
     if existing is not None and existing.validate is not validate:
         raise ValueError(f"format {name!r} is already registered ({existing.description})")
-    FORMATS[name] = Format(name, description, validate)
+    FORMATS[name] = Format(name, description, validate, folder)
+
+
+def name_problem(name: str) -> str | None:
+    """Why a format name a step declares looks like a typo: unknown, and close to a known one (a
+    name of a plugin's own far from every known one is taken as a new format)."""
+    import difflib
+
+    if name in FORMATS:
+        return None
+    close = difflib.get_close_matches(name, list(FORMATS), n=1, cutoff=0.75)
+    if not close:
+        return None
+    return (f"format {name!r} is unknown; did you mean {close[0]!r}? (a format of your own this "
+            f"close to a built-in one must be declared first: orchestrator.formats."
+            f"register_format({name!r}, 'what it holds'))")
+
+
+def shape_problem(output: str, filename: str, fmt: str) -> str | None:
+    """Why an output declared as a file (or a folder: a name ending in '/') cannot hold ``fmt``."""
+    known = FORMATS.get(fmt)
+    if known is None or known.folder is None:
+        return None
+    if known.folder and not filename.endswith("/"):
+        return (f"output {output!r} is the file {filename!r} but its format {fmt!r} is a folder "
+                f"({known.description}): declare it as {filename.rstrip('/') + '/'!r}")
+    if not known.folder and filename.endswith("/"):
+        return (f"output {output!r} is the folder {filename!r} but its format {fmt!r} is a file "
+                f"({known.description}): declare it as {filename.rstrip('/')!r}")
+    return None
 
 
 def accepts(accepted: tuple[str, ...], given: str) -> bool:

@@ -241,6 +241,13 @@ def plan_use(use: StepUse, at: _Where, formats_in: dict[str, str],
     except ValueError as e:  # the step says this use cannot work, and why
         raise FatalError(f"{cls.kind if cls.kind == 'check' else 'step'} {use.info.name!r} at "
                          f"{use.where}: {e}") from None
+    except Exception as e:
+        if use.info.origin == "built-in":
+            raise  # a bug of ours: the crash log
+        raise FatalError(f"{cls.kind if cls.kind == 'check' else 'step'} {use.info.name!r} "
+                         f"({use.info.origin}) failed while planning its use at {use.where}: "
+                         f"{type(e).__name__}: {e} (in its plan(), at {_raised_at(e, cls)}); "
+                         "fix the plugin, or leave the step out of the recipe") from None
     stray = [i for i in planned.inputs if i not in cls.inputs]
     if stray or not isinstance(planned.resources, Resources):
         raise FatalError(f"step {use.info.name!r} ({use.info.origin}): plan() returned inputs "
@@ -249,6 +256,19 @@ def plan_use(use: StepUse, at: _Where, formats_in: dict[str, str],
     if planned.unused:
         planned = replace(planned, params=at_defaults(planned.params, planned.unused))
     return planned
+
+
+def _raised_at(e: BaseException, cls: type) -> str:
+    """file:line of the plugin's own code where ``e`` came from (its last frame in the plugin's
+    file), else of the deepest frame."""
+    import sys
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    module = sys.modules.get(cls.__module__)
+    own = getattr(module, "__file__", None)
+    mine = [f for f in frames if own and f.filename == own] or frames[-1:]
+    return f"{mine[-1].filename}:{mine[-1].lineno}" if mine else "unknown"
 
 
 def _add_task(dag: Any, at: _Where, use: StepUse, upstream: tuple[str, str], position: str,

@@ -482,6 +482,12 @@ def _format_problems(cls: Any) -> list[str]:
         problems.append(f"output_formats names {unknown}, which are not among its outputs")
     if "any" in outs.values():
         problems.append("an output's format cannot be 'any': name what it holds")
+    from orchestrator.formats import name_problem, shape_problem
+
+    names = sorted({f for v in ins.values() for f in v} | set(outs.values()))
+    problems += [p for p in (name_problem(n) for n in names) if p]
+    problems += [p for o, f in sorted(outs.items()) if o in declared and isinstance(declared[o], str)
+                 for p in [shape_problem(o, declared[o], f)] if p]
     return problems
 
 
@@ -495,6 +501,11 @@ def _toolchain_problems(cls: Any) -> list[str]:
     if not isinstance(optional, tuple) or not all(isinstance(o, str) for o in optional):
         return [f"'optional_toolchain' must be a tuple of strings, got {optional!r}"]
     toolchain = cls.toolchain if isinstance(cls.toolchain, tuple) else ()
+    stray = [o for o in optional if o not in toolchain]
+    if stray:
+        return [f"optional_toolchain lists {stray}, which are not in its toolchain: a package "
+                "listed only there would never be keyed; add it to toolchain as well (optional "
+                "only means it may be missing on this machine)"]
     missing = [t for t in toolchain if t not in optional and dist_version(t) == "not-installed"]
     if missing:
         return [f"its toolchain {missing} is not installed; install it (pip install "

@@ -147,7 +147,7 @@ def test_a_toolchain_that_is_not_installed_is_refused_unless_optional(project, c
     step = ("from orchestrator.step import Step\n"
             "class NeedsTrt(Step):\n    name = 'needs-trt'\n    version = '1'\n"
             "    toolchain = ('tensorrt-not-here',)\n{optional}"
-            "    outputs = {{'model': 'm.plan'}}\n"
+            "    outputs = {{'model': 'engine/'}}\n"
             "    input_formats = {{'model': ('any',)}}\n    output_formats = {{'model': 'tensorrt-engine'}}\n"
             "    def run(self, ctx):\n        return {{}}\n")
     (project.root / "trt.py").write_text(step.format(optional=""))
