@@ -79,7 +79,13 @@ def input_of(path: str, inputs: dict[str, Path]) -> str | None:
 
 
 def is_write_to(e: BaseException, inputs: dict[str, Path]) -> str | None:
-    """The input a failed write went to (EROFS / EACCES under an input), else None."""
-    if not isinstance(e, OSError) or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+    """The input a failed write went to, else None: EROFS / EACCES / EPERM under an input, or
+    EBUSY from renaming a file over a read-only input (``os.replace(tmp, input)``: the input is
+    the error's second file name)."""
+    codes = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EBUSY)
+    if not isinstance(e, OSError) or e.errno not in codes:
         return None
-    return input_of(e.filename, inputs) if isinstance(e.filename, str) else None
+    for name in (e.filename, e.filename2):
+        if isinstance(name, str) and (found := input_of(name, inputs)) is not None:
+            return found
+    return None

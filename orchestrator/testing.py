@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -141,8 +142,20 @@ def _inputs(session: Any, task: Any, folder: Path) -> dict[str, Path]:
         ref = d.entry.outputs[out]
         dest = folder / "in" / name / ref["filename"].rstrip("/")
         session.store.materialize(Blob.from_json(ref), dest)
+        _own_copies(dest)
         paths[name] = dest
     return paths
+
+
+def _own_copies(path: Path) -> None:
+    """Replace hard links into the cache under path by copies: a step run in the foreground is
+    not sandboxed like a worker, and a write into its input must not change a stored blob."""
+    for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+        if f.stat().st_nlink > 1:
+            tmp = f.with_name(f".{f.name}.copy")
+            shutil.copyfile(f, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, f)
 
 
 def run_task_in_process(session: Any, only: str, jobs: int, lock_timeout: float | None = None

@@ -97,3 +97,66 @@ def test_a_step_that_cannot_work_is_refused_when_it_loads(project: Project, case
     assert done.returncode == 1, done.stderr
     assert fix in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+WRITER = '''\
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.step import Step, StepContext
+
+
+class P(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    how: str = "append"
+
+
+class Writer(Step):
+    name = "writer"
+    version = "1"
+    Params = P
+    outputs = {"model": "model.txt"}
+    input_formats = {"model": ("any",)}
+    output_formats = {"model": "text"}
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        src = ctx.input("model")
+        if ctx.params.how == "append":
+            with open(src, "a") as f:
+                f.write("tampered")
+        else:  # write a new file and rename it over the input (atomic-write style)
+            tmp = src.parent / "new.tmp"
+            tmp.write_text("tampered")
+            os.replace(tmp, src)
+        ctx.output("model").write_text("done")
+        return {}
+'''
+
+
+@pytest.mark.parametrize("how", ["append", "rename"])
+def test_a_step_that_writes_into_its_input_never_changes_the_cache(project: Project,
+                                                                    how: str) -> None:
+    """Issue 18, item 15: under --in-process the input was a hard link into the cache, so the
+    write changed the stored blob; and renaming over a read-only input was a raw OSError
+    [Errno 16] in a build."""
+    import json
+
+    (project.root / "writer.py").write_text(WRITER)
+    r = project.recipe("name: w\nplugins: [fake_steps.py, writer.py]\nmodel:\n  source: ./model\n"
+                       "targets:\n  a:\n    steps:\n      - fake-upper: {}\n"
+                       f"      - writer: {{how: {how}}}\n")
+    args = ("--cache", str(project.cache), "--out", str(project.out))
+    built = run_cli(str(r), "--only", "a/1:fake-upper", *args, timeout=60)
+    assert built.returncode == 0, built.stderr
+    done = run_cli(str(r), "--only", "a/2:writer", "--in-process", *args, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "wrote into its input 'model'" in done.stderr and "Traceback" not in done.stderr
+    verify = run_cli("cache", "verify", "--cache", str(project.cache), timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr  # every blob as it was stored
+    build = run_cli(str(r), *args, "--json", timeout=60)
+    assert build.returncode == 2
+    task = [t for t in json.loads(build.stdout)["tasks"] if t["label"] == "a/2:writer"][0]
+    assert "into its input 'model'" in task["log_tail"], task["log_tail"]
+    assert "Errno 16" not in task["log_tail"] and "Traceback" not in task["log_tail"]
