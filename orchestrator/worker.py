@@ -193,15 +193,19 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> bool:
-    """Have the kernel kill this process when its parent dies; False when the parent named in
-    the environment is gone already (then the caller exits: nobody would read the result)."""
+    """Have the kernel signal this process when its parent dies (SIGHUP, whose handler kills the
+    worker's whole process group: orchestrator.procs); False when the parent named in the
+    environment is gone already (then the caller exits: nobody would read the result)."""
     expected = os.environ.get(PARENT_ENV)
     if sys.platform.startswith("linux"):
         import ctypes
 
+        from orchestrator.procs import on_parent_death
+
+        signal.signal(signal.SIGHUP, on_parent_death)
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - no prctl: the sweep still cleans up
             pass
     # checked after prctl: a parent that died before it is seen here, one that dies later kills us

@@ -147,6 +147,9 @@ class LocalExecutor:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True, cwd=str(job.scratch),
             )
+        from orchestrator.procs import record_worker
+
+        record_worker(job.scratch, proc.pid)  # the next sweep kills what a dead build left of it
         self.running[job.task_id] = _Running(job, proc, time.monotonic(), log_path,
                                              min(job.cpu, self.jobs), devices)
 

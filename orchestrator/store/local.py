@@ -309,6 +309,9 @@ class LocalStore:
                             os.close(fd)
                             continue  # its owner is alive
                     try:
+                        from orchestrator.procs import kill_leftovers
+
+                        kill_leftovers(path)  # processes a killed build's step started
                         freed += _size(path)
                         shutil.rmtree(path, ignore_errors=True)
                     finally:
