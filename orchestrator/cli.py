@@ -95,6 +95,11 @@ def _review_parsers(sub: Any) -> None:
 
     vf = sub.add_parser("verify", help="check a target folder (or a copy of it) against its manifest")
     vf.add_argument("folder", metavar="DIR", help="a target folder, e.g. build/bert-edge/cpu-int8")
+    vf.add_argument("--against", metavar="MANIFEST|REV", default=None,
+                    help="check the bytes against this manifest instead of the folder's own: a "
+                         "committed one (manifests/<recipe>/<target>.json, or a folder of them) or "
+                         "a git revision of the repository here (its tracked manifest of this "
+                         "target); also reports how the folder's own manifest differs from it")
     vf.set_defaults(func="orchestrator.commands.verify:run")
 
 
@@ -299,13 +304,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser().print_help(sys.stderr)
         return 1
-    from orchestrator.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USER_ERROR, FatalError
+    from orchestrator.errors import (
+        EXIT_BUG,
+        EXIT_INTERRUPTED,
+        EXIT_TERMINATED,
+        EXIT_USER_ERROR,
+        FatalError,
+        Terminated,
+        raise_terminated,
+    )
 
     # pydantic looks for its plugins among every installed distribution's entry points the first
     # time it builds a validator: a tenth of a no-op build, for plugins this tool never uses
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     _no_pydantic_plugin_loader()
     module, _, name = args.func.partition(":")
+    import signal
+    import threading
+
+    # SIGTERM unwinds like Ctrl-C for the whole command, so every cleanup (`finally`) runs: a
+    # probe file, a staging folder, a temp blob never outlives it
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if main_thread else None
     try:
         import importlib
 
@@ -314,9 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FatalError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `deploy-build r.yaml --dry-run | head`: the reader left
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -338,3 +358,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"internal error: {type(exc).__name__}: {exc} (traceback in {path}); "
               "please report it", file=sys.stderr)
         return EXIT_BUG
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

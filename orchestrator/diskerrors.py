@@ -38,9 +38,18 @@ def describe(e: OSError) -> str:
 
 def probe_write(folder: Path, sync: bool = True) -> OSError | None:
     """Try to create, write (and, with sync, fsync: a full disk or quota shows only then on some
-    file systems) and remove a small file in folder: the error that stops it, or None."""
+    file systems) and remove a small file in folder: the error that stops it, or None. Ctrl-C
+    and SIGTERM wait until the probe file is gone again; probe files of killed commands go."""
+    from orchestrator.signals import signals_held
+
+    sweep_probes(folder)
+    with signals_held():
+        return _probe(folder, sync)
+
+
+def _probe(folder: Path, sync: bool) -> OSError | None:
     try:
-        fd, name = tempfile.mkstemp(prefix=".probe-", dir=folder)
+        fd, name = tempfile.mkstemp(prefix=f".probe-{os.getpid()}-", dir=folder)
     except OSError as e:
         if not e.filename:
             e.filename = str(folder)
@@ -57,6 +66,29 @@ def probe_write(folder: Path, sync: bool = True) -> OSError | None:
         with contextlib.suppress(OSError):
             os.unlink(name)
     return None
+
+
+def sweep_probes(folder: Path) -> None:
+    """Remove probe files a killed command left in folder (its pid is in the name)."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(".probe-")]
+    except OSError:
+        return
+    for name in names:
+        pid = name.split("-")[1] if name.count("-") >= 2 else ""
+        if not pid.isdigit() or int(pid) == os.getpid() or _gone(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(folder / name)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def nearest_existing(path: Path) -> Path:

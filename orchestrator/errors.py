@@ -9,6 +9,17 @@ EXIT_BUG = 3
 EXIT_INTERRUPTED = 130
 
 
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cancelled CI job), handled like Ctrl-C: every ``finally`` runs."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 class FatalError(Exception):
     """A problem the user can fix: bad recipe, bad flag, unreachable source.
 

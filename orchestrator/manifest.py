@@ -6,17 +6,14 @@ host names. run-log.json next to it holds those volatile facts.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from orchestrator.graph import BuildGraph, CheckPlan, TargetPlan, Task
+from orchestrator.signals import signals_held
 from orchestrator.store.base import ActionEntry, Blob
 from orchestrator.store.local import LocalStore
 
@@ -245,8 +242,9 @@ def write_target(out_root: Path, tp: TargetPlan, manifest: dict[str, Any], store
             (staging / RUN_LOG).write_text(run_log)
             with signals_held():
                 swap_in(staging, tdir)
-        finally:
-            _remove_tree(staging)  # after the exchange it holds the previous version
+        finally:  # after the exchange it holds the previous version; a second Ctrl-C waits
+            with signals_held():
+                _remove_tree(staging)
         for a in placed(manifest):  # copies (cache on another file system) moved with it
             files = ({a["path"]: a["digest"]} if a["kind"] == "file" else
                      {f"{a['path']}/{rel}": d for rel, (d, _) in store.tree_files(a["digest"]).items()})
@@ -308,28 +306,6 @@ def _exchange(a: Path, b: Path) -> bool:
     at_fdcwd, rename_exchange = -100, 2
     return bool(renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)),
                           rename_exchange) == 0)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block is done (they are delivered right after).
-
-    The handlers are swapped for one that only records the signal: a signal mask would hold it
-    for this thread only, and the kernel hands a process-wide signal to any thread that has it
-    unblocked (the Python handler then runs in the main thread all the same)."""
-    held = (signal.SIGINT, signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers (and only it runs them)
-        return
-    pending: list[int] = []
-    previous = {s: signal.signal(s, lambda n, _f: pending.append(n)) for s in held}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        for n in dict.fromkeys(pending):
-            signal.raise_signal(n)
 
 
 def _sweep_staging(tdir: Path) -> None:

@@ -3,18 +3,36 @@
 A compact table first (one row per target: status, parity, size, latency, speed-up, each with its
 change and an arrow); then, per changed target, the changed task keys with why and every change,
 folded in `<details>`. Latency inside the measured spread reads `noise ±x%`, not a regression.
+
+Every string that comes from a manifest (names, statuses, keys, reasons, change lines, values
+that are not numbers) goes through `orchestrator.escape` (`md`, `code`, `md_html`): a crafted
+manifest cannot put HTML, a link, an image, a heading, a new line or a table pipe into the
+comment CI posts. The structure written here (`<details>`, `<summary>`, `<br>`, the table's pipes,
+`**`) is the only raw Markdown.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.escape import code, md, md_html
+
 UP, DOWN, SAME, NOISE = "↑", "↓", "=", "≈"
 HEADER = ("target", "status", "parity (mean cosine)", "size", "latency (median)", "speed-up")
 
 
-def _esc(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _g(v: Any) -> str:
+    """A number as ``{:g}``; anything else a manifest holds there, as escaped text."""
+    return f"{v:g}" if _num(v) else md(v)
+
+
+def _text(v: Any) -> str:
+    """A value as written (``-`` for none); anything but a number escaped."""
+    return "-" if v is None else str(v) if _num(v) else md(v)
 
 
 def _arrow(delta: float | None) -> str:
@@ -30,8 +48,8 @@ def _mb(n: int | None) -> str:
 def status_cell(c: dict[str, Any]) -> str:
     a, b = c["status"]["old"], c["status"]["new"]
     if c["change"] in ("added", "removed"):
-        return f"{b or a} ({c['change']})"
-    return f"{a} → **{b}**" if a != b else str(b)
+        return f"{md(b or a)} ({c['change']})"
+    return f"{md(a)} → **{md(b)}**" if a != b else md(b)
 
 
 def parity_cell(c: dict[str, Any]) -> str:
@@ -39,8 +57,8 @@ def parity_cell(c: dict[str, Any]) -> str:
     if not p:
         return "-"
     a, b, d = p["old"], p["new"], p["delta"]
-    if d is None:
-        return f"{a if a is not None else '-'} → {b if b is not None else '-'}"
+    if d is None or not _num(a) or not _num(b):
+        return f"{_text(a)} → {_text(b)}"
     if d == 0:
         return f"{b:.4f}"
     places = 4 if abs(d) >= 5e-5 else 6  # a tiny change stays visible
@@ -76,32 +94,34 @@ def latency_cell(c: dict[str, Any]) -> str:
     """Raw medians for reading; the verdict from the judged (paired) change, labelled with its
     basis: a paired A/B, the speed-up vs PyTorch of each run, or the same engine re-measured."""
     parts = []
-    for key, p in c["latency"].items():
-        a, b = p["old"], p["new"]
+    for name, p in c["latency"].items():
+        key, a, b = md(name), p["old"], p["new"]
         if p["verdict"] == "not measured":
             parts.append(f"{key} not measured")
         elif a is None or b is None:
-            parts.append(f"{key} {a if a is not None else '-'} → {b if b is not None else '-'} ms")
+            parts.append(f"{key} {_text(a)} → {_text(b)} ms")
         elif p["verdict"] == "same":
             same = " (same engine)" if p.get("basis") == "same engine re-measured" and a != b else ""
-            parts.append(f"{key} {b:g} ms{same}")
+            parts.append(f"{key} {_g(b)} ms{same}")
         elif p["verdict"] == "noise":
-            parts.append(f"{key} {a:g} → {b:g} ms (noise: {_judged(p)}) {NOISE}")
+            parts.append(f"{key} {_g(a)} → {_g(b)} ms (noise: {_judged(p)}) {NOISE}")
         else:
             arrow = UP if p["verdict"] == "slower" else DOWN
-            parts.append(f"{key} {a:g} → {b:g} ms ({_judged(p)}) {arrow}")
+            parts.append(f"{key} {_g(a)} → {_g(b)} ms ({_judged(p)}) {arrow}")
     return "<br>".join(parts) or "-"
 
 
 def _x(v: Any, interval: Any) -> str:
     if v is None:
         return "-"
-    return f"{v:g}x" + (f" [{interval[0]:g}-{interval[1]:g}]" if isinstance(interval, list) else "")
+    pair = isinstance(interval, list) and len(interval) == 2
+    return f"{_g(v)}x" + (f" [{_g(interval[0])}-{_g(interval[1])}]" if pair else "")
 
 
 def speedup_cell(c: dict[str, Any]) -> str:
     parts = []
-    for key, p in c["speedup"].items():
+    for name, p in c["speedup"].items():
+        key = md(name)
         if p["verdict"] == "same":
             parts.append(f"{key} {_x(p['new'], p['new_interval'])}")
             continue
@@ -115,32 +135,33 @@ def speedup_cell(c: dict[str, Any]) -> str:
 def table(comparisons: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for label, c in comparisons.items():
-        cells = (f"`{label}`", status_cell(c), parity_cell(c), size_cell(c), latency_cell(c),
-                 speedup_cell(c))
-        lines.append("| " + " | ".join(_esc(x) for x in cells) + " |")
+        cells = (code(label), status_cell(c), parity_cell(c), size_cell(c), latency_cell(c),
+                 speedup_cell(c))  # each cell escapes what it takes from the manifests
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def details(label: str, c: dict[str, Any]) -> list[str]:
     n = len(c["details"])
-    lines = ["<details>", f"<summary>{label}: {c['change']}, {n} change{'s' if n != 1 else ''}, "
+    lines = ["<details>", f"<summary>{md_html(label)}: {c['change']}, {n} change{'s' if n != 1 else ''}, "
              f"{len(c['keys'])} task key{'s' if len(c['keys']) != 1 else ''} changed</summary>", ""]
     if c["keys"]:
         lines.append("**Task keys that changed, and why**")
         lines.append("")
         for k in c["keys"]:
-            old, new = (k["old"] or "-")[:12], (k["new"] or "-")[:12]
-            lines.append(f"- `{k['step']}` `{old}` → `{new}`: {'; '.join(k['why'])}")
+            old, new = str(k["old"] or "-")[:12], str(k["new"] or "-")[:12]
+            why = "; ".join(md(w) for w in k["why"])
+            lines.append(f"- {code(k['step'])} {code(old)} → {code(new)}: {why}")
         lines.append("")
     main = [d for d in c["details"] if not d.startswith("benchmark.")]
     bench = [d for d in c["details"] if d.startswith("benchmark.")]
     if main:
         lines.extend(["**Changes**", ""])
-        lines.extend(f"- {_esc(d)}" for d in main)
+        lines.extend(f"- {md(d)}" for d in main)
         lines.append("")
     if bench:  # every figure the benchmark recorded: folded once more
         lines.extend(["<details>", f"<summary>benchmark figures ({len(bench)} changed)</summary>", ""])
-        lines.extend(f"- {_esc(d)}" for d in bench)
+        lines.extend(f"- {md(d)}" for d in bench)
         lines.extend(["", "</details>", ""])
     lines.append("</details>")
     return lines
@@ -157,7 +178,7 @@ def render(comparisons: dict[str, dict[str, Any]], regressions: list[str]) -> st
     if regressions:
         lines.append(f"**{len(regressions)} --fail-on rule(s) broken:**")
         lines.append("")
-        lines.extend(f"- :x: {_esc(r)}" for r in regressions)
+        lines.extend(f"- :x: {md(r)}" for r in regressions)
         lines.append("")
     for label, c in comparisons.items():
         if c["change"] != "same":

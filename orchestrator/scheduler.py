@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.errors import Terminated
 from orchestrator.graph import Task
 from orchestrator.locks import BuildLocks
 from orchestrator.plan import Decision, Plan, decide, input_digests, usable_entry
@@ -60,12 +61,6 @@ class Interrupted(Exception):
         self.code = code
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a cancelled CI job), handled like Ctrl-C."""
-
-
-def raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
 
 
 # Why a speed check need not run (every target using it already failed an untimed gate), given

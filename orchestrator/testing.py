@@ -99,7 +99,7 @@ def run_step(step_cls: type[Step[Any]], params: BaseModel | dict[str, Any] | Non
     missing = [i for i in planned.inputs if i not in given and i not in ("samples", "reference")]
     if missing:
         raise ValueError(f"{step_cls.name} reads inputs {missing}; pass them in inputs=")
-    folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"run-step-{step_cls.name}-"))
+    folder = Path(out_dir) if out_dir else _temp_folder(f"run-step-{step_cls.name}-")
     folder.mkdir(parents=True, exist_ok=True)
     ctx: StepContext[Any] = StepContext(
         params=run_params, inputs={k: v for k, v in given.items() if k in planned.inputs},
@@ -112,6 +112,26 @@ def run_step(step_cls: type[Step[Any]], params: BaseModel | dict[str, Any] | Non
     verdict = step_cls.judge(planned.params, metrics, reference_metrics) \
         if step_cls.kind == "check" and not reference else None
     return StepRun(outputs, metrics, list(ctx.warnings), run_params, verdict, folder)
+
+
+_TEMP: list[Path] = []  # run_step's own folders: removed when the process exits
+
+
+def _temp_folder(prefix: str) -> Path:
+    """A temporary folder for run_step's outputs, kept while the process lives (the caller reads
+    the outputs after the call) and removed when it exits."""
+    import atexit
+
+    if not _TEMP:
+        atexit.register(_remove_temp)
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    _TEMP.append(folder)
+    return folder
+
+
+def _remove_temp() -> None:
+    for folder in _TEMP:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _find(graph: Any, only: str) -> Any:

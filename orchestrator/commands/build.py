@@ -293,15 +293,9 @@ class Judged:
 def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
     """Run the plan, then judge and write the targets; an exit code when a signal stopped it.
     SIGTERM is handled like Ctrl-C meanwhile; the store is closed either way."""
+    from orchestrator.errors import Terminated, raise_terminated
     from orchestrator.report import LiveReporter, PlainReporter
-    from orchestrator.scheduler import (
-        Interrupted,
-        Options,
-        Terminated,
-        execute,
-        raise_terminated,
-        remember_hits,
-    )
+    from orchestrator.scheduler import Interrupted, Options, execute, remember_hits
 
     live = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
     reporter = LiveReporter(sys.stderr, len(s.plan.decisions)) if live else PlainReporter(sys.stderr)

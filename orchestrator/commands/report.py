@@ -5,19 +5,23 @@ bundle that vl-convert ships, inlined once in the page. It holds a table of reci
 (status, parity, size, latency, speed-up, change since the previous run), per recipe a chart of
 accuracy against latency for its targets, and the trend of latency and parity over the recorded
 runs. altair and vl-convert are imported only when a report is written.
+
+The history is data (target names, statuses, step and point names come from manifests): every
+text and attribute goes through `escape.html_text` and every chart's spec through
+`escape.script_json`, so no string can end, comment out or open a `<script>`; values that are not
+numbers where numbers belong are shown as text, not a crash.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import EXIT_OK, FatalError
+from orchestrator.escape import html_text, script_json
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;
@@ -25,13 +29,34 @@ text-align:left;font-size:.9em}th{background:#f3f3f3}td.ok{color:#1a7f37}td.fail
 .chart{margin:1em 0}"""
 
 
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _run_number(v: Any) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _targets(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The run's target records, sorted; a record that is not an object is left out."""
+    return sorted((label, rec) for label, rec in entry["targets"].items() if isinstance(rec, dict))
+
+
+def _figures(rec: dict[str, Any], field: str) -> dict[str, Any]:
+    value = rec.get(field)
+    return value if isinstance(value, dict) else {}
+
+
 def latest(runs: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], dict[str, Any] | None, int]]:
     """Per target: its last record, the one before it (or None) and the run it came from."""
     out: dict[str, tuple[dict[str, Any], dict[str, Any] | None, int]] = {}
     for entry in runs:
-        for label, rec in entry["targets"].items():
+        for label, rec in _targets(entry):
             before = out[label][0] if label in out else None
-            out[label] = (rec, before, int(entry.get("run", 0)))
+            out[label] = (rec, before, _run_number(entry.get("run", 0)))
     return dict(sorted(out.items()))
 
 
@@ -41,44 +66,56 @@ def _change(rec: dict[str, Any], before: dict[str, Any] | None) -> str:
     parts = []
     if rec.get("status") != before.get("status"):
         parts.append(f"status {before.get('status')} → {rec.get('status')}")
-    a, b = (before.get("parity") or {}).get("mean_cosine"), (rec.get("parity") or {}).get("mean_cosine")
+    a, b = _figures(before, "parity").get("mean_cosine"), _figures(rec, "parity").get("mean_cosine")
     if isinstance(a, float) and isinstance(b, float) and a != b:
         parts.append(f"parity {b - a:+.4f}")
-    if before.get("size") and rec.get("size") and before["size"] != rec["size"]:
-        parts.append(f"size {(rec['size'] - before['size']) / before['size'] * 100:+.1f}%")
-    for k, v in (rec.get("latency_ms") or {}).items():
-        old = (before.get("latency_ms") or {}).get(k)
-        if old and v and old != v:
+    sa, sb = before.get("size"), rec.get("size")
+    if _num(sa) and _num(sb) and sa and sb and sa != sb:
+        parts.append(f"size {(sb - sa) / sa * 100:+.1f}%")
+    for k, v in _figures(rec, "latency_ms").items():
+        old = _figures(before, "latency_ms").get(k)
+        if _num(old) and _num(v) and old and v and old != v:
             parts.append(f"{k} {(v - old) / old * 100:+.1f}%")
-    changed_keys = [k for k, v in (rec.get("keys") or {}).items()
-                    if (before.get("keys") or {}).get(k) != v]
+    changed_keys = [k for k, v in _figures(rec, "keys").items()
+                    if _figures(before, "keys").get(k) != v]
     if changed_keys:
         parts.append("rebuilt " + ", ".join(changed_keys))
     return "; ".join(parts) or "no change"
 
 
 def _mb(n: Any) -> str:
-    return f"{n / 2**20:.1f} MB" if isinstance(n, int) and n else "-"
+    return f"{n / 2**20:.1f} MB" if isinstance(n, int) and not isinstance(n, bool) and n else "-"
+
+
+def _g(v: Any) -> str:
+    return f"{v:g}" if _num(v) else str(v)
+
+
+def _parity(p: dict[str, Any]) -> str:
+    mean, low = p.get("mean_cosine"), p.get("min_cosine", 0)
+    if mean is None:
+        return "-"
+    if _num(mean) and _num(low):
+        return f"{mean:.4f}/{low:.4f}"
+    return f"{mean}/{low}"
 
 
 def table_html(rows: dict[str, tuple[dict[str, Any], dict[str, Any] | None, int]]) -> str:
     head = ("recipe", "target", "status", "parity (mean/min cosine)", "size", "latency (median)",
             "speed-up vs PyTorch", "change since the previous run", "run")
-    out = ["<table id='targets'><thead><tr>" + "".join(f"<th>{h}</th>" for h in head)
+    out = ["<table id='targets'><thead><tr>" + "".join(f"<th>{html_text(h)}</th>" for h in head)
            + "</tr></thead><tbody>"]
     for label, (rec, before, run) in rows.items():
         recipe, _, target = label.partition("/")
-        p = rec.get("parity") or {}
-        parity = (f"{p['mean_cosine']:.4f}/{p.get('min_cosine', 0):.4f}" if "mean_cosine" in p else "-")
-        lat = ", ".join(f"{k} {v:g} ms" for k, v in (rec.get("latency_ms") or {}).items() if v) or "-"
-        speed = ", ".join(f"{k} {v:g}x" for k, v in (rec.get("speedup") or {}).items() if v) or "-"
+        lat = ", ".join(f"{k} {_g(v)} ms" for k, v in _figures(rec, "latency_ms").items() if v) or "-"
+        speed = ", ".join(f"{k} {_g(v)}x" for k, v in _figures(rec, "speedup").items() if v) or "-"
         if rec.get("noisy"):
             speed += " (noisy)"
-        cells = (recipe, target, rec.get("status", "?"), parity, _mb(rec.get("size")), lat, speed,
-                 _change(rec, before), str(run))
-        status = html.escape(str(rec.get("status", "")))
+        cells = (recipe, target, str(rec.get("status", "?")), _parity(_figures(rec, "parity")),
+                 _mb(rec.get("size")), lat, speed, _change(rec, before), str(run))
+        status = html_text(rec.get("status", ""))
         out.append("<tr>" + "".join(
-            f"<td class='{status}'>{html.escape(c)}</td>" if i == 2 else f"<td>{html.escape(c)}</td>"
+            f"<td class='{status}'>{html_text(c)}</td>" if i == 2 else f"<td>{html_text(c)}</td>"
             for i, c in enumerate(cells)) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
@@ -89,23 +126,23 @@ def tradeoff_data(rows: dict[str, Any], recipe: str) -> list[dict[str, Any]]:
     for label, (rec, _, _) in rows.items():
         if label.partition("/")[0] != recipe:
             continue
-        cos = (rec.get("parity") or {}).get("mean_cosine")
-        for point, ms in (rec.get("latency_ms") or {}).items():
+        cos = _figures(rec, "parity").get("mean_cosine")
+        for point, ms in _figures(rec, "latency_ms").items():
             if ms and cos is not None:
                 data.append({"target": label.partition("/")[2], "point": point, "latency_ms": ms,
-                             "mean_cosine": cos, "speedup": (rec.get("speedup") or {}).get(point)})
+                             "mean_cosine": cos, "speedup": _figures(rec, "speedup").get(point)})
     return data
 
 
 def trend_data(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     data = []
     for entry in runs:
-        for label, rec in sorted(entry["targets"].items()):
-            cos = (rec.get("parity") or {}).get("mean_cosine")
-            for point, ms in (rec.get("latency_ms") or {}).items():
+        for label, rec in _targets(entry):
+            cos = _figures(rec, "parity").get("mean_cosine")
+            for point, ms in _figures(rec, "latency_ms").items():
                 data.append({"run": entry.get("run"), "time": entry.get("time"), "target": label,
                              "series": f"{label} {point}", "latency_ms": ms, "mean_cosine": cos})
-            if not rec.get("latency_ms") and cos is not None:
+            if not _figures(rec, "latency_ms") and cos is not None:
                 data.append({"run": entry.get("run"), "time": entry.get("time"), "target": label,
                              "series": label, "latency_ms": None, "mean_cosine": cos})
     return data
@@ -147,10 +184,6 @@ def charts(runs: list[dict[str, Any]], rows: dict[str, Any]) -> list[tuple[str, 
     return out
 
 
-def _script_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True).replace("</", "<\\/")
-
-
 def render(runs: list[dict[str, Any]]) -> str:
     import vl_convert
     from altair.utils._importers import vl_version_for_vl_convert
@@ -161,12 +194,12 @@ def render(runs: list[dict[str, Any]]) -> str:
              "<title>deploy-build report</title>", f"<style>{STYLE}</style>",
              f"<script type='text/javascript'>{bundle}</script>", "</head><body>",
              "<h1>deploy-build report</h1>",
-             f"<p>{len(runs)} recorded run(s); the last: run {runs[-1].get('run')} at "
-             f"{html.escape(str(runs[-1].get('time')))}.</p>", "<h2>Targets</h2>", table_html(rows)]
+             f"<p>{len(runs)} recorded run(s); the last: run {html_text(runs[-1].get('run'))} at "
+             f"{html_text(runs[-1].get('time'))}.</p>", "<h2>Targets</h2>", table_html(rows)]
     embeds = []
     for i, (title, spec) in enumerate(charts(runs, rows)):
-        parts.append(f"<h2>{html.escape(title)}</h2><div class='chart' id='chart{i}'></div>")
-        embeds.append(f"vegaEmbed('#chart{i}', {_script_json(spec)}, "
+        parts.append(f"<h2>{html_text(title)}</h2><div class='chart' id='chart{i}'></div>")
+        embeds.append(f"vegaEmbed('#chart{i}', {script_json(spec)}, "
                       "{renderer: 'svg', actions: false}).catch(console.error);")
     parts.append("<script type='text/javascript'>\n" + "\n".join(embeds) + "\n</script>")
     parts.append("</body></html>")
