@@ -12,6 +12,7 @@ shared lock on its scratch folder, so a later build's sweep never removes a fold
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import json
 import os
@@ -232,11 +233,36 @@ def main(argv: list[str]) -> int:
     except ContractError as e:
         print(f"error: {e}", flush=True)
         return 1
-    except Exception:
-        traceback.print_exc()
+    except Exception as e:
+        disk = disk_trouble(e, spec)
+        if disk is None:
+            traceback.print_exc()
+            return 1
+        print(f"error: {disk}", flush=True)
         return 1
-    write_result(spec.result, result)
+    try:
+        write_result(spec.result, result)
+    except OSError as e:
+        print(f"error: {disk_trouble(e, spec) or e}", flush=True)
+        return 1
     return 0
+
+
+DISK = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
+def disk_trouble(e: BaseException, spec: TaskSpec) -> str | None:
+    """A full disk, a file size limit, a read-only or failing disk while the task wrote: what
+    and where, and what to do, instead of a traceback (None: another error)."""
+    if not isinstance(e, OSError) or e.errno not in DISK:
+        return None
+    from orchestrator.diskerrors import describe
+
+    if not e.filename:  # a buffered write names no file: say where the task writes
+        e.filename = f"the task's outputs in {Path(spec.out_dir).parent}, the cache {spec.store}"
+    frames = traceback.extract_tb(e.__traceback__)
+    at = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"the task could not write: {describe(e)}{at}; nothing was cached"
 
 
 if __name__ == "__main__":

@@ -140,3 +140,55 @@ def test_index_truncated_to_zero_bytes_is_reported_once(project: Project, capsys
     assert "every task runs again" in s["err"]
     again = project.build_json(r, capsys)
     assert "was empty" not in again["err"] and {t["status"] for t in again["tasks"]} == {"hit"}
+
+
+BIG_STEP = '''\
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.step import Step, StepContext
+
+
+class P(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Big(Step):
+    name = "big"
+    version = "1"
+    Params = P
+    outputs = {"model": "model.bin"}
+    input_formats = {"model": ("any",)}
+    output_formats = {"model": "big-blob"}
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        with open(ctx.output("model"), "wb") as f:
+            for _ in range(64):
+                f.write(b"x" * 2**20)
+        return {}
+'''
+
+
+def test_a_file_size_limit_hit_by_a_task_says_efbig_and_where(project: Project) -> None:
+    """Issue 18, item 9: a task that hits a disk condition while writing failed with a raw worker
+    traceback; now with [EFBIG] (or [ENOSPC]), where it was writing, and what to do."""
+    import json
+    import resource
+
+    from helpers import run_cli
+
+    (project.root / "big.py").write_text(BIG_STEP)
+    r = project.recipe("name: b\nplugins: [big.py]\nmodel:\n  source: ./model\ntargets:\n"
+                       "  a:\n    steps:\n      - big: {}\n")
+
+    def limit() -> None:  # 16 MiB per file: the build's own files fit, the 64 MiB output not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 2**20, 16 * 2**20))
+
+    done = run_cli(str(r), "--cache", str(project.cache), "--out", str(project.out), "--json",
+                   timeout=60, preexec_fn=limit)
+    assert done.returncode == 2, done.stderr
+    [task] = json.loads(done.stdout)["tasks"]
+    assert "[EFBIG]" in task["log_tail"] and "ulimit -f" in task["log_tail"], task["log_tail"]
+    assert "the task's outputs in" in task["log_tail"] and "nothing was cached" in task["log_tail"]
+    assert "Traceback" not in task["log_tail"]
