@@ -240,6 +240,8 @@ def _cache_commands(c: argparse.ArgumentParser) -> None:
                   "name them (exit 2 if any); with --remote-cache, the remote's too",
         "push": "upload every local entry the remote lacks (blobs first)",
         "pull": "download every remote entry missing here, blobs verified",
+        "unlock": "break the remote lease on KEY (a prefix as printed by a waiting build), "
+                  "whoever holds it: a lease of a build that died, or a forged one",
     }
     for name, text in actions.items():
         a = csub.add_parser(name, help=text, description=text)
@@ -254,6 +256,8 @@ def _cache_commands(c: argparse.ArgumentParser) -> None:
                                 "from the environment)")
         if name in ("ls", "stats"):
             a.add_argument("--json", action="store_true", help="print JSON")
+        if name == "unlock":
+            a.add_argument("key", metavar="KEY", help="the action key (or its start)")
         if name == "gc":
             a.add_argument("--max-size", metavar="SIZE", help="e.g. 20G: the most the blobs "
                            "still needed may take")
@@ -305,7 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().print_help(sys.stderr)
         return 1
     from orchestrator.errors import (
-        EXIT_BUG,
         EXIT_INTERRUPTED,
         EXIT_TERMINATED,
         EXIT_USER_ERROR,
@@ -342,22 +345,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_USER_ERROR
     except Exception as exc:
-        from orchestrator.diskerrors import environment_error
-
-        disk = environment_error(exc)
-        if disk:  # a full, read-only or forbidden disk: say what and where, no crash log
-            print(f"error: {disk}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        import tempfile
-        import traceback
-
-        fd, path = tempfile.mkstemp(prefix="deploy-build-crash-", suffix=".log")
-        with os.fdopen(fd, "w") as f:
-            f.write(f"deploy-build {__version__}, python {sys.version}\nargs: {args_list}\n\n")
-            traceback.print_exc(file=f)
-        print(f"internal error: {type(exc).__name__}: {exc} (traceback in {path}); "
-              "please report it", file=sys.stderr)
-        return EXIT_BUG
+        return _crashed(exc, args_list)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _crashed(exc: Exception, args_list: list[str]) -> int:
+    """An error the disk caused (a message, exit 1) or a bug (a crash log, exit 3)."""
+    from orchestrator.diskerrors import environment_error
+    from orchestrator.errors import EXIT_BUG, EXIT_USER_ERROR
+
+    disk = environment_error(exc)
+    if disk:  # a full, read-only or forbidden disk: say what and where, no crash log
+        print(f"error: {disk}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="deploy-build-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"deploy-build {__version__}, python {sys.version}\nargs: {args_list}\n\n")
+        traceback.print_exc(file=f)
+    print(f"internal error: {type(exc).__name__}: {exc} (traceback in {path}); "
+          "please report it", file=sys.stderr)
+    return EXIT_BUG

@@ -306,6 +306,7 @@ class BuildLocks:
             self._tried[key] = time.monotonic()
             if not self.leases.lease(key, self.owner):
                 release(fd, path)
+                self._blocked[tid] = Path(f"remote-lease:{key}")
                 return False
         self._keys[tid] = (fd, path)
         self._key_of[tid] = key
@@ -351,6 +352,14 @@ class BuildLocks:
         path = self._blocked.get(tid)
         if path is None:
             return describe_holders([])
+        if str(path).startswith("remote-lease:") and self.leases is not None:
+            from orchestrator.store.remote import lease_holder
+
+            lease = self.leases.holders.get(str(path).partition(":")[2])
+            holder = [lease_holder(lease)] if lease else []
+            return describe_holders(holder) + (
+                f"; a stale lease can be broken with `deploy-build cache unlock "
+                f"{str(path).partition(':')[2][:16]} --remote-cache URL`" if holder else "")
         if path.parent == self.keys_dir:
             return describe_holders(key_holder(path))
         return describe_holders(machine_holders(path.parent))

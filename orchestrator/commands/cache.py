@@ -294,6 +294,31 @@ def pull(args: argparse.Namespace) -> int:
     return EXIT_BUILD_FAILED if failed or n["refused"] else EXIT_OK
 
 
+def unlock(args: argparse.Namespace) -> int:
+    """Break the remote lease on a key (a full key, or a prefix of one as printed in the wait
+    message), whoever holds it: for a lease whose build died or that was forged."""
+    store = _remote(args, default_cache(args), required=True)
+    try:
+        remote = store.remote
+        keys = [args.key] if len(args.key) == 64 else sorted(
+            k for k in remote.lease_keys() if k.startswith(args.key))
+        if not keys:
+            print(f"cache unlock: no lease on a key starting {args.key!r} in {remote.url}",
+                  file=sys.stderr)
+            return EXIT_BUILD_FAILED
+        if len(keys) > 1:
+            raise FatalError(f"{args.key!r} is the start of {len(keys)} leased keys "
+                             f"({', '.join(k[:16] for k in keys[:4])}...); give more of it")
+        from orchestrator.store.remote import lease_holder
+
+        held = remote.break_lease(keys[0])
+        who = lease_holder(held).describe() if held else "nobody (it was gone already)"
+        print(f"cache unlock: removed the lease on {keys[0][:16]} held by {who}", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        store.close()
+
+
 def _transfer(args: argparse.Namespace, move: Any) -> tuple[dict[str, int], str, bool]:
     """Run push or pull over the tiered store: its counts, the remote's URL, whether the remote
     failed meanwhile."""

@@ -4,7 +4,8 @@ Layout under the URL, the local cache's own, with no database::
 
     cas/sha256/ab/cdef...  blobs (files and tree listings), named by their digest
     ac/<key>               action entries: small canonical JSON {"key", "entry"[, "sig"]}
-    leases/<key>.json      "someone builds this key": {"owner", "expires"} (see Remote.lease)
+    leases/<key>.json      "someone builds this key": {"owner", "expires", "host", "pid",
+                           "command", "since"} (see Remote.lease)
     packs/<sha256>.json    immutable snapshots {"entries": {key: <the ac/<key> object>}} of the
                            entries one build used, so that the next machine planning the same
                            nightly reads them in a few requests instead of one per task
@@ -43,6 +44,9 @@ MODES: tuple[Mode, ...] = ("read", "write", "readwrite")
 OPTIONS_ENV = "DEPLOY_BUILD_REMOTE_OPTIONS"  # JSON: fsspec storage options (endpoint_url, ...)
 TRANSFERS = 16  # concurrent requests
 LEASE_TTL_S = 600.0
+# a lease is never honoured past what this tool itself writes: its object's modification time
+# plus LEASE_TTL_S, plus this much for clocks that disagree (a lease "expiring in 2100" is forged)
+LEASE_CLOCK_SKEW_S = 300.0
 LEASE_SETTLE_S = 0.5  # without conditional writes: how long a lease settles before it is read back
 PACKS_READ = 4  # the newest packs a planning machine reads
 MAX_PACK_BYTES = 64 * 2**20
@@ -55,6 +59,26 @@ class RemoteUnavailable(Exception):
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr)
+
+
+def lease_holder_fields() -> dict[str, Any]:
+    """Who takes a lease, as the message of a build waiting for it names them."""
+    import socket
+
+    from orchestrator.locks import this_command
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "command": this_command(),
+            "since": round(time.time(), 3)}
+
+
+def lease_holder(lease: dict[str, Any]) -> Any:
+    """A lease object as an orchestrator.locks.Holder (one wording for every wait)."""
+    from orchestrator.locks import Holder
+
+    pid, since = lease.get("pid"), lease.get("since")
+    return Holder(pid if isinstance(pid, int) else None, str(lease.get("command") or ""),
+                  since=float(since) if isinstance(since, int | float) else None,
+                  mode="exclusive", host=str(lease.get("host") or "another machine"))
 
 
 class Remote:
@@ -83,6 +107,8 @@ class Remote:
         self.bytes_in = self.bytes_out = self.blobs_in = self.blobs_out = 0
         self.lock = threading.Lock()  # for the counters, updated by transfer threads
         self._conditional_put: bool | None = None  # whether pipe_file(mode="create") works
+        self.holders: dict[str, dict[str, Any]] = {}  # key -> the lease another build holds
+        self._first_seen: dict[str, float] = {}  # lease path -> when first seen (no mtime)
 
     # ---- what may be done -------------------------------------------------------------------
     @property
@@ -294,7 +320,8 @@ class Remote:
         path = self.lease_path(key)
 
         def body() -> bytes:
-            return canonical_json({"expires": time.time() + ttl_s, "owner": owner}).encode()
+            return canonical_json({"expires": time.time() + ttl_s, "owner": owner,
+                                   **lease_holder_fields()}).encode()
 
         def take() -> bool:
             for _ in range(2):  # a second try only after removing an expired lease
@@ -306,7 +333,8 @@ class Remote:
                 if current.get("owner") == owner:
                     self._write(path, body())  # ours: extend it
                     return True
-                if current.get("expires", 0) > time.time():
+                if self._honoured_until(path, current) > time.time():
+                    self.holders[key] = current  # who, for the message of the waiting build
                     return False
                 if self._read_lease(path) == current:  # its holder died: free it (unless
                     with contextlib.suppress(FileNotFoundError):  # another build just did)
@@ -338,6 +366,50 @@ class Remote:
         time.sleep(LEASE_SETTLE_S)  # let a concurrent writer's PUT land, then see who won
         back = self.fs.cat_file(path)
         return bool(back == data)
+
+    def _honoured_until(self, path: str, lease: dict[str, Any]) -> float:
+        """When a lease stops being honoured: its expiry, capped at what this tool would write
+        (the object's modification time + LEASE_TTL_S + LEASE_CLOCK_SKEW_S; where the store
+        gives no time, the first time this process saw it)."""
+        expires = lease.get("expires")
+        expires = float(expires) if isinstance(expires, int | float) else 0.0
+        modified = self._modified(path)
+        if modified is None:
+            modified = self._first_seen.setdefault(path, time.time())
+        return min(expires, modified + LEASE_TTL_S + LEASE_CLOCK_SKEW_S)
+
+    def _modified(self, path: str) -> float | None:
+        try:
+            info = self.fs.info(path)
+        except (OSError, ValueError):
+            return None
+        value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        return float(value) if isinstance(value, int | float) else None
+
+    def lease_keys(self) -> list[str]:
+        """The keys that have a lease object on the remote."""
+        def find() -> list[str]:
+            try:
+                names = self.fs.ls(f"{self.base}/leases", detail=False)
+            except FileNotFoundError:
+                return []
+            return [str(n).rsplit("/", 1)[-1].removesuffix(".json") for n in names
+                    if str(n).endswith(".json")]
+
+        return self.guard("listing leases", find, [])
+
+    def break_lease(self, key: str) -> dict[str, Any] | None:
+        """Remove the lease on key whoever holds it (`deploy-build cache unlock`); what it said,
+        or None when there was none."""
+        path = self.lease_path(key)
+        current = self._read_lease(path)
+        if current is None and not self.fs.exists(path):
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(path)
+        return current or {}
 
     def release_lease(self, key: str, owner: str) -> None:
         path = self.lease_path(key)

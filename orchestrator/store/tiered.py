@@ -40,6 +40,7 @@ class TieredStore(LocalStore):
         self.used: dict[str, dict[str, Any]] = {}  # entries this build used: the pack it leaves
         self._packed: dict[str, bytes] = {}  # entry objects read from the remote's packs
         self._on_remote: set[str] = set()  # keys this process read from or wrote to the remote
+        self._warned_unverified = False
 
     # ---- action entries ---------------------------------------------------------------------
     def get_action(self, key: str) -> dict[str, Any] | None:
@@ -58,7 +59,14 @@ class TieredStore(LocalStore):
         return None if raw is None else self._decode(key, raw)
 
     def _decode(self, key: str, raw: bytes) -> dict[str, Any]:
-        from orchestrator.store.entries import decode_entry
+        from orchestrator.store.entries import SIGNING_KEY_ENV, decode_entry
+
+        if self.remote.sign_key is None and not self._warned_unverified:
+            self._warned_unverified = True  # once per build
+            self.remote.log(f"warning: entries read from the remote cache {self.remote.url} are "
+                            f"not verified (no ${SIGNING_KEY_ENV}): whoever can write it decides "
+                            "what this build uses; set the key, as its writers do, to refuse "
+                            "unsigned entries")
 
         try:
             entry = decode_entry(key, raw, self.remote.sign_key)
