@@ -2,10 +2,10 @@
 
 Two runs' absolute latencies are not comparable on a shared machine; a latency change between
 two engines is measured by timing both alternately, in one window, on this machine: the head
-engine takes the place of the benchmark's engine and the base engine the place of its PyTorch
-reference (`steps.benchmark.measure_point`: ABBA windows, a 95% bootstrap interval over the
-rounds, the outside-load detector, one more attempt when noisy). The result per grid point is
-head/base latency with its interval (``ratio`` > 1: the head is slower).
+engine takes the place of the benchmark's PyTorch reference and the base engine the place of its
+engine (`steps.benchmark.measure_point`: ABBA windows, a 95% bootstrap interval over the rounds,
+the outside-load detector, one more attempt when noisy), so its paired ratio is head/base
+latency with its interval (``ratio`` > 1: the head is slower).
 
 The engines come from where the manifests were read, when that is a target folder holding the
 engine with the recorded digest (a bundle, `build/<recipe>/<target>/`), else from the cache
@@ -126,13 +126,15 @@ def measure_pair(base: Path, head: Path, m: dict[str, Any], vocab: int,
     out: dict[str, Any] = {}
     for b, s in grid(m):
         log(f"  {point_key(b, s)}: head and base alternated in one window")
-        r = measure_point(head_e.run, base_e.run, synthetic(b, s, vocab), p, log=log)
-        speedup = r["speedup"]  # base ms / head ms, per round
-        lo, hi = r["speedup_interval"] or [speedup, speedup]
+        # the base in the engine's place, the head in the reference's: the paired "speed-up"
+        # (reference ms / engine ms per round) is then head/base latency itself
+        r = measure_point(base_e.run, head_e.run, synthetic(b, s, vocab), p, log=log)
+        ratio = r["speedup"]
+        lo, hi = r["speedup_interval"] or [ratio, ratio]
         out[point_key(b, s)] = {
-            "ratio": round(1.0 / speedup, 4), "interval": [round(1.0 / hi, 4), round(1.0 / lo, 4)],
-            "noisy": r["noisy"], "noise": r["noise"], "head_ms": r["median_ms"],
-            "base_ms": r["reference"]["median_ms"], "runs": r["runs"], "rounds": r["rounds"]}
+            "ratio": ratio, "interval": [lo, hi], "noisy": r["noisy"], "noise": r["noise"],
+            "head_ms": r["reference"]["median_ms"], "base_ms": r["median_ms"],
+            "runs": r["runs"], "rounds": r["rounds"]}
     return out
 
 

@@ -239,8 +239,12 @@ def test_benchmark_grid_profile_and_speedup(fe_onnx: Path, tiny_model_dir: Path,
     assert s["results"] == m["results"] and s["results"] is not m["results"]
     assert Benchmark.judge(p, m, None).failures == []
     need = point["speedup"] + 1
-    [problem] = Benchmark.judge(p.model_copy(update={"min_speedup": need}), m, None).failures
-    assert problem.startswith(f"b1_s16: speedup {point['speedup']:.2f}x < {need:g}x (short by 1.00x")
+    v = Benchmark.judge(p.model_copy(update={"min_speedup": need}), m, None)
+    if point["noisy"]:  # judged on the interval: a noisy one that reaches the goal is unjudged
+        assert len(v.failures + v.unjudged) == 1
+        return
+    [problem] = v.failures
+    assert problem.startswith(f"b1_s16: speedup {point['speedup']:.2f}x < {need:g}x")
 
 
 def test_benchmark_of_the_source_itself(tiny_model_dir: Path, tmp_path: Path) -> None:

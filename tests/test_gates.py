@@ -165,6 +165,18 @@ def test_a_goal_for_another_cpu_is_recorded_not_judged_and_editing_it_measures_n
         manifest = json.loads((tmp_path / "build/gated/fe/manifest.json").read_text())
         return rc, out, manifest
 
+    from orchestrator import machine
+
+    request_cleanup = [machine.detect.cache_clear, machine.fact.cache_clear]
+    try:
+        _judged_on_two_cpus(build)
+    finally:  # no faked CPU fact outlives the test (the facts are cached per process)
+        monkeypatch.delenv("DEPLOY_BUILD_CPUINFO", raising=False)
+        for clear in request_cleanup:
+            clear()
+
+
+def _judged_on_two_cpus(build: Any) -> None:
     rc, out, m = build(1000, "avx2")
     assert rc == 0
     assert m["benchmark"]["cpu_features"] == AVX2 and m["benchmark"]["cpu"] == "Fake CPU avx2"
