@@ -24,7 +24,7 @@ from orchestrator.manifest import dumps
 MEASURED = (
     "benchmark.*",
     "checks.*.max_abs_diff", "checks.*.mean_cosine", "checks.*.min_cosine",
-    "checks.*.top1_agreement",
+    "checks.*.top1_agreement", "search.*",
 )
 
 

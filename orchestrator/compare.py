@@ -246,5 +246,8 @@ def compare(old: dict[str, Any] | None, new: dict[str, Any] | None,
         "latency": latency(old, new, paired),
         "speedup": speedup(old, new),
         "keys": keys(old, new),
+        "search": {"old": ((old or {}).get("search") or {}).get("winner"),
+                   "new": ((new or {}).get("search") or {}).get("winner"),
+                   "why": ((new or {}).get("search") or {}).get("why")},
         "details": details,
     }

@@ -138,7 +138,7 @@ def fit_graph(graph: Any, m: Machine,
     fit = Fit()
     unfit: dict[tuple[str, str], str] = {}
     for tp in graph.targets:
-        hw = tp.recipe.model.targets[tp.name].hardware
+        hw = tp.recipe.hardware_of(tp.name)
         reasons = unmet(hw, m) if cluster is None else cluster(hw)
         if reasons:
             unfit[(tp.recipe.name, tp.name)] = "; ".join(reasons)

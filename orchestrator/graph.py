@@ -170,9 +170,14 @@ class CheckPlan:
 @dataclass
 class TargetPlan:
     recipe: Recipe
-    name: str
+    name: str  # a recipe target, or a search candidate ("<target>~<variant>[~N]")
     steps: list[str]  # task ids, in order
     checks: dict[str, CheckPlan]
+
+    @property
+    def search(self) -> str | None:
+        """The search target this plan is a candidate of (None: a target of its own)."""
+        return self.recipe.search_target(self.name) if self.recipe.candidate(self.name) else None
 
     def task_ids(self) -> list[str]:
         return self.steps + [i for c in self.checks.values() for i in c.ids()]
@@ -333,10 +338,11 @@ def compile_graph(recipes: list[Recipe], only_targets: list[str] | None = None) 
         if recipe.model.inputs.labelled is not None:
             src_labelled = Source(f"src:{recipe.name}:labelled", recipe.name, "labelled")
             dag.add_node(src_labelled.id, obj=src_labelled)
-        for tname, target in recipe.model.targets.items():
-            if only_targets and tname not in only_targets:
+        for tname in recipe.steps:  # targets and search candidates, in the recipe's order
+            if only_targets and recipe.search_target(tname) not in only_targets:
                 continue
-            at = _Where(recipe.name, tname, target.hardware.model_dump(), model_info, src_model.id,
+            at = _Where(recipe.name, tname, recipe.hardware_of(tname).model_dump(), model_info,
+                        src_model.id,
                         src_samples.id if src_samples else None,
                         src_labelled.id if src_labelled else None)
             upstream = (src_model.id, SOURCE_OUTPUT)

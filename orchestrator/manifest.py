@@ -154,7 +154,6 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
     """The manifest of one target, the reasons it failed (empty when ok) and whether every task
     of the target finished (False: a task failed or was skipped, so there is nothing to judge)."""
     recipe = tp.recipe
-    target = recipe.model.targets[tp.name]
     src = sources.get(f"src:{recipe.name}:model")
     steps, failures, complete = _steps_section(tp, graph, outcomes, sources)
     sections, problems, judged = judge_checks(tp, graph, outcomes, strict)
@@ -165,7 +164,7 @@ def build_manifest(tp: TargetPlan, graph: BuildGraph, outcomes: dict[str, Any],
         "status": "failed" if failures else "ok",
         "recipe": {"name": recipe.name, "digest": recipe.digest},
         "target": tp.name,
-        "hardware": target.hardware.record(),
+        "hardware": recipe.hardware_of(tp.name).record(),
         "model": {
             "source": recipe.model.model.source,
             "revision": recipe.model.model.revision,

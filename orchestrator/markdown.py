@@ -49,7 +49,11 @@ def status_cell(c: dict[str, Any]) -> str:
     a, b = c["status"]["old"], c["status"]["new"]
     if c["change"] in ("added", "removed"):
         return f"{md(b or a)} ({c['change']})"
-    return f"{md(a)} → **{md(b)}**" if a != b else md(b)
+    cell = f"{md(a)} → **{md(b)}**" if a != b else md(b)
+    search = c.get("search") or {}
+    if search.get("old") != search.get("new") and c["change"] == "changed":
+        cell += f"<br>search: {md(search.get('old') or '-')} → **{md(search.get('new') or '-')}**"
+    return cell
 
 
 def parity_cell(c: dict[str, Any]) -> str:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from orchestrator import yamlpos
+from orchestrator.conditions import OnMachine
 from orchestrator.errors import FatalError
 from orchestrator.hashing import canonical_json, sha256_bytes
 from orchestrator.registry import Registry, StepInfo, plugin_hint
@@ -28,6 +29,8 @@ from orchestrator.step import Hardware, _Strict
 ALLOW_PLUGINS_ENV = "DEPLOY_BUILD_ALLOW_PLUGINS"  # os.pathsep-separated plugin files or folders
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 MAX_NAME = 100
+CANDIDATE_SEP = "~"  # "<search target>~<variant>~N": never a valid target name, so no clash
+MAX_EXHAUSTIVE = 64  # variants an exhaustive search may expand to
 
 
 class ModelSource(_Strict):
@@ -115,12 +118,63 @@ class TaskLimits:
                           pick(self.max_memory_mb, other.max_memory_mb))
 
 
+StepList = list[dict[str, dict[str, Any] | None]]
+
+
+class Variant(_Strict):
+    """One alternative of a search: a whole step chain, and optionally params to vary in it."""
+
+    steps: StepList = Field(min_length=1, description="The chain, as a target's 'steps:'.")
+    space: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Params to vary: '<position>.<param>' (the 1-based "
+        "position of a step in this chain) -> the values to try; every combination is one "
+        "variant.")
+
+
+class Pin(_Strict):
+    """A choice made by hand for some machines: this variant wins where ``when`` holds."""
+
+    variant: str = Field(description="A variant name (or 'name~N' for one point of its space).")
+    when: OnMachine | None = Field(None, description="The machines it is for (default: all).")
+
+
+class Search(_Strict):
+    """Choose the engine for the machine: the variants are built and checked like targets (one
+    DAG: shared steps run once, each variant cached under its own keys), cheap gates prune,
+    the survivors are timed together, the winner becomes the target (docs/search.md)."""
+
+    variants: dict[str, Variant] = Field(min_length=1)
+    objective: Literal["latency", "throughput", "size"] = Field(
+        "latency", description="latency and throughput: the benchmark's paired speed-up at "
+        "'at'; size: the engine's bytes.")
+    at: str | None = Field(None, description="The benchmark grid point the objective reads "
+                           "(e.g. b1_s128; default: the first one).")
+    strategy: Literal["exhaustive", "random"] = Field(
+        "exhaustive", description="exhaustive: every variant (at most 64); random: "
+        "max_variants of them, drawn with seed (reproducible).")
+    max_variants: PositiveInt | None = Field(None, description="random: how many to draw.")
+    seed: int = Field(0, description="random: the seed of the draw.")
+    budget_s: float | None = Field(None, gt=0, description="Stop timing further variants once "
+                                   "the search's benchmarks ran this long (the rest: 'not "
+                                   "measured: budget').")
+    pin: list[Pin] = Field(default_factory=list, description="Choices made by hand per machine "
+                           "class; the first whose 'when' holds wins if it passes the gates.")
+
+
 class Target(_Strict):
     hardware: Hardware = Field(default_factory=Hardware)
-    steps: list[dict[str, dict[str, Any] | None]] = Field(
-        min_length=1, description="Each item: 'step-name: {params}', and optionally 'limits: "
-        "{timeout_s, max_memory_mb}' beside it.")
+    steps: StepList | None = Field(
+        None, min_length=1, description="Each item: 'step-name: {params}', and optionally "
+        "'limits: {timeout_s, max_memory_mb}' beside it.")
+    search: Search | None = Field(None, description="Instead of steps: alternatives to choose "
+                                  "from on the machine that builds it.")
     checks: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _steps_or_search(self) -> Target:
+        if (self.steps is None) == (self.search is None):
+            raise ValueError("a target has either 'steps:' or 'search:' (one of them)")
+        return self
 
 
 class RecipeModel(_Strict):
@@ -150,15 +204,47 @@ class StepUse:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One variant of a search, built and checked like a target of its own (never written to
+    build/): its variant, and the params its space set (``"3:ort-quantize.per_channel"``)."""
+
+    name: str  # the concrete target name: "<search target>~<variant>[~N]"
+    search: str  # the search target it is a candidate of
+    variant: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    target: str
+    spec: Search
+    candidates: dict[str, Candidate]  # concrete target name -> the candidate
+    left_out: int = 0  # variants the random strategy did not draw
+
+
+@dataclass(frozen=True)
 class Recipe:
     path: Path
     name: str
     digest: str
     model: RecipeModel
-    steps: dict[str, tuple[StepUse, ...]]
+    steps: dict[str, tuple[StepUse, ...]]  # concrete target (a target, or a search candidate)
     checks: dict[str, tuple[StepUse, ...]]
     registry: Registry
     positions: yamlpos.Positions
+    searches: dict[str, SearchPlan] = dataclasses.field(default_factory=dict)
+
+    def hardware_of(self, target: str) -> Hardware:
+        """The hardware of a concrete target (a search candidate: its search target's)."""
+        return self.model.targets[self.search_target(target)].hardware
+
+    def search_target(self, target: str) -> str:
+        """The recipe target a concrete target belongs to (itself, unless a candidate)."""
+        return target.split(CANDIDATE_SEP, 1)[0]
+
+    def candidate(self, target: str) -> Candidate | None:
+        plan = self.searches.get(self.search_target(target))
+        return plan.candidates.get(target) if plan is not None else None
 
     def where(self, *path: str | int) -> str:
         """file:line:col of a value of the recipe, e.g. where("inputs", "samples")."""
@@ -235,8 +321,18 @@ def load_recipe(path: str | Path, registry: Registry | None = None,
         registry.declare_file(file, where=where)
     steps: dict[str, tuple[StepUse, ...]] = {}
     checks: dict[str, tuple[StepUse, ...]] = {}
+    searches: dict[str, SearchPlan] = {}
     for tname, target in model.targets.items():
-        steps[tname], checks[tname] = _target_uses(registry, tname, target, model.limits, pos)
+        if target.search is None:
+            steps[tname], checks[tname] = _target_uses(registry, tname, target, model.limits, pos)
+            continue
+        searches[tname] = _search_plan(tname, target.search, pos)
+        for cname, cand in searches[tname].candidates.items():
+            variant = target.search.variants[cand.variant]
+            chain = _with_params(variant.steps, cand.params)
+            at: tuple[str | int, ...] = ("targets", tname, "search", "variants", cand.variant)
+            steps[cname], checks[cname] = _uses(registry, chain, target.checks, model.limits, pos,
+                                                at, ("targets", tname))
     name = model.name or path.stem
     if model.name is None and _name_problem(name):
         raise FatalError(f"recipe name {name!r} (the file name of {display}) "
@@ -245,7 +341,7 @@ def load_recipe(path: str | Path, registry: Registry | None = None,
     if m.revision is not None and (m.source.startswith("package:") or (path.parent / m.source).exists()):
         raise FatalError(f"model.revision at {pos.at(('model', 'revision'))} only applies to hub ids; "
                          "remove it (a local or package source is pinned by its content digest)")
-    return Recipe(path, name, sha256_bytes(raw), model, steps, checks, registry, pos)
+    return Recipe(path, name, sha256_bytes(raw), model, steps, checks, registry, pos, searches)
 
 
 def check_chain(steps: tuple[StepUse, ...], checks: tuple[StepUse, ...], registry: Registry) -> None:
@@ -346,12 +442,79 @@ def _use(
     return StepUse(info, validated, str(where))
 
 
+def _search_plan(tname: str, spec: Search, pos: yamlpos.Positions) -> SearchPlan:
+    """The candidates of a search: every variant, times every combination of its space (the
+    random strategy draws ``max_variants`` of them with ``seed``)."""
+    import itertools
+    import random
+
+    found: list[Candidate] = []
+    for vname, variant in spec.variants.items():
+        _check_name("variant name", vname, pos.at(("targets", tname, "search", "variants", vname),
+                                                  key=True))
+        keys = sorted(variant.space)
+        for key in keys:
+            _space_key(key, variant, pos.at(("targets", tname, "search", "variants", vname,
+                                             "space", key), key=True))
+        combos = list(itertools.product(*(variant.space[k] for k in keys))) or [()]
+        for i, combo in enumerate(combos):
+            cname = f"{tname}{CANDIDATE_SEP}{vname}" + (f"{CANDIDATE_SEP}{i + 1}" if keys else "")
+            found.append(Candidate(cname, tname, vname, dict(zip(keys, combo, strict=True))))
+    where = pos.at(("targets", tname, "search"))
+    left_out = 0
+    if spec.strategy == "random":
+        n = spec.max_variants or len(found)
+        left_out = max(0, len(found) - n)
+        found = sorted(random.Random(spec.seed).sample(found, min(n, len(found))),
+                       key=lambda c: c.name)
+    elif len(found) > MAX_EXHAUSTIVE:
+        raise FatalError(f"search at {where} expands to {len(found)} variants, more than the "
+                         f"{MAX_EXHAUSTIVE} an exhaustive search builds; use strategy: random "
+                         "with max_variants (and a seed), or a smaller space")
+    for pin in spec.pin:
+        names = {c.name.split(CANDIDATE_SEP, 1)[1] for c in found} | set(spec.variants)
+        if pin.variant not in names:
+            hint = _did_you_mean(pin.variant, names) or "variants: " + ", ".join(sorted(names))
+            raise FatalError(f"search pin at {where} names {pin.variant!r}, which is no "
+                             f"variant; {hint}")
+    return SearchPlan(tname, spec, {c.name: c for c in found}, left_out)
+
+
+def _space_key(key: str, variant: Variant, where: object) -> None:
+    position, _, param = key.partition(".")
+    if not position.isdigit() or not param or not 1 <= int(position) <= len(variant.steps):
+        raise FatalError(f"space key {key!r} at {where} must be '<position>.<param>' with a "
+                         f"position from 1 to {len(variant.steps)} (the step's place in this "
+                         "variant's chain), e.g. '3.per_channel'")
+    if not variant.space[key]:
+        raise FatalError(f"space key {key!r} at {where} lists no values; give at least one")
+
+
+def _with_params(steps: StepList, params: dict[str, Any]) -> StepList:
+    """A variant's chain with the params its space set (``"3.per_channel": False``)."""
+    out = [dict(e) for e in steps]
+    for key, value in params.items():
+        position, _, param = key.partition(".")
+        entry = out[int(position) - 1]
+        name = next(k for k in entry if k != "limits")
+        entry[name] = {**(entry[name] or {}), param: value}
+    return out
+
+
 def _target_uses(registry: Registry, tname: str, target: Target, recipe: Limits,
                  pos: yamlpos.Positions) -> tuple[tuple[StepUse, ...], tuple[StepUse, ...]]:
     """A target's step uses (in order, each with its limits) and check uses (by name)."""
+    assert target.steps is not None
     base: tuple[str | int, ...] = ("targets", tname)
+    return _uses(registry, target.steps, target.checks, recipe, pos, base, base)
+
+
+def _uses(registry: Registry, chain: StepList, checks_of: dict[str, dict[str, Any] | None],
+          recipe: Limits, pos: yamlpos.Positions, base: tuple[str | int, ...],
+          checks_base: tuple[str | int, ...]) -> tuple[tuple[StepUse, ...], tuple[StepUse, ...]]:
+    """Step uses of a chain written at ``base`` and check uses written at ``checks_base``."""
     uses = []
-    for i, entry in enumerate(target.steps):
+    for i, entry in enumerate(chain):
         entry = dict(entry)
         own = entry.pop("limits", None) if len(entry) > 1 else None
         if len(entry) != 1:
@@ -363,8 +526,8 @@ def _target_uses(registry: Registry, tname: str, target: Target, recipe: Limits,
         use = _use(registry, sname, params, pos, base + ("steps", i), "transform")
         lim = _limits(use, own, recipe, pos, base + ("steps", i, "limits"))
         uses.append(dataclasses.replace(use, limits=lim))
-    checks = tuple(_check_use(registry, cname, cparams, recipe, pos, base)
-                   for cname, cparams in sorted(target.checks.items()))
+    checks = tuple(_check_use(registry, cname, cparams, recipe, pos, checks_base)
+                   for cname, cparams in sorted(checks_of.items()))
     check_chain(tuple(uses), checks, registry)
     return tuple(uses), checks
 

@@ -221,8 +221,24 @@ def explain(args: argparse.Namespace) -> int:
             print(f"  {d.status:<4}  {task.label:<36} key {key}{_shared(task)}")
             for r in d.reasons:
                 print(f"          - {r}")
+    _explain_searches(s)
     s.store.close()
     return EXIT_OK
+
+
+def _explain_searches(s: Session) -> None:
+    """Per search target: its variants, and the last choice made here and why."""
+    for recipe in s.recipes:
+        for name, plan in recipe.searches.items():
+            print(f"{recipe.name}/{name}: search over {len(plan.candidates)} variants "
+                  f"({', '.join(sorted(c.split('~', 1)[1] for c in plan.candidates))})")
+            try:
+                last = json.loads((s.out / recipe.name / name / "manifest.json").read_text())
+            except (OSError, ValueError):
+                print("  not chosen here yet")
+                continue
+            section = last.get("search") or {}
+            print(f"  last chosen: {section.get('winner')} ({section.get('why')})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -314,6 +330,8 @@ def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
         remember_hits(s.plan, outcomes, s.store)
         record_use(s.store, s.graph, outcomes)
         try:
+            from orchestrator.judge import judge
+
             return Judged(outcomes, *judge(args, s, outcomes))
         except KeyboardInterrupt as e:  # each target folder is whole: the new or the old version
             print("interrupted while writing targets: each target folder holds either its new or "
@@ -327,11 +345,31 @@ def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
 def cheap_gates_first(s: Session) -> Any:
     """The scheduler's prune rule: a speed check is not run when every target using it has
     already failed an untimed check (its manifest says ``not measured: parity failed (...)``)."""
+    import time
+
     from orchestrator.manifest import cheap_failure
 
     targets = {(tp.recipe.name, tp.name): tp for tp in s.graph.targets}
+    started: dict[tuple[str, str], float] = {}  # search -> when its first speed check was asked
+
+    def over_budget(task: Any) -> str | None:
+        """A search's budget_s: speed checks of its variants asked for after it is spent."""
+        budgets = []
+        for recipe, target, _ in task.labels:
+            tp = targets.get((recipe, target))
+            plan = tp.recipe.searches.get(tp.search) if tp is not None and tp.search else None
+            if plan is None or plan.spec.budget_s is None:
+                return None
+            t0 = started.setdefault((recipe, plan.target), time.monotonic())
+            if time.monotonic() - t0 <= plan.spec.budget_s:
+                return None
+            budgets.append(plan.spec.budget_s)
+        return f"not measured: the search's budget of {budgets[0]:g} s is spent" if budgets else None
 
     def prune(task: Any, outcomes: dict[str, Any]) -> str | None:
+        budget = over_budget(task)
+        if budget is not None:
+            return budget
         whys = []
         for recipe, target, _ in task.labels:
             tp = targets.get((recipe, target))
@@ -376,63 +414,6 @@ def in_process(args: argparse.Namespace) -> int:
         return run_task_in_process(s, args.only, args.jobs, lock_timeout(args))
     finally:
         s.store.close()
-
-
-def judge(args: argparse.Namespace, s: Session, outcomes: dict[str, Any]
-          ) -> tuple[bool, dict[str, Any], list[Any]]:
-    """Judge every target (gates), write the finished ones, report failures and warnings.
-    Returns (anything failed, per-target status, rows of the summary table)."""
-    from orchestrator.manifest import build_manifest, write_target
-
-    failed = False
-    targets: dict[str, Any] = {}
-    for o in outcomes.values():
-        if o.status == "fail":
-            failed = True
-            print(f"\nFAILED {o.error}", file=sys.stderr)
-    table: list[Any] = []
-    for tp in s.graph.targets:
-        manifest, failures, complete = build_manifest(tp, s.graph, outcomes, s.plan.sources,
-                                                      bool(getattr(args, "strict", False)))
-        label = f"{tp.recipe.name}/{tp.name}"
-        if label in s.fit.targets:
-            from orchestrator.skipped import record_skip
-
-            targets[label] = record_skip(s.out, tp, manifest, s.fit.targets[label])
-            table.append((label, None, "skipped", [s.fit.targets[label]]))
-            continue
-        if complete:  # judged: ok, or failed a gate (then the manifest says why, with no engine)
-            from orchestrator.bundle import add_bundle
-
-            source = s.plan.sources.get(f"src:{tp.recipe.name}:model")
-            fmt = s.graph.task(tp.steps[-1]).info.cls.output_formats.get("model", "") if tp.steps else ""
-            add_bundle(manifest, s.store, source.path if source else None, fmt)
-            path = write_target(s.out, tp, manifest, s.store, outcomes, s.graph)
-            targets[label] = {"status": manifest["status"], "manifest": str(path)}
-        else:  # not finished: whatever an earlier build left there stays as it was
-            targets[label] = {"status": "failed", "manifest": None}
-        table.append((label, manifest if complete else None, targets[label]["status"], failures))
-        if failures:
-            failed = True
-            kept = "" if complete else f" (not finished; {s.out / tp.recipe.name / tp.name} left as it was)"
-            print(f"target {label} FAILED{kept}:", file=sys.stderr)
-            for f in failures:
-                print(f"  - {f}", file=sys.stderr)
-        for step in manifest["steps"]:
-            for w in step["warnings"]:
-                print(f"warning: {label} {step['step']}: {w}", file=sys.stderr)
-        for name, section in [*manifest["checks"].items(), ("benchmark", manifest["benchmark"])]:
-            for w in section.get("warnings", []):
-                print(f"warning: {label} {name}: {w}", file=sys.stderr)
-    if not args.targets and not getattr(args, "only", None):
-        for recipe in s.recipes:
-            folder = s.out / recipe.name
-            stale = sorted(d.name for d in folder.glob("*/")
-                           if (d / "manifest.json").exists() and d.name not in recipe.model.targets)
-            for name in stale:
-                print(f"note: {folder / name} belongs to no target of {recipe.path} any more; "
-                      "delete it if it is not needed", file=sys.stderr)
-    return failed, targets, table
 
 
 def print_summary(args: argparse.Namespace, outcomes: dict[str, Any], targets: dict[str, Any],

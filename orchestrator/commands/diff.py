@@ -53,6 +53,9 @@ def diff_manifest(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     not_measured = (new.get("benchmark") or {}).get("not_measured")
     if old.get("status") != new.get("status"):
         lines.append(f"status: {old.get('status')} -> {new.get('status')}")
+    sa, sb = old.get("search") or {}, new.get("search") or {}
+    if (sa or sb) and sa.get("winner") != sb.get("winner"):
+        lines.append(f"search: winner {sa.get('winner')} -> {sb.get('winner')}: {sb.get('why', '')}")
     if old.get("model", {}).get("digest") != new.get("model", {}).get("digest"):
         lines.append("model source changed (digest)")
     osteps = {f"{i + 1}:{s['step']}": s for i, s in enumerate(old.get("steps", []))}

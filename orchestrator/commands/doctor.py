@@ -76,7 +76,7 @@ def target_rows(graph: Any, fit: Fit) -> dict[str, dict[str, Any]]:
         out[label] = {"status": "skipped" if label in fit.targets else "ok",
                       "reason": fit.targets.get(label), "runs_here": builds + measured,
                       "not_here": skipped,
-                      "hardware": tp.recipe.model.targets[tp.name].hardware.record(),
+                      "hardware": tp.recipe.hardware_of(tp.name).record(),
                       "gates": gates_here(tp, detect())}
     return out
 

@@ -46,7 +46,7 @@ EXEMPT = {MANIFEST: "the manifest itself", RUN_LOG: "the build's volatile facts:
 MEASURED = (
     "benchmark.*",
     "checks.*.max_abs_diff", "checks.*.mean_cosine", "checks.*.min_cosine",
-    "checks.*.top1_agreement",
+    "checks.*.top1_agreement", "search.*",
 )
 RECOPY = "copy the target folder again from the build (or rebuild it)"
 
