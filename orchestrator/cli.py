@@ -91,6 +91,9 @@ def _review_parsers(sub: Any) -> None:
                     help="the committed manifests folder the builds were given")
     rp.add_argument("--cache", metavar="DIR", default=None,
                     help="local cache folder (default: $DEPLOY_BUILD_CACHE or cache/ in the project)")
+    rp.add_argument("--branch", metavar="NAME", default=None,
+                    help="draw only the lines this branch recorded ('all': every line; default: "
+                         "main, else master, else every line)")
     rp.set_defaults(func="orchestrator.commands.report:run")
 
     vf = sub.add_parser("verify", help="check a target folder (or a copy of it) against its manifest")

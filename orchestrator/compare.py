@@ -19,6 +19,9 @@ from __future__ import annotations
 
 from typing import Any, TypeGuard
 
+# A point measured on a noisy machine decides a change only past this factor: load has moved a
+# paired speed-up 2x (5.75x busy against 2.9x quiet), never an engine's own speed 3x
+NOISY_DECIDES = 3.0
 PARITY_FIELDS = ("mean_cosine", "min_cosine", "top1_agreement", "max_abs_diff")
 
 
@@ -114,7 +117,10 @@ def _judged(a: dict[str, Any], b: dict[str, Any], paired: dict[str, Any] | None,
         ia = ia if isinstance(ia, list) and len(ia) == 2 and ia[0] > 0 else [sa, sa]
         ib = ib if isinstance(ib, list) and len(ib) == 2 and ib[0] > 0 else [sb, sb]
         # engine time relative to PyTorch: old/new speed-up; its interval from the two intervals
-        return {"basis": BASIS_SPEEDUP, **_ratio_verdict(sa / sb, ia[0] / ib[1], ia[1] / ib[0])}
+        judged = _ratio_verdict(sa / sb, ia[0] / ib[1], ia[1] / ib[0])
+        if (a.get("noisy") or b.get("noisy")) and 1 / NOISY_DECIDES < sa / sb < NOISY_DECIDES:
+            judged.update(verdict="noise", noisy=True)  # a noisy end decides no small change
+        return {"basis": BASIS_SPEEDUP, **judged}
     change = pct(ma, mb)
     width = max(band(a), band(b)) if a and b else None
     if change is None or change == 0:
@@ -151,12 +157,16 @@ def speedup(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str,
             verdict = "same" if sa == sb else ("added" if sa is None else "removed")
         elif sa == sb:
             verdict = "same"
-        elif _overlap(ia, ib):
-            verdict = "noise"
+        elif _overlap(ia, ib) or ((a.get("noisy") or b.get("noisy"))
+                                  and 1 / NOISY_DECIDES < sb / sa < NOISY_DECIDES):
+            verdict = "noise"  # a noisy end is not read as a lost (or won) speed-up
         else:
             verdict = "better" if sb > sa else "worse"
         out[key] = {"old": sa, "new": sb, "old_interval": ia, "new_interval": ib,
-                    "pct": pct(sa, sb), "verdict": verdict}
+                    "pct": pct(sa, sb), "verdict": verdict,
+                    # whether each point was measured noisy (results.<point>.noisy): a change
+                    # with a noisy end reads as noise in the PR comment
+                    "old_noisy": bool(a.get("noisy")), "new_noisy": bool(b.get("noisy"))}
     return out
 
 
@@ -229,6 +239,12 @@ def keys(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[dict[st
     return out
 
 
+def failures_of(m: dict[str, Any] | None) -> list[Any]:
+    """The manifest's `failures` as a list (empty when it passed)."""
+    f = (m or {}).get("failures") or []
+    return list(f) if isinstance(f, list) else [f]
+
+
 def compare(old: dict[str, Any] | None, new: dict[str, Any] | None,
             details: list[str], paired: dict[str, Any] | None = None) -> dict[str, Any]:
     """The comparison of one target; ``details`` are the diff's full change lines; ``paired``
@@ -241,6 +257,8 @@ def compare(old: dict[str, Any] | None, new: dict[str, Any] | None,
     return {
         "change": change,
         "status": {"old": (old or {}).get("status"), "new": (new or {}).get("status")},
+        # why each side failed (the manifest's `failures`; empty when ok)
+        "failures": {"old": failures_of(old), "new": failures_of(new)},
         "parity": parity(old, new),
         "size": {"old": so, "new": sn, "pct": pct(so, sn)},
         "latency": latency(old, new, paired),

@@ -25,9 +25,12 @@ def after_build(args: argparse.Namespace, s: Any, outcomes: dict[str, Any], tabl
     path = history.history_path(cache, manifests)
     did_work = history.append_history(path, table, outcomes)
     if did_work and len(s.recipes) > 1:
-        from orchestrator.commands.report import write_report
+        from orchestrator.reportpage import MissingReportExtra, write_report
 
-        print(f"report: {write_report(path, Path(s.out) / 'report.html')}", file=sys.stderr)
+        try:
+            print(f"report: {write_report(path, Path(s.out) / 'report.html')}", file=sys.stderr)
+        except MissingReportExtra as e:
+            print(f"no report: {e}", file=sys.stderr)
 
 
 def manifest_folders(args: argparse.Namespace, recipes: list[Any]) -> dict[str, Path]:

@@ -159,22 +159,29 @@ def test_text_format_marks_latency_inside_the_spread_as_noise(tmp_path: Path, ca
             "[+15.0%..+38.9%] through the speed-up vs PyTorch: slower)") in out
 
 
+HEADER = "| target | verdict | parity (mean cosine) | size | latency (median) | speed-up | cause |"
+
+
 def test_markdown_table_first_then_details(tmp_path: Path, capsys) -> None:
     a = _committed(tmp_path, "old", real_like(True))
     b = _committed(tmp_path, "new", real_like(False))
     assert main(["diff", str(a), str(b), "--format", "md", "--fail-on", "latency+10%"]) == 2
     md = capsys.readouterr().out
     lines = md.splitlines()
-    table_at = lines.index("| target | status | parity (mean cosine) | size | latency (median) | speed-up |")
-    assert lines[table_at + 1] == "|---|---|---|---|---|---|"
+    table_at = lines.index(HEADER)
+    assert lines[table_at + 1] == "|---|---|---|---|---|---|---|"
     row = lines[table_at + 2].split(" | ")
     assert row[0] == "| `bert-edge/cpu-int8`" and row[1] == "ok"
-    assert row[2] == "0.9940 → 0.9670 (-0.0270) ↓"
-    assert row[3] == "21.7 MB → 21.6 MB (-0.4%) ↓"
+    # each change marked by what it means: lower cosine is worse, a smaller engine better
+    assert row[2] == "0.9940 → 0.9670 (-0.0270) ↓ 🔴 worse"
+    assert row[3] == "21.7 MB → 21.6 MB (-0.4%) ↓ 🟢 better"
     b1, b8 = row[4].split("<br>")
-    assert b1 == "b1_s128 8.6 → 8.8 ms (noise: +1.8% [-10.0%..+19.2%] vs PyTorch) ≈"
-    assert b8 == "b8_s128 65 → 80 ms (+26.3% [+15.0%..+38.9%] vs PyTorch) ↑"
-    assert "b8_s128 2.4x [2.3-2.5] → 1.9x [1.8-2] ↓" in row[5]
+    assert b1 == "b1_s128 8.6 → 8.8 ms (+1.8% [-10.0%..+19.2%] vs PyTorch) ≈ noise"
+    assert b8 == "b8_s128 65 → 80 ms (+26.3% [+15.0%..+38.9%] vs PyTorch) ↑ 🔴 slower"
+    assert row[5].split("<br>") == [
+        "b1_s128 2.9x [2.7-3.1] → 2.85x [2.6-3] ≈ noise (intervals overlap)",
+        "b8_s128 2.4x [2.3-2.5] → 1.9x [1.8-2] (-20.8%) ↓ 🔴 worse"]
+    assert row[6] == "`2:ort-quantize` per_channel true → false |"  # the cause, inline
     assert md.index("<details>") > table_at  # the table comes first, details folded below it
     body = md[md.index("<details>"):md.index("</details>")]
     assert "<summary>bert-edge/cpu-int8: changed" in body
@@ -184,6 +191,78 @@ def test_markdown_table_first_then_details(tmp_path: Path, capsys) -> None:
     # the line is escaped as a whole (it holds manifest names): its brackets read \[ \]
     assert ("- :x: bert-edge/cpu-int8: latency+10%: b8_s128 +26.3% \\[+15.0%..+38.9%\\] through the "
             "speed-up vs PyTorch (raw medians 65 -> 80 ms)") in md
+
+
+def _row(tmp: Path, capsys, old: dict, new: dict, *args: str) -> list[str]:
+    """The table row of bert-edge/cpu-int8 in `diff --format md`, split into its cells."""
+    a, b = _committed(tmp, "old", old), _committed(tmp, "new", new)
+    main(["diff", str(a), str(b), "--format", "md", *args])
+    lines = capsys.readouterr().out.splitlines()
+    return lines[lines.index(HEADER) + 2].removeprefix("| ").removesuffix(" |").split(" | ")
+
+
+def test_markdown_verdict_says_why_it_failed_and_the_cause(tmp_path: Path, capsys) -> None:
+    old, new = real_like(True), real_like(False)
+    new["status"] = "failed"
+    new["failures"] = ["check parity: min cosine 0.9193 < 0.97 (short by 0.0507)",
+                       "check parity: mean cosine 0.967 < 0.99 (short by 0.023)"]
+    new["steps"][0]["toolchain"]["torch"] = "2.14.0"  # the export's key changes too
+    new["steps"][0]["key"] = "f" * 64
+    new["checks"]["parity"]["gate"] = {"min_cosine": 0.97}
+    old["checks"]["parity"]["gate"] = {"min_cosine": 0.95}
+    row = _row(tmp_path, capsys, old, new)
+    assert row[1] == ("ok → **failed** 🔴: parity: min cosine 0.9193 &lt; 0.97 (short by 0.0507)"
+                      "<br>parity: mean cosine 0.967 &lt; 0.99 (short by 0.023)")
+    # the root causes: a param and a toolchain, not the `input changed` they cascade into; and the
+    # gate that changed
+    assert row[6].split("<br>") == ["`1:export-onnx` torch 2.13.0 → 2.14.0 (toolchain)",
+                                    "`2:ort-quantize` per_channel true → false",
+                                    "gate parity.min_cosine 0.95 → 0.97 (+2.1%)"]
+    # the other way round: a fixed target reads green, a faster engine faster, more cosine better
+    row = _row(tmp_path / "back", capsys, new, old)
+    assert row[1] == "failed → **ok** 🟢"
+    assert row[2] == "0.9670 → 0.9940 (+0.0270) ↑ 🟢 better"
+    assert row[4].split("<br>")[1] == "b8_s128 80 → 65 ms (-20.8% [-28.0%..-13.0%] vs PyTorch) ↓ 🟢 faster"
+    assert row[5].split("<br>")[1] == "b8_s128 1.9x [1.8-2] → 2.4x [2.3-2.5] (+26.3%) ↑ 🟢 better"
+
+
+def test_markdown_a_noisy_point_reads_as_noise_never_as_a_lost_speedup(tmp_path: Path, capsys) -> None:
+    old, new = real_like(True), real_like(True)
+    # the base measured 5x on a noisy machine (a narrow interval all the same), the head 1.9x
+    old["benchmark"]["results"]["b1_s128"].update(speedup=5.0, speedup_interval=[4.9, 5.1], noisy=True)
+    new["benchmark"]["results"]["b1_s128"].update(speedup=1.9, speedup_interval=[1.8, 2.0])
+    new["benchmark"]["results"]["b8_s128"]["noisy"] = True
+    new["benchmark"]["results"]["b8_s128"].update(speedup=2.0, speedup_interval=[1.9, 2.1])
+    new["steps"][1]["key"] = "z" * 64
+    row = _row(tmp_path, capsys, old, new)
+    b1, b8 = row[5].split("<br>")
+    assert b1 == "b1_s128 5x [4.9-5.1] → 1.9x [1.8-2] ≈ noise (base measured noisy)"
+    assert b8 == "b8_s128 2.4x [2.3-2.5] → 2x [1.9-2.1] ≈ noise (head measured noisy)"
+    assert "62" not in row[5] and "worse" not in row[5]
+    # the latency judged through those speed-ups is noise too (a noisy end decides no change
+    # smaller than compare.NOISY_DECIDES), and says so
+    assert row[4].split("<br>")[0].endswith("vs PyTorch, noisy) ≈ noise")
+
+
+def test_markdown_renders_the_basis_of_each_latency_verdict(tmp_path: Path, capsys) -> None:
+    from orchestrator.compare import compare
+    from orchestrator.markdown import latency_cell
+
+    old, new = real_like(True), real_like(False)
+    paired = {"b1_s128": {"ratio": 1.3, "interval": [1.2, 1.4], "noisy": False},
+              "b8_s128": {"ratio": 1.01, "interval": [0.97, 1.05], "noisy": True}}
+    assert latency_cell(compare(old, new, ["x"], paired)).split("<br>") == [
+        "b1_s128 8.6 → 8.8 ms (+30.0% [+20.0%..+40.0%] paired A/B) ↑ 🔴 slower",
+        "b8_s128 65 → 80 ms (+1.0% [-3.0%..+5.0%] paired A/B, noisy) ≈ noise"]
+    same = real_like(True)
+    same["benchmark"]["key"] = old["benchmark"]["key"] = "bench"
+    same["benchmark"]["results"]["b8_s128"]["median_ms"] = 70.0
+    assert latency_cell(compare(old, same, ["x"])).split("<br>") == [
+        "b1_s128 8.6 ms", "b8_s128 70 ms (same engine re-measured)"]
+    raw_old, raw_new = copy.deepcopy(OLD), copy.deepcopy(OLD)
+    raw_new["benchmark"]["results"]["b1_s128"]["median_ms"] = 9.0
+    assert latency_cell(compare(raw_old, raw_new, ["x"])) == (
+        "b1_s128 8 → 9 ms (+12.5% raw medians, band ±0%) ↑ 🔴 slower")
 
 
 def _git(cwd: Path, *args: str) -> None:

@@ -161,9 +161,10 @@ def test_hostile_manifests_make_a_comment_that_shows_them_as_text(tmp_path: Path
     assert [x for x in lines if x.startswith("#")] == [lines[0]]
     assert lines[0] == "### deploy-build diff: 4 of 4 targets changed"
     assert not [x for x in lines if x.lstrip().startswith((">", "```", "~~~", "    "))]
-    header = lines.index("| target | status | parity (mean cosine) | size | latency (median) | speed-up |")
+    header = lines.index("| target | verdict | parity (mean cosine) | size | latency (median) | speed-up "
+                         "| cause |")
     rows = lines[header + 2:lines.index("", header)]
-    assert len(rows) == 4 and all(len(_cells(r)) == 6 for r in rows), rows
+    assert len(rows) == 4 and all(len(_cells(r)) == 7 for r in rows), rows
 
     page = _render(out)
     seen = _Text()
@@ -173,7 +174,7 @@ def test_hostile_manifests_make_a_comment_that_shows_them_as_text(tmp_path: Path
     assert not {"em", "del", "s", "blockquote", "pre", "input"} & set(seen.tags)
     assert seen.tags.count("details") == folds and seen.tags.count("table") == 1
     rendered_rows = re.findall(r"<tr>(.*?)</tr>", page, re.S)
-    assert len(rendered_rows) == 5 and all(r.count("<t") == 6 for r in rendered_rows)
+    assert len(rendered_rows) == 5 and all(r.count("<t") == 7 for r in rendered_rows)
     text = "".join(seen.text).replace("\u200b", "")
     assert not AUTOLINK.search("".join(seen.text))  # a zero-width space breaks each one
     for label in doc["targets"]:  # each label reads back as written, on one line
@@ -183,6 +184,14 @@ def test_hostile_manifests_make_a_comment_that_shows_them_as_text(tmp_path: Path
             assert one_line(d) in text
     for r in doc["regressions"]:
         assert one_line(r) in text
+    failures = [f for c in doc["targets"].values() for f in c["failures"]["new"]]
+    assert len(failures) == 3  # the verdict cell says why, as text
+    for f in failures:
+        cell = next(_cells(r)[1] for r in rows if md(f.removeprefix("check ")) in r)
+        assert md(f.removeprefix("check ")) in cell
+        assert one_line(f) in text  # and the details list it whole
+    causes = "".join(_cells(r)[6] for r in rows)
+    assert md(hostile("Aparam")) in causes  # the changed param, escaped
 
 
 # the report
@@ -199,12 +208,17 @@ def write_hostile_history(path: Path) -> None:
         rec = copy.deepcopy(ok)
         rec["latency_ms"][NAME] = 9.0 + night
         rec["keys"][f"1:{REASON}"] = str(night) * 64
-        runs.append({"run": night, "time": f"{REASON} {night}", "targets": {
-            f"bert-edge/{NAME}": rec,
-            f"{NAME}/cpu-int8": {**copy.deepcopy(ok), "parity": {"mean_cosine": REASON}},
-            "bert-edge/gpu-fp16": {"status": REASON, "not_measured": REASON},
-            "bert-edge/odd": REASON,  # not a record: left out
-        }})
+        rec.update(failures=[REASON], noisy_points=[NAME], speedup_interval={NAME: [1.9, 2.1]},
+                   gates={"min_speedup": 1.5, "mean_cosine": REASON}, benchmark_key=REASON)
+        runs.append({"run": night, "time": f"{REASON} {night}", "branch": NAME, "revision": REASON,
+                     "targets": {
+                         f"bert-edge/{NAME}": rec,
+                         f"{NAME}/cpu-int8": {**copy.deepcopy(ok), "parity": {"mean_cosine": REASON},
+                                              "failures": REASON, "noisy_points": REASON,
+                                              "speedup_interval": {NAME: [REASON, 2]}},
+                         "bert-edge/gpu-fp16": {"status": REASON, "not_measured": REASON},
+                         "bert-edge/odd": REASON,  # not a record: left out
+                     }})
     path.write_text("".join(json.dumps(r) + "\n" for r in runs))
 
 
@@ -250,6 +264,8 @@ def test_hostile_history_makes_a_report_whose_scripts_hold(tmp_path: Path) -> No
     assert f"{REASON}/0" in page.cells  # a parity that is not a number is shown, not a crash
     assert any(f"rebuilt 1:{REASON}" in c for c in page.cells)
     assert f"{REASON} 2" in html.unescape(body)  # the last run's time
+    assert REASON[:12] in html.unescape(body) and NAME in html.unescape(body)  # revision, branch
+    assert any(REASON in c for c in page.cells if c != REASON)  # why it failed, as text
     specs = [json.loads(m) for m in re.findall(r"vegaEmbed\('#chart\d+', (.*?), \{renderer", text)]
     values = [v for s in specs for data in s["datasets"].values() for v in data]
     assert {"target": NAME, "point": NAME} in [{k: v[k] for k in ("target", "point")}
@@ -267,6 +283,6 @@ def test_hostile_history_report_draws_every_chart_in_chromium(tmp_path: Path) ->
     assert "<img" not in dom
     charts = re.findall(r"<div class=\"chart[^\"]*\" id=\"chart(\d)\"[^>]*>(.*?)</div>\s*(?=<h2|<script)",
                         dom, re.S)
-    assert [i for i, _ in charts] == ["0", "1", "2", "3"]
+    assert [i for i, _ in charts] == ["0", "1", "2", "3", "4"]
     for _, svg in charts:
         assert "<svg" in svg and "role-mark" in svg, svg[:500]

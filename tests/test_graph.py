@@ -101,3 +101,41 @@ def test_dot_marks_failed_and_skipped_tasks(project: Project, capsys) -> None:
     assert marks == {"bad: model": "source", "1:fake-upper": "run", "2:fake-fail": "fail",
                      "3:fake-const": "skip"}
     assert len(edges) == 3
+
+
+def test_a_target_that_failed_its_gate_is_marked_failed_not_run(project: Project, capsys) -> None:
+    """The check ran fine, the target failed its gate: the check's node reads FAILED GATE with
+    the target and why (from the target's manifest), in Mermaid and dot, while that manifest
+    judged the task's current key."""
+    gated = FAKE_RECIPE.replace("max_bytes: 1000", "max_bytes: 5")
+    r = project.recipe(gated)
+    assert project.run(str(r)) == 2  # a failed its gate
+    manifest = json.loads((project.out / "demo/a/manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["checks"]["fake-length"]["passed"] is False
+    steps = by_step(parse_mermaid(graph(project, capsys, r))[0])
+    label, mark = steps["check:fake-length"]
+    assert mark == "gate" and label[2] == "FAILED GATE"
+    why = manifest["failures"][0].removeprefix("check fake-length: ")
+    assert "bytes > max_bytes 5" in why and label[3] == "a: " + why.replace(">", "#62;")
+    assert steps["2:fake-tree"][1] == "run" and steps["2:fake-const"][1] == "run"
+    text = graph(project, capsys, r, "--format", "dot")
+    gate = [line for line in text.splitlines() if "class=gate" in line]
+    assert len(gate) == 1 and json.dumps(f"FAILED GATE\na: {why}")[1:-1] in gate[0]
+    assert project.run(str(r)) == 2  # a no-op build: still failed, the check now a hit
+    assert by_step(parse_mermaid(graph(project, capsys, r))[0])["check:fake-length"][1] == "gate"
+    # a looser gate (not keyed: the check is a hit): the target passes and the mark goes
+    r = project.recipe(FAKE_RECIPE)
+    assert project.run(str(r)) == 0
+    assert by_step(parse_mermaid(graph(project, capsys, r))[0])["check:fake-length"][1] == "hit"
+    # failed again, then the task's params change: the old verdict no longer marks it
+    r = project.recipe(gated)
+    assert project.run(str(r)) == 2
+    r = project.recipe(gated.replace("files: 2", "files: 3"))
+    assert by_step(parse_mermaid(graph(project, capsys, r))[0])["check:fake-length"][1] == "pending"
+
+
+def test_mermaid_labels_hold_no_markup_of_their_own() -> None:
+    from orchestrator.commands.graph import mermaid_text
+
+    assert mermaid_text('a "b" <img src=x> `c` #12; &amp;\nd') == (
+        "a #quot;b#quot; #60;img src=x#62; #96;c#96; #35;12; #38;amp; d")

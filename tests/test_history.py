@@ -137,3 +137,63 @@ def test_builds_finishing_at_once_keep_each_others_last_run_marks(tmp_path: Path
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert len(read_last_run(tmp_path)) == 4 * 40
+
+
+def test_each_history_line_records_its_branch_and_revision(project: Project, monkeypatch) -> None:
+    import subprocess
+
+    for var in ("GITHUB_REF_NAME", "GITHUB_SHA"):
+        monkeypatch.delenv(var, raising=False)
+    r = project.recipe(FAKE_RECIPE)
+    history = project.cache / "history.jsonl"
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(project.root), "PATH": "/usr/bin:/bin"}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=project.root, check=True, capture_output=True,
+                              text=True, env=env).stdout.strip()
+
+    assert project.run(str(r)) == 0  # not in a repository: neither field
+    assert "branch" not in read_history(history)[-1] and "revision" not in read_history(history)[-1]
+    git("init", "-q", "-b", "nightly")
+    git("commit", "-q", "--allow-empty", "-m", "one")
+    assert project.run(str(r), "--force") == 0  # in one: `git rev-parse`
+    line = read_history(history)[-1]
+    assert line["branch"] == "nightly" and line["revision"] == git("rev-parse", "HEAD")
+    git("checkout", "-q", "--detach")
+    assert project.run(str(r), "--force") == 0  # a detached HEAD: a revision, no branch
+    line = read_history(history)[-1]
+    assert "branch" not in line and line["revision"] == git("rev-parse", "HEAD")
+    monkeypatch.setenv("GITHUB_REF_NAME", "12/merge")  # GitHub Actions: what it says wins
+    monkeypatch.setenv("GITHUB_SHA", "f" * 40)
+    assert project.run(str(r), "--force") == 0
+    line = read_history(history)[-1]
+    assert (line["branch"], line["revision"]) == ("12/merge", "f" * 40)
+
+
+def test_a_target_record_keeps_what_the_report_draws() -> None:
+    from orchestrator.history import target_record
+
+    manifest = {
+        "status": "failed", "failures": ["check parity: min cosine 0.91 < 0.97 (short by 0.06)"],
+        "steps": [{"step": "export-onnx", "key": "k1"}],
+        "artifacts": [{"path": "model.onnx", "size": 10}],
+        "checks": {"parity": {"mean_cosine": 0.95, "min_cosine": 0.91, "passed": False,
+                              "gate": {"mean_cosine": None, "min_cosine": 0.97},
+                              "thresholds": {"mean_cosine": 0.99, "min_cosine": 0.97}}},
+        "benchmark": {"key": "bk", "noisy": True, "results": {
+            "b1": {"median_ms": 8.0, "speedup": 2.5, "speedup_interval": [2.4, 2.6], "noisy": True},
+            "b8": {"median_ms": 60.0, "speedup": 2.0, "speedup_interval": [1.9, 2.1]}},
+            "gates": [{"gate": "min_speedup", "threshold": 2.0, "verdict": "passed"},
+                      {"gate": "min_speedup", "threshold": 3.0, "verdict": "not judged here"}]},
+    }
+    rec = target_record(manifest, "failed")
+    assert rec["failures"] == manifest["failures"]
+    assert rec["noisy_points"] == ["b1"] and rec["noisy"] is True
+    assert rec["speedup_interval"] == {"b1": [2.4, 2.6], "b8": [1.9, 2.1]}
+    assert rec["benchmark_key"] == "bk"
+    # the thresholds judged here: a min_speedup for other machines is left out; the parity one
+    # in effect (the precision's default where the recipe set none)
+    assert rec["gates"] == {"min_speedup": 2.0, "mean_cosine": 0.99}
+    plain = target_record({"status": "ok", "steps": [], "artifacts": []}, "ok")
+    assert not {"failures", "noisy_points", "speedup_interval", "gates", "benchmark_key"} & set(plain)
