@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[models,ray,dev,edge]'
+	$(BIN)/python -m pip install -q -e '.[models,ray,dev,edge,report]'
 	# bytecode up front: a no-op build should not spend its time compiling (PYTHONDONTWRITEBYTECODE)
 	$(BIN)/python -m compileall -q orchestrator plugins > /dev/null
 	touch $(STAMP)

@@ -30,10 +30,11 @@ POINT = re.compile(r"^b(\d+)_s(\d+)$")
 
 
 def changed_engines(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether the engine's bytes differ and both sides were benchmarked."""
+    """Whether the engine's bytes differ (any of its artifacts: an OpenVINO IR is two files)
+    and both sides were benchmarked."""
     def model(m: dict[str, Any]) -> str | None:
-        arts = [a for a in m.get("artifacts") or [] if a.get("name", "model") == "model"]
-        return arts[0].get("digest") if len(arts) == 1 else None
+        arts = sorted((str(a.get("name")), str(a.get("digest"))) for a in m.get("artifacts") or [])
+        return repr(arts) if any(n == "model" for n, _ in arts) else None
 
     def measured(m: dict[str, Any]) -> bool:
         return bool((m.get("benchmark") or {}).get("results"))
@@ -61,33 +62,44 @@ def engine_folders(spec: str) -> dict[str, Path]:
     return found
 
 
-def _artifact(m: dict[str, Any]) -> dict[str, Any]:
-    found: dict[str, Any] = [a for a in m["artifacts"] if a.get("name", "model") == "model"][0]
-    return found
+def _model_path(m: dict[str, Any]) -> str:
+    return str([a for a in m["artifacts"] if a.get("name", "model") == "model"][0]["path"])
+
+
+def _in_folder(m: dict[str, Any], folder: Path | None) -> bool:
+    """Whether folder holds every artifact of m as the bytes m records."""
+    from orchestrator.hashing import sha256_file
+
+    if folder is None:
+        return False
+    for a in m["artifacts"]:
+        here = folder / str(a["path"])
+        if a.get("kind", "file") != "file" or not here.is_file() \
+                or here.stat().st_size != a["size"] or sha256_file(here) != a["digest"]:
+            return False
+    return True
 
 
 def locate(m: dict[str, Any], folder: Path | None, store: Any, scratch: Path, side: str,
            label: str) -> Path:
-    """The engine a manifest describes: in its target folder if the bytes there are the ones it
-    records, else placed from the cache by digest."""
-    from orchestrator.hashing import sha256_file
+    """The engine a manifest describes (all its artifacts: an OpenVINO IR's .xml and .bin): in
+    its target folder if the bytes there are the ones it records, else placed from the cache by
+    digest; the path of its model file."""
     from orchestrator.store.base import Blob, BlobError
 
-    art = _artifact(m)
-    rel = str(art["path"])
-    if folder is not None and art.get("kind", "file") == "file":
-        here = folder / rel
-        if here.is_file() and here.stat().st_size == art["size"] and sha256_file(here) == art["digest"]:
-            return here
-    dest = scratch / side / rel
-    try:
-        store.materialize(Blob(art.get("kind", "file"), art["digest"], art["size"]), dest)
-    except BlobError as e:
-        raise FatalError(f"diff --rebench: the {side} engine of {label} ({art['path']}, sha256 "
-                         f"{art['digest'][:12]}) is in no cache here ({e}); build that revision "
-                         "on this machine first (or give --cache / --remote-cache where it is, "
-                         "or the build/ folders that hold it)") from None
-    return dest
+    if _in_folder(m, folder):
+        assert folder is not None
+        return folder / _model_path(m)
+    for art in m["artifacts"]:
+        try:
+            store.materialize(Blob(art.get("kind", "file"), art["digest"], art["size"]),
+                              scratch / side / str(art["path"]))
+        except BlobError as e:
+            raise FatalError(f"diff --rebench: the {side} engine of {label} ({art['path']}, "
+                             f"sha256 {art['digest'][:12]}) is in no cache here ({e}); build that "
+                             "revision on this machine first (or give --cache / --remote-cache "
+                             "where it is, or the build/ folders that hold it)") from None
+    return scratch / side / _model_path(m)
 
 
 def grid(new: dict[str, Any]) -> list[tuple[int, int]]:
@@ -102,11 +114,14 @@ def grid(new: dict[str, Any]) -> list[tuple[int, int]]:
 def _vocab(folder: Path | None) -> int:
     """A vocabulary bound for the synthetic token ids: the bundled vocab.txt's size, else 30
     (ids every BERT-like vocabulary has)."""
-    try:
-        lines = (folder / "tokenizer" / "vocab.txt").read_text().count("\n") if folder else 0
-    except OSError:
-        lines = 0
-    return lines or 30
+    for rel in ("vocab.txt", "tokenizer/vocab.txt"):
+        try:
+            lines = (folder / rel).read_text().count("\n") if folder else 0
+        except OSError:
+            continue
+        if lines:
+            return lines
+    return 30
 
 
 def measure_pair(base: Path, head: Path, m: dict[str, Any], vocab: int,

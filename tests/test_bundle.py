@@ -1,5 +1,6 @@
-"""Target folders are bundles (engine, tokenizer, signature, post-processing, a loading example
-that runs) and `deploy-build verify DIR` checks one against its manifest."""
+"""Target folders are bundles (engine, tokenizer, config, signature, post-processing, a loading
+example that runs), laid out as Hugging Face model folders, and `deploy-build verify DIR` checks
+one against its manifest. tests/test_bundle_clients.py loads them with the real clients."""
 
 from __future__ import annotations
 
@@ -58,16 +59,28 @@ def test_bundles_load_and_verify(tiny_model_dir: Path, tmp_path: Path, capsys, m
         "0": "batch", "1": "sequence"}
     assert sig["outputs"][0]["name"] == "last_hidden_state" and sig["outputs"][0]["shape"][2] == 32
     assert sig["postprocess"]["steps"] == ["mean_pool(attention_mask)", "l2_normalize"]
-    assert (ort / "tokenizer" / "vocab.txt").is_file() and (ort / "tokenizer" / "tokenizer.json").is_file()
+    # the tiny tokenizer sets no limit of its own (1e30): the model's positions are the maximum
+    assert sig["max_length"] == 256 and sig["max_length_from"] == "config.json: max_position_embeddings"
+    assert sig["clients"] == ["optimum.onnxruntime.ORTModelForFeatureExtraction.from_pretrained(DIR)"]
+    assert (ort / "vocab.txt").is_file() and (ort / "tokenizer.json").is_file()
+    assert (ort / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
+    assert json.loads((ort / "tokenizer_config.json").read_text())["model_max_length"] == 256
+    assert not (ort / "tokenizer").exists() and not (ort / "modules.json").exists()
     assert sum(a["size"] for a in manifest["artifacts"]) == (ort / "model.onnx").stat().st_size
     # the loading example runs from a copy of the folder (a serving host) and gives unit vectors
     host = tmp_path / "host" / "ort-fp32"
     shutil.copytree(ort, host)
     result = _example(host)
     assert result["output_shape"][0] == 2 and result["output_shape"][2] == 32
+    assert result["tokens"] == [4, 6]
     assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in result["result"])
     ov_sig = json.loads((out / "tiny" / "openvino-fp32" / "signature.json").read_text())
-    assert ov_sig["runtime"] == "openvino" and ov_sig["engine"] == "ir"
+    # the IR at the top under optimum-intel's names: its two files are the artifacts
+    assert ov_sig["runtime"] == "openvino" and ov_sig["engine"] == "openvino_model.xml"
+    ov_manifest = json.loads((out / "tiny" / "openvino-fp32" / "manifest.json").read_text())
+    assert [(a["name"], a["path"], a["kind"]) for a in ov_manifest["artifacts"]] == [
+        ("model", "openvino_model.xml", "file"), ("model-weights", "openvino_model.bin", "file")]
+    assert not (out / "tiny" / "openvino-fp32" / "ir").exists()
     assert [(i["name"], i["dtype"], i["shape"]) for i in ov_sig["inputs"]] == [
         (n, "int64", [None, None]) for n in ("input_ids", "attention_mask", "token_type_ids")]
     assert ov_sig["outputs"] == [{"name": "last_hidden_state", "dtype": "float32",
@@ -79,17 +92,17 @@ def test_bundles_load_and_verify(tiny_model_dir: Path, tmp_path: Path, capsys, m
     assert "tiny/ort-fp32: ok" in capsys.readouterr().out
     assert main(["verify", str(out / "tiny" / "openvino-fp32")]) == 0
     # tampering: a changed tokenizer file, an extra file, a changed IR file
-    (host / "tokenizer" / "vocab.txt").write_text("[PAD]\n")
+    (host / "vocab.txt").write_text("[PAD]\n")
     (host / "notes.txt").write_text("x")
     assert main(["verify", str(host)]) == 2
     text = capsys.readouterr().out
-    assert "FAIL tiny/ort-fp32: tokenizer/vocab.txt:" in text
+    assert "FAIL tiny/ort-fp32: vocab.txt:" in text
     assert "FAIL tiny/ort-fp32: notes.txt: not in the manifest" in text
     ir = tmp_path / "host" / "openvino-fp32"
     shutil.copytree(out / "tiny" / "openvino-fp32", ir)
-    (ir / "ir" / "model.xml").write_text((ir / "ir" / "model.xml").read_text() + " ")
+    (ir / "openvino_model.xml").write_text((ir / "openvino_model.xml").read_text() + " ")
     assert main(["verify", str(ir)]) == 2
-    assert "ir/: its files differ from the manifest" in capsys.readouterr().out
+    assert "openvino_model.xml: " in capsys.readouterr().out
     assert main(["verify", str(tmp_path)]) == 1
     assert "holds no manifest.json" in capsys.readouterr().err
     # a no-op build puts the bundle together again without hashing the tokenizer files anew

@@ -130,6 +130,49 @@ def test_parity_per_tensor_int8_with_strict_gate(per_tensor_int8: Path, tiny_mod
     assert Parity.judge(p, m, None).summary["thresholds"]["mean_cosine"] == 0.99  # int8 default
 
 
+@pytest.mark.parametrize("task", ["feature-extraction", "sequence-classification"])
+def test_parity_feeds_a_static_engine_what_it_takes(fe_onnx: Path, tiny_model_dir: Path,
+                                                    tiny_classifier_dir: Path, work: Path,
+                                                    tmp_path: Path, monkeypatch, task: str) -> None:
+    """An engine shaped for 8 tokens (as a LiteRT model is for the grid's longest sequence)
+    gets samples cut to 8, closed by [SEP]; those are reported apart and not gated."""
+    from orchestrator.runtime import engines
+
+    source = tiny_model_dir if task == "feature-extraction" else tiny_classifier_dir
+    model = fe_onnx if task == "feature-extraction" else export_onnx(
+        tiny_classifier_dir, work / "cls-static.onnx", task)
+    real, fed = engines.open_engine, []
+
+    def static_engine(path: Path, *args: Any, **kw: Any) -> Any:
+        e = real(path, *args, **kw)
+        if path == source:  # the PyTorch reference takes any length
+            return e
+
+        def run(feed: dict[str, Any]) -> Any:
+            assert feed["input_ids"].shape[1] <= 8, feed["input_ids"].shape
+            fed.append(feed["input_ids"])
+            return e.run(feed)
+        return engines.Engine("litert", e.input_names, run, {**e.describe(), "static_shape": [1, 8]})
+
+    monkeypatch.setattr(engines, "open_engine", static_engine)
+    samples = tmp_path / "samples.txt"
+    samples.write_text("hello world\na short one\n" + " ".join(["the quick brown fox"] * 4) + "\n"
+                       + " ".join(["a good test sentence"] * 3) + "\n")
+    p = ParityParams(batch_size=4)
+    ctx = ctx_for(p, tmp_path, task, model=model, source=source, samples=samples)
+    m = Parity().run(ctx)
+    assert m["max_length"] == 256 and m["max_tokens"] == 18 and m["samples"] == 4
+    assert m["min_cosine"] > 0.9999 and m["max_abs_diff"] < 1e-4  # the two short ones, whole
+    assert m["truncated"]["samples"] == 2 and m["truncated"]["gated"] is False
+    assert m["truncated"]["tokens"] == 8
+    if task == "feature-extraction":  # 8 of 18 and of 14 tokens pooled: another embedding
+        assert m["truncated"]["min_cosine"] < 0.9999
+    assert all(ids[2:, 7].tolist() == [3, 3] for ids in fed)  # cut samples end with [SEP] (id 3)
+    assert any("2 of 4 samples are longer than the 8 tokens this engine takes" in w
+               for w in ctx.warnings)
+    assert Parity.judge(p, m, None).failures == []
+
+
 def test_parity_gate_defaults_per_precision() -> None:
     p = ParityParams()
     per_tensor = {"precision": "int8", "mean_cosine": 0.9671, "min_cosine": 0.959,

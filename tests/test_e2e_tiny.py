@@ -104,7 +104,7 @@ def test_tiny_build_all_runtimes(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert ov["checks"]["parity"]["precision"] == "int8"
     assert ov["checks"]["parity"]["runtime"]["precision_hint"] == "f32"
     assert ov["benchmark"]["runtime"]["runtime"] == "openvino"
-    assert (out / "openvino-int8" / "ir" / "model.xml").is_file()
+    assert (out / "openvino-int8" / "openvino_model.xml").is_file()
     strict = json.loads((out / "ort-int8-strict" / "manifest.json").read_text())
     assert strict["status"] == "failed" and not (out / "ort-int8-strict" / "model.onnx").exists()
     assert not (home / "intel").exists()  # no telemetry from a build

@@ -119,7 +119,8 @@ def test_two_machines_share_an_s3_cache_on_the_tiny_model(
     assert {t["status"] for t in outs["two"]["tasks"]} == {"hit"}
     one, two = _manifests(tmp_path / "one" / "out"), _manifests(tmp_path / "two" / "out")
     assert len(one) == 2 and one == two
-    for rel in ("ort-fp32/model.onnx", "openvino-fp32/ir/model.xml", "openvino-fp32/ir/model.bin"):
+    for rel in ("ort-fp32/model.onnx", "openvino-fp32/openvino_model.xml",
+                "openvino-fp32/openvino_model.bin"):
         assert (tmp_path / "two" / "out" / "tiny" / rel).read_bytes() == \
             (tmp_path / "one" / "out" / "tiny" / rel).read_bytes()
 

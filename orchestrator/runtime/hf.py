@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,49 @@ TASK_AUTO = {
     "token-classification": "AutoModelForTokenClassification",
     "fill-mask": "AutoModelForMaskedLM",
 }
+
+
+# Tokenizers without a limit of their own say model_max_length = 1e30 (transformers'
+# VERY_LARGE_INTEGER); no transformer takes more than this many tokens.
+SANE_MAX_LENGTH = 1_000_000
+# Models whose position ids start after the padding index: max_position_embeddings counts
+# pad_token_id + 1 positions no token uses (RoBERTa: 514 positions, 512 tokens).
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "mpnet",
+                    "data2vec-text", "ibert", "roberta-prelayernorm", "markuplm"}
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _count(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 2 <= value <= SANE_MAX_LENGTH
+    return int(value) if ok else None
+
+
+def max_sequence_length(folder: Path) -> tuple[int, str] | None:
+    """The most tokens the model in ``folder`` takes, and which file says so: its
+    sentence-transformers config's ``max_seq_length`` (what the model was trained and is served
+    with), else the tokenizer's ``model_max_length`` when it is a real limit, else the positions
+    ``config.json`` gives it; never more than those positions. None when no file says. Reads JSON
+    only (no transformers import)."""
+    config = _json(folder / "config.json")
+    positions = _count(config.get("max_position_embeddings"))
+    if positions is not None and config.get("model_type") in OFFSET_POSITIONS:
+        positions -= int(config.get("pad_token_id") or 0) + 1
+    found = [(_count(_json(folder / "sentence_bert_config.json").get("max_seq_length")),
+              "sentence_bert_config.json: max_seq_length"),
+             (_count(_json(folder / "tokenizer_config.json").get("model_max_length")),
+              "tokenizer_config.json: model_max_length"),
+             (positions, "config.json: max_position_embeddings")]
+    for value, where in found:
+        if value is not None and (positions is None or value <= positions):
+            return value, where
+    return None
 
 
 def load_model(folder: Path, task: str, trust_remote_code: bool = False,

@@ -5,12 +5,23 @@ L2 norm) per sample, and the max abs diff of last_hidden_state over real (unmask
 Classification tasks: cosine of the logits per sample (per real token for token-level tasks),
 top-1 agreement and the max abs diff of the logits.
 
+Samples are truncated where the model truncates them: by default at the model's maximum sequence
+length (its sentence_bert_config.json max_seq_length, else the tokenizer's model_max_length, else
+its positions: runtime/hf.max_sequence_length), the length the bundle records and applies. An
+engine that takes fewer tokens (a LiteRT model's static sequence, a TensorRT profile's maximum) is
+fed what it takes: a longer sample is cut to that many tokens, its last kept token replaced by the
+sample's closing special token (what the tokenizer would give at that length), and compared with
+the reference of the whole sample. Those samples are reported apart (``truncated``: how many, at
+how many ``tokens``, their cosines) with a warning, and not gated: the gates judge the engine on what
+it sees; the warning says what it cannot see.
+
 The thresholds are gate fields (out of the key): None means the default for the precision the
 engine holds (see DEFAULTS), so one recipe line `parity: {}` fits fp32, fp16 and int8 engines.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,8 +47,11 @@ class ParityParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(8, ge=1, description="Samples per batch (padded to the longest).")
-    max_length: int = Field(128, ge=2, description="Tokenizer truncation length.")
-    max_samples: int = Field(64, ge=1, description="At most this many sample lines are compared.")
+    max_length: int | None = Field(
+        None, ge=2, description="Tokenizer truncation length (None: the model's maximum sequence "
+        "length, as its files say: sentence_bert_config.json max_seq_length, else the tokenizer's "
+        "model_max_length, else config.json max_position_embeddings; 128 when none says).")
+    max_samples: int = Field(128, ge=1, description="At most this many sample lines are compared.")
     precision_hint: Literal["f32", "bf16", "f16"] = Field(
         "f32", description="OpenVINO INFERENCE_PRECISION_HINT (set explicitly: bf16 CPUs default "
         "to bf16).")
@@ -53,7 +67,7 @@ class ParityParams(BaseModel):
 
 class Parity(EngineCheck[ParityParams]):
     name = "parity"
-    version = "1"
+    version = "2"
     description = "Compare the engine's outputs with the PyTorch reference on the sample texts."
     inputs = ("model", "source", "samples", "reference")
     outputs = {"reference": "reference/"}
@@ -76,38 +90,36 @@ class Parity(EngineCheck[ParityParams]):
         model = ctx.input("model")
         engine = open_engine(model, ctx.threads, p.precision_hint, task=task,
                              trust_remote_code=trc, device=device_of(ctx.hardware))
-        cosines: list[Any] = []
-        agree: list[Any] = []
-        max_diff = 0.0
         batches = _load_reference(ctx.input("reference")) if "reference" in ctx.inputs \
             else _reference_batches(ctx)[0]
+        takes = engine_max_tokens(model, engine.describe())
+        cmp = _Comparison(task)
         for batch, ref in batches:
             mask = batch["attention_mask"]
-            out = engine.run(batch)
-            if ref.shape != out.shape:
-                raise ValueError(f"the engine's output has shape {out.shape}, the reference's "
-                                 f"{ref.shape}")
-            real = mask.astype(bool)
-            diff = np.abs(ref - out)
-            max_diff = max(max_diff, float((diff[real] if ref.ndim == 3 else diff).max()))
-            if task == "feature-extraction":
-                cosines.append((hf.mean_pool(ref, mask) * hf.mean_pool(out, mask)).sum(axis=1))
-            else:
-                r, o = (ref[real], out[real]) if ref.ndim == 3 else (ref, out)
-                cosines.append(_cosine(r, o))
-                agree.append(r.argmax(axis=-1) == o.argmax(axis=-1))
-        cos = np.concatenate(cosines).astype(np.float64)
+            feed, cut = batch, np.zeros(len(mask), dtype=bool)
+            if takes is not None and mask.shape[1] > takes:
+                feed, cut = truncate(batch, takes), mask.sum(axis=1) > takes
+            out = engine.run(feed)
+            cmp.add(batch, feed, ref, out, cut)
         metrics: dict[str, Any] = {
             "samples": sum(len(b["attention_mask"]) for b, _ in batches),
             "task": task,
             "precision": detect_precision(model),
-            "max_abs_diff": _sig(max_diff),
-            "mean_cosine": _sig(float(cos.mean())),
-            "min_cosine": _sig(float(cos.min())),
+            "max_length": _max_length(p, ctx.inputs.get("source")),
+            "max_tokens": max(int(b["attention_mask"].sum(axis=1).max()) for b, _ in batches),
+            **cmp.metrics(),
             "runtime": engine.describe(),
         }
-        if agree:
-            metrics["top1_agreement"] = _sig(float(np.concatenate(agree).mean()))
+        if "truncated" in metrics:
+            t = metrics["truncated"]
+            t["tokens"] = takes
+            ctx.warn(f"parity: {t['samples']} of {metrics['samples']} samples are longer than the "
+                     f"{takes} tokens this engine takes (the model takes {metrics['max_length']}): "
+                     f"compared cut to {takes} tokens (mean cosine {t['mean_cosine']}, min "
+                     f"{t['min_cosine']}) and "
+                     + ("gated: no sample fits whole" if t["gated"] else "left out of the gates")
+                     + f"; a deployment of this engine sees only the first {takes} tokens of a "
+                     "text")
         return metrics
 
     def _reference(self, ctx: StepContext[ParityParams]) -> dict[str, Any]:
@@ -122,7 +134,9 @@ class Parity(EngineCheck[ParityParams]):
                 np.save(out / f"{i:04d}.in.{name}.npy", arr)
             np.save(out / f"{i:04d}.out.npy", ref)
         return {"samples": sum(len(b["attention_mask"]) for b, _ in batches),
-                "batches": len(batches), "task": ctx.model.task, "runtime": runtime}
+                "batches": len(batches), "task": ctx.model.task, "runtime": runtime,
+                "max_length": _max_length(ctx.params, ctx.input("source")),
+                "max_tokens": max(int(b["attention_mask"].sum(axis=1).max()) for b, _ in batches)}
 
     @classmethod
     def thresholds(cls, params: ParityParams, metrics: dict[str, Any]) -> dict[str, float | None]:
@@ -183,11 +197,121 @@ def _reference_batches(
     reference = open_engine(source, ctx.threads, task=task, trust_remote_code=trc,
                             device=device_of(ctx.hardware))
     out = []
+    limit = _max_length(p, source)
     for i in range(0, len(texts), p.batch_size):
-        enc = hf.encode(tokenizer, texts[i:i + p.batch_size], max_length=p.max_length)
+        enc = hf.encode(tokenizer, texts[i:i + p.batch_size], max_length=limit)
         batch = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
         out.append((batch, reference.run(batch)))
     return out, reference.describe()
+
+
+FALLBACK_MAX_LENGTH = 128  # when no file of the model says how many tokens it takes
+
+
+def _max_length(p: ParityParams, source: Any) -> int:
+    """The truncation length: the param, else the model's maximum sequence length."""
+    if p.max_length is not None:
+        return p.max_length
+    found = hf.max_sequence_length(Path(source)) if source is not None else None
+    return found[0] if found else FALLBACK_MAX_LENGTH
+
+
+def engine_max_tokens(model: Any, settings: dict[str, Any]) -> int | None:
+    """The most tokens the engine takes when it is shaped for fewer than any: a LiteRT model's
+    static sequence (its runtime's ``static_shape``), a TensorRT engine's profile maximum
+    (``engine.json`` beside the plan). None: any length (ONNX Runtime, OpenVINO, PyTorch)."""
+    static = settings.get("static_shape")
+    if isinstance(static, list) and len(static) == 2:
+        return int(static[1])
+    about = Path(model) / "engine.json"
+    if about.is_file():
+        import json
+
+        try:
+            return int(json.loads(about.read_text())["profile"]["max"][1])
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return None
+    return None
+
+
+def truncate(batch: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """The batch cut to ``tokens`` positions, as the tokenizer would have cut each longer
+    sample: its first tokens, then its closing special token (the last real one, [SEP] or
+    </s>) in the last position. Right-padded batches (what hf.encode makes)."""
+    import numpy as np
+
+    out = {k: np.ascontiguousarray(v[:, :tokens]) for k, v in batch.items()}
+    lengths = batch["attention_mask"].sum(axis=1)
+    for row in np.flatnonzero(lengths > tokens):
+        out["input_ids"][row, tokens - 1] = batch["input_ids"][row, lengths[row] - 1]
+    return out
+
+
+class _Comparison:
+    """Cosines (and top-1 agreement, max abs diff) of the engine's outputs against the
+    reference's, apart for the samples the engine saw whole and those it saw cut."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.cos: dict[bool, list[Any]] = {False: [], True: []}
+        self.agree: list[Any] = []
+        self.max_diff = 0.0
+        self.cut_samples = 0
+
+    def add(self, batch: dict[str, Any], feed: dict[str, Any], ref: Any, out: Any,
+            cut: Any) -> None:
+        import numpy as np
+
+        mask, fmask = batch["attention_mask"], feed["attention_mask"]
+        seq = fmask.shape[1]
+        r = ref[:, :seq] if ref.ndim == 3 else ref
+        if r.shape != out.shape:
+            raise ValueError(f"the engine's output has shape {out.shape}, the reference's "
+                             f"{r.shape}")
+        whole = ~cut
+        self.cut_samples += int(cut.sum())
+        if whole.any():  # a sample seen whole: all its tokens lie in the first seq positions
+            real = fmask[whole].astype(bool)
+            diff = np.abs(r[whole] - out[whole])
+            self.max_diff = max(self.max_diff, float((diff[real] if r.ndim == 3 else diff).max()))
+        if self.task == "feature-extraction":
+            cos = (hf.mean_pool(ref, mask) * hf.mean_pool(out, fmask)).sum(axis=1)
+            for part in (False, True):
+                self.cos[part].append(cos[cut == part])
+            return
+        for part in (False, True):
+            rows = cut == part
+            if not rows.any():
+                continue
+            if r.ndim == 3:  # per token: the real tokens the engine got as the reference did
+                same = fmask[rows].astype(bool) & (feed["input_ids"][rows] ==
+                                                   batch["input_ids"][rows][:, :seq])
+                a, b = r[rows][same], out[rows][same]
+            else:
+                a, b = r[rows], out[rows]
+            self.cos[part].append(_cosine(a, b))
+            if not part:
+                self.agree.append(a.argmax(axis=-1) == b.argmax(axis=-1))
+
+    def metrics(self) -> dict[str, Any]:
+        import numpy as np
+
+        whole = np.concatenate(self.cos[False]).astype(np.float64) if self.cos[False] else None
+        cut = np.concatenate(self.cos[True]).astype(np.float64) if self.cos[True] else None
+        gated = whole if whole is not None and whole.size else cut
+        if gated is None or not gated.size:
+            raise ValueError("parity compared no samples")
+        out: dict[str, Any] = {"max_abs_diff": _sig(self.max_diff),
+                               "mean_cosine": _sig(float(gated.mean())),
+                               "min_cosine": _sig(float(gated.min()))}
+        if self.agree:
+            out["top1_agreement"] = _sig(float(np.concatenate(self.agree).mean()))
+        if cut is not None and cut.size:
+            out["truncated"] = {"samples": self.cut_samples,
+                                "gated": gated is cut,
+                                "mean_cosine": _sig(float(cut.mean())),
+                                "min_cosine": _sig(float(cut.min()))}
+        return out
 
 
 def _load_reference(folder: Any) -> list[tuple[dict[str, Any], Any]]:
