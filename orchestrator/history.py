@@ -97,9 +97,21 @@ def target_record(manifest: dict[str, Any] | None, status: str) -> dict[str, Any
         "noisy_points": sorted(k for k, v in results.items() if v.get("noisy")),
         "benchmark_key": bench.get("key"),
         "gates": gates(manifest),
+        "search": search_record(manifest.get("search")),
     }
     record.update({k: v for k, v in optional.items() if v})
     return record
+
+
+def search_record(section: Any) -> dict[str, Any] | None:
+    """A search target's choice and each variant's figures, for the report's front chart."""
+    if not isinstance(section, dict):
+        return None
+    keep = ("name", "status", "speedup", "interval", "mean_cosine", "size")
+    rows = [{k: r[k] for k in keep if k in r} for r in section.get("variants") or []
+            if isinstance(r, dict)]
+    return {"winner": section.get("winner"), "front": section.get("front") or [],
+            "objective": section.get("objective"), "variants": rows}
 
 
 def gates(manifest: dict[str, Any]) -> dict[str, float]:

@@ -424,13 +424,53 @@ def trend_charts(runs: list[dict[str, Any]], rows: Rows) -> list[tuple[str, dict
     return out
 
 
+def front_data(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A search target's variants as chart points: speed-up, mean cosine, size, on the front or
+    not, the winner marked."""
+    found = rec.get("search")
+    search: dict[str, Any] = found if isinstance(found, dict) else {}
+    front, out = set(search.get("front") or []), []
+    for r in search.get("variants") or []:
+        if isinstance(r, dict) and _num(r.get("speedup")) and _num(r.get("mean_cosine")):
+            role = "winner" if r.get("name") == search.get("winner") else (
+                "on the front" if r.get("name") in front else str(r.get("status", "")))
+            out.append({"variant": str(r.get("name")), "speedup": r["speedup"],
+                        "mean_cosine": r["mean_cosine"], "size_mb": round(
+                            float(r.get("size") or 0) / 2**20, 1), "role": role})
+    return out
+
+
+def front_chart(label: str, rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The Pareto front of a search target's last run: speed-up against mean cosine, point size
+    the engine's size; the winner and the front marked."""
+    import altair as alt
+
+    data = front_data(rec)
+    if not data:
+        return None
+    chart = alt.Chart({"values": data}).mark_point(filled=True, opacity=0.8).encode(
+        x=alt.X("speedup:Q", title="speed-up vs PyTorch (x)", scale=alt.Scale(zero=False, padding=12)),
+        y=alt.Y("mean_cosine:Q", title="parity (mean cosine)", scale=alt.Scale(zero=False, padding=12)),
+        size=alt.Size("size_mb:Q", title="size (MB)"), color=alt.Color("role:N", title="variant"),
+        shape=alt.Shape("role:N", title="variant"),
+        tooltip=["variant:N", "role:N", "speedup:Q", "mean_cosine:Q", "size_mb:Q"])
+    return _titled(chart, f"{label}: the search's variants",
+                   "each variant of the last run that passed its gates and was measured; the "
+                   "winner and the Pareto front (speed-up, mean cosine, size) marked")
+
+
 def charts(runs: list[dict[str, Any]], rows: Rows) -> list[tuple[str, dict[str, Any]]]:
-    """(title, Vega-Lite spec) of every chart: per recipe the trade-off, then the trends."""
+    """(title, Vega-Lite spec) of every chart: per recipe the trade-off, each search's front,
+    then the trends."""
     out: list[tuple[str, dict[str, Any]]] = []
     for recipe in sorted({label.partition("/")[0] for label in rows}):
         spec = tradeoff_chart(rows, recipe)
         if spec is not None:
             out.append((f"{recipe}: accuracy against latency", spec))
+    for label, (rec, _, _) in sorted(rows.items()):
+        spec = front_chart(label, rec)
+        if spec is not None:
+            out.append((f"{label}: the search's variants", spec))
     return out + trend_charts(runs, rows)
 
 

@@ -309,3 +309,27 @@ def test_no_two_labels_of_a_chart_overlap(tmp_path: Path) -> None:
                        "<text x='10' y='20'>cpu-int8</text><text x='14' y='22'>cpu-fp32</text>"
                        "</svg></div></body></html>")
     assert overlapping_labels(crafted, tmp_path)["overlaps"] == [[0, "cpu-int8", "cpu-fp32"]]
+
+
+def test_a_search_targets_front_is_drawn_from_its_last_run() -> None:
+    """Issue 19: the report plots each search's variants, the winner and the Pareto front."""
+    pytest.importorskip("altair")
+    from orchestrator.history import search_record
+    from orchestrator.reportpage import front_chart, front_data
+
+    section = {"winner": "ov", "front": ["ov", "ort"], "objective": "latency at b1_s128",
+               "variants": [
+                   {"name": "ov", "status": "ok", "speedup": 4.1, "interval": [4.0, 4.2],
+                    "mean_cosine": 0.997, "size": 23_000_000, "params": {}},
+                   {"name": "ort", "status": "ok", "speedup": 2.7, "mean_cosine": 0.999,
+                    "size": 22_000_000},
+                   {"name": "slow", "status": "ok", "speedup": 1.2, "mean_cosine": 0.99,
+                    "size": 90_000_000},
+                   {"name": "bad", "status": "failed", "why": "parity failed"}]}
+    rec = {"status": "ok", "search": search_record(section)}
+    assert "params" not in rec["search"]["variants"][0]  # only what the chart needs
+    roles = {d["variant"]: d["role"] for d in front_data(rec)}
+    assert roles == {"ov": "winner", "ort": "on the front", "slow": "ok"}  # "bad": not measured
+    spec = front_chart("bert-auto/cpu-auto", rec)
+    assert spec is not None and spec["title"] == "bert-auto/cpu-auto: the search's variants"
+    assert front_chart("x/y", {"status": "ok"}) is None
