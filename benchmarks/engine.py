@@ -74,7 +74,7 @@ def bench_noop(tmp: Path, runs: int) -> dict[str, float]:
 
 def bench_nightly_plan(tmp: Path, recipes: int, targets: int) -> dict[str, float]:
     """Plan (load, validate, compile, key, look up) recipes x targets of fake steps, in process."""
-    from orchestrator.commands.build import open_session
+    from orchestrator.session import open_session
 
     p = project(tmp / "nightly")
     paths = []
@@ -107,7 +107,7 @@ def bench_nightly_plan(tmp: Path, recipes: int, targets: int) -> dict[str, float
 
 def fill_cache(args: argparse.Namespace) -> None:
     """Record an action entry for every task, as a real build would (without running steps)."""
-    from orchestrator.commands.build import open_session
+    from orchestrator.session import open_session
 
     while True:
         s = open_session(args)

@@ -157,8 +157,8 @@ def rebench(args: argparse.Namespace, old: dict[str, dict[str, Any]],
             new: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """label -> paired figures for every target whose engine changed, measured here under the
     machine lock."""
-    from orchestrator.commands.build import lock_timeout, open_store, project_root
     from orchestrator.locks import BuildLocks, LockTimeout, hold_machine
+    from orchestrator.session import lock_timeout, open_store, project_root
     from orchestrator.store.config import attach_remote
 
     pairs = [n for n in sorted(set(old) & set(new)) if changed_engines(old[n], new[n])]

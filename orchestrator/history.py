@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +134,8 @@ def gates(manifest: dict[str, Any]) -> dict[str, float]:
 
 
 def _git(folder: Path, *args: str) -> str | None:
+    import subprocess  # only when a history line is written: a no-op imports none
+
     try:
         done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
                               timeout=10)

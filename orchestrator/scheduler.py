@@ -25,7 +25,7 @@ from orchestrator.store import index as index_keys
 from orchestrator.store.base import ActionEntry, Blob, BlobError, Store
 
 if TYPE_CHECKING:
-    from orchestrator.executors.local import Finished, Job
+    from orchestrator.executors.base import Executor, Finished, Job
 
 WAIT_REPORT_S = 120.0  # a task waiting for another build's lock says so again this often
 
@@ -89,7 +89,7 @@ class Scheduler:
         self.outcomes: dict[str, TaskOutcome] = {}
         self.outputs: dict[str, dict[str, Any]] = {}  # task id -> its output blobs (JSON)
         self.started: dict[str, Job] = {}
-        self._executor: Any = None  # made when a task first starts (see `executor`)
+        self._executor: Executor | None = None  # made when a task first starts (`executor`)
         self.locks = BuildLocks(store.root, getattr(store, "remote", None))
         self.waiting_exclusive: set[str] = set()  # ready exclusive tasks waiting to run alone
         self._kept: set[str] = set()  # speed checks the prune rule kept (asked once each)
@@ -111,16 +111,20 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self.done():
+            finished = len(self.outcomes)
             self.start_ready()
             if self.done():
                 break
+            if len(self.outcomes) > finished and not self.running():
+                continue  # hits freed tasks ordered before them (Task.after): look again now
             if not self.running():
                 time.sleep(0.05)  # nothing runs: waiting for another build's locks only
             self.collect()
-            self.reporter.tick(self.executor)
+            if self._executor is not None:  # a build that starts nothing never makes one
+                self.reporter.tick(self._executor)
 
     @property
-    def executor(self) -> Any:
+    def executor(self) -> Executor:
         """The executor, made when first needed: a build that starts nothing (a no-op) never
         loads one."""
         if self._executor is None:
@@ -373,7 +377,7 @@ class Scheduler:
 def _job(task: Task, d: Decision, plan: Plan, store: Store,
          outputs: dict[str, dict[str, Any]], opts: Options) -> Job:
     """The executor's job for a task: its inputs placed in a fresh scratch folder."""
-    from orchestrator.executors.local import Job
+    from orchestrator.executors.base import Job
     from orchestrator.worker import TaskSpec
 
     scratch = store.scratch(prefix=f"{task.step}-")
@@ -434,7 +438,7 @@ def _member_finished(lead: Finished, job: Job) -> Finished:
     import json
     from pathlib import Path
 
-    from orchestrator.executors.local import Finished
+    from orchestrator.executors.base import Finished
 
     result = Path(job.spec.result)
     if result.is_file():

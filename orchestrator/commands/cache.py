@@ -30,13 +30,13 @@ _DIGEST_TAIL = re.compile(r"[0-9a-f]{62}")
 
 
 def default_cache(args: argparse.Namespace) -> Path:
-    from orchestrator.commands.build import project_root
+    from orchestrator.session import project_root
 
     return Path(args.cache or os.environ.get("DEPLOY_BUILD_CACHE") or project_root(Path.cwd()) / "cache")
 
 
 def verify(args: argparse.Namespace) -> int:
-    from orchestrator.commands.build import open_store
+    from orchestrator.session import open_store
 
     cache = default_cache(args)
     if not (cache / "index").is_dir() and not (cache / "cas").is_dir():
@@ -179,7 +179,7 @@ def _verify_remote(args: argparse.Namespace, cache: Path) -> int:
 
 
 def _open_local(args: argparse.Namespace) -> LocalStore:
-    from orchestrator.commands.build import open_store
+    from orchestrator.session import open_store
 
     return open_store(default_cache(args))
 

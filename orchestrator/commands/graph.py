@@ -147,8 +147,8 @@ def dot(graph: Any, mark: dict[str, str],
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.commands.build import open_session
     from orchestrator.history import read_last_run
+    from orchestrator.session import open_session
 
     s = open_session(args)
     try:

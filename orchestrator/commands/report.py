@@ -19,8 +19,8 @@ __all__ = ["run", "write_report"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.commands.build import project_root
     from orchestrator.history import history_path
+    from orchestrator.session import project_root
 
     root = project_root(Path.cwd())
     if args.history:

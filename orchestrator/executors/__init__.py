@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.executors.base import Executor
 
 
 def cuda_device_ids() -> list[int]:
@@ -15,7 +18,8 @@ def cuda_device_ids() -> list[int]:
     return sorted(int(n[6:]) for n in names if n.startswith("nvidia") and n[6:].isdigit())
 
 
-def make_executor(name: str, jobs: int, ray_address: str | None = None, store: Any = None) -> Any:
+def make_executor(name: str, jobs: int, ray_address: str | None = None, store: Any = None
+                  ) -> Executor:
     """The executor a build runs its tasks with: ``local`` (worker processes on this machine) or
     ``ray`` (Ray tasks on a cluster; ``ray`` is imported only then; with the build's store, the
     bytes travel through its remote cache when it has one)."""

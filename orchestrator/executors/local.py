@@ -23,55 +23,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from orchestrator.executors import cuda_device_ids
+from orchestrator.executors.base import LOG_TAIL_LINES, Finished, Job  # noqa: F401 - re-exported
 
-if TYPE_CHECKING:
-    from orchestrator.worker import TaskSpec
-
-LOG_TAIL_LINES = 25
 # no telemetry or phone-home from OpenVINO, NNCF or the hub during a build (set for every worker,
 # and in this process before it imports one of them itself)
 NO_TELEMETRY = {"CI": "true", "NNCF_CI": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
                 "OPENVINO_NO_TELEMETRY": "1"}
 LIMIT_POLL_S = 0.1
-
-
-@dataclass(frozen=True)
-class Job:
-    """One task for an executor: its spec (what the worker reads), its scratch folder (the spec,
-    log and result are written there) and what it needs. Executors never change it."""
-
-    task_id: str
-    spec: TaskSpec
-    scratch: Path
-    cpu: int
-    label: str = ""
-    memory_gb: float = 0.0
-    cuda: int = 0
-    timeout_s: float | None = None
-    max_memory_mb: float | None = None
-    limit_where: dict[str, str] = field(default_factory=dict)  # limit name -> where it was set
-    exclusive: bool = False  # runs alone: starts only when nothing runs, and nothing beside it
-    # input name -> the blob (Blob.to_json() and its filename) an input placed from the cache
-    # is, so an executor that ships inputs elsewhere (Ray over the remote cache) need not
-    # hash them again; sources (the model folder, the samples) are not in it
-    input_blobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass
-class Finished:
-    task_id: str
-    ok: bool
-    result: dict[str, Any] | None
-    log: str
-    returncode: int
-    duration: float
-    reason: str | None = None  # why this side killed it (a limit), else None
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        return "\n".join(self.log.rstrip().splitlines()[-lines:])
 
 
 @dataclass

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.executors.local import Finished, Job
+from orchestrator.executors.base import Finished, Job
 
 ACCELERATOR_PREFIX = "accelerator:"
 ACCELERATOR_SHARE = 0.001  # of a node's accelerator resource, per task
