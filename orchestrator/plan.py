@@ -9,7 +9,6 @@ so an upstream that rebuilds to identical bytes makes it a hit (early cutoff).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +24,9 @@ from orchestrator.keys import (
 from orchestrator.machine import fact as machine_fact
 from orchestrator.sources import ResolvedSource, StatCache, resolve_model_path
 from orchestrator.store import index as index_keys
-from orchestrator.store.base import ActionEntry, Blob, InvalidEntry
+from orchestrator.store.base import ActionEntry, Blob, InvalidEntry, entry_problem
 
 Status = Literal["HIT", "RUN", "SKIP"]
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -173,22 +171,28 @@ def last_key(task: Task) -> str:
     return index_keys.last_document(recipe, target, pos)
 
 
-def entry_problem(entry: dict[str, Any]) -> str | None:
-    """Why an action entry read from the index is not the shape the build reads; None if it is.
-    The one place entries are validated: a bad row is a miss (and is rebuilt), never a crash."""
-    outputs = entry.get("outputs")
-    if not isinstance(outputs, dict):
-        return f"'outputs' is {type(outputs).__name__}, not a mapping"
-    for name, b in outputs.items():
-        if not (isinstance(b, dict) and b.get("kind") in ("file", "tree")
-                and isinstance(b.get("digest"), str) and _DIGEST.fullmatch(b["digest"])
-                and type(b.get("size")) is int and b["size"] >= 0
-                and isinstance(b.get("filename"), str)):
-            return f"output {name!r} is malformed"
-    for field_name, tp in (("metrics", dict), ("warnings", list), ("doc", dict)):
-        if not isinstance(entry.get(field_name), tp):
-            return f"{field_name!r} is missing or not a {tp.__name__}"
-    return None
+def prefetch_remote(store: Any, graph: BuildGraph, sources: dict[str, ResolvedSource]) -> None:
+    """Before planning against a remote cache: read, level by level of the DAG, every entry
+    planning will ask for in one batched request per level, and check the existence of every
+    blob they name in one listing per shard (nothing for a local-only store)."""
+    if not hasattr(store, "batch_entries") or not store.begin_prefetch():
+        return
+    from orchestrator.keys import task_key
+    outputs: dict[str, dict[str, Any]] = {}
+    pending = list(graph.tasks())
+    blobs: list[Blob] = []
+    while pending:
+        level = {t.id: task_key(document(t, d)) for t in pending
+                 if (d := input_digests(t, sources, outputs)) is not None}
+        if not level:
+            break
+        pending = [t for t in pending if t.id not in level]
+        for tid, entry in store.batch_entries(level).items():
+            if isinstance(entry.get("outputs"), dict):
+                outputs[tid] = entry["outputs"]
+                blobs += [Blob.from_json(b) for b in entry["outputs"].values()
+                          if isinstance(b, dict)]
+    store.prefetch_blobs(blobs)
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

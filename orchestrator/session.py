@@ -18,11 +18,11 @@ from orchestrator.errors import FatalError
 from orchestrator.fit import Fit, fit_graph
 from orchestrator.graph import BuildGraph, compile_graph
 from orchestrator.hashing import file_kind
-from orchestrator.plan import Plan, make_plan, resolve_sources
+from orchestrator.plan import Plan, make_plan, prefetch_remote, resolve_sources
 from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
 from orchestrator.registry import Registry
 from orchestrator.sources import StatCache
-from orchestrator.store.config import attach_remote, prefetch_remote
+from orchestrator.store.config import attach_remote
 from orchestrator.store.local import LocalStore
 
 MAX_RECIPE_BYTES = 2**20

@@ -114,7 +114,7 @@ def _verify_blobs(store: LocalStore, problems: list[str]) -> dict[str, int]:
 
 def _verify_entries(store: LocalStore, problems: list[str]) -> dict[str, int]:
     """Check every action entry and the blobs it names; a bad entry is removed (rebuilt later)."""
-    from orchestrator.plan import entry_problem
+    from orchestrator.store.base import entry_problem
 
     entries = entries_removed = trees = 0
     keys = [k for k in store.index.iterkeys()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -40,7 +41,7 @@ class ActionEntry:
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> ActionEntry:
-        """From a JSON object already checked (plan.entry_problem)."""
+        """From a JSON object already checked (store.base.entry_problem)."""
         log = d.get("log")
         return ActionEntry(d["outputs"], d["metrics"], d["warnings"],
                            log if isinstance(log, str) else None, d["doc"])
@@ -102,3 +103,24 @@ class CorruptBlob(BlobError):
 
 class InvalidEntry(Exception):
     """An action entry that cannot be used (not JSON, or not the shape the build reads)."""
+
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def entry_problem(entry: dict[str, Any]) -> str | None:
+    """Why an action entry read from the index is not the shape the build reads; None if it is.
+    The one place entries are validated: a bad row is a miss (and is rebuilt), never a crash."""
+    outputs = entry.get("outputs")
+    if not isinstance(outputs, dict):
+        return f"'outputs' is {type(outputs).__name__}, not a mapping"
+    for name, b in outputs.items():
+        if not (isinstance(b, dict) and b.get("kind") in ("file", "tree")
+                and isinstance(b.get("digest"), str) and _DIGEST.fullmatch(b["digest"])
+                and type(b.get("size")) is int and b["size"] >= 0
+                and isinstance(b.get("filename"), str)):
+            return f"output {name!r} is malformed"
+    for field_name, tp in (("metrics", dict), ("warnings", list), ("doc", dict)):
+        if not isinstance(entry.get(field_name), tp):
+            return f"{field_name!r} is missing or not a {tp.__name__}"
+    return None

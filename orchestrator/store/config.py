@@ -77,13 +77,6 @@ def attach_remote(store: LocalStore, args: argparse.Namespace, recipes: Sequence
     return tiered
 
 
-def prefetch_remote(store: LocalStore, graph: Any, sources: dict[str, Any]) -> None:
-    """Batch the remote lookups planning is about to make (nothing for a local-only store)."""
-    prefetch = getattr(store, "prefetch", None)
-    if prefetch is not None:
-        prefetch(graph, sources)
-
-
 def fetch_for_build(store: LocalStore, plan: Any) -> bool:
     """Before a build runs: download the outputs of the hits it will need (each target's final
     step, every input of a task that runs), so that a blob the remote lost or serves corrupt turns

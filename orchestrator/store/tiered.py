@@ -92,42 +92,39 @@ class TieredStore(LocalStore):
                 self.remote.log(f"remote: uploaded {len(files)} blob(s) of {key[:12]} "
                                 f"({sent / 2**20:.1f} MiB) to {self.remote.url}")
 
-    def prefetch(self, graph: Any, sources: dict[str, Any]) -> None:
-        """Read, in one batched request per DAG level, the remote entries planning will ask for,
-        and check the existence of every blob they name in one listing per shard."""
+    def begin_prefetch(self) -> bool:
+        """Read the remote's packs once, before a batched prefetch (orchestrator.plan.prefetch);
+        False when the remote cannot be read."""
         if not self.remote.can_read:
-            return
-        from orchestrator.keys import task_key
-        from orchestrator.plan import document, input_digests
-
+            return False
         self._packed = self.remote.read_packs()
-        outputs: dict[str, dict[str, Any]] = {}
-        pending = list(graph.tasks())
-        blobs: list[Blob] = []
-        while pending:
-            level = {t.id: task_key(document(t, d)) for t in pending
-                     if (d := input_digests(t, sources, outputs)) is not None}
-            if not level:
-                break
-            pending = [t for t in pending if t.id not in level]
-            local: dict[str, dict[str, Any] | None] = {}
-            for tid, key in level.items():
+        return True
+
+    def batch_entries(self, keys: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Task id -> entry of every key found locally, in the packs or on the remote (one
+        batched request for what is left); the remote's misses are remembered."""
+        local: dict[str, dict[str, Any] | None] = {}
+        for tid, key in keys.items():
+            with contextlib.suppress(InvalidEntry):
+                local[tid] = LocalStore.get_action(self, key)
+        ask = [k for tid, k in keys.items() if local.get(tid) is None and k not in self._raw
+               and k not in self.fetched]
+        found = {k: self._packed.pop(k) for k in ask if k in self._packed}
+        found.update(self.remote.get_entries([k for k in ask if k not in found]))
+        self._raw.update({k: None for k in ask if k not in found})
+        out: dict[str, dict[str, Any]] = {}
+        for tid, key in keys.items():
+            entry = local.get(tid) or self.fetched.get(key)
+            if entry is None and key in found:
                 with contextlib.suppress(InvalidEntry):
-                    local[tid] = LocalStore.get_action(self, key)
-            ask = [k for tid, k in level.items() if local.get(tid) is None and k not in self._raw
-                   and k not in self.fetched]
-            found = {k: self._packed.pop(k) for k in ask if k in self._packed}
-            found.update(self.remote.get_entries([k for k in ask if k not in found]))
-            self._raw.update({k: None for k in ask if k not in found})
-            for tid, key in level.items():
-                entry = local.get(tid) or self.fetched.get(key)
-                if entry is None and key in found:
-                    with contextlib.suppress(InvalidEntry):
-                        entry = self._decode(key, found[key])
-                if entry is not None and isinstance(entry.get("outputs"), dict):
-                    outputs[tid] = entry["outputs"]
-                    blobs += [Blob.from_json(b) for b in entry["outputs"].values()
-                              if isinstance(b, dict)]
+                    entry = self._decode(key, found[key])
+            if entry is not None:
+                out[tid] = entry
+        return out
+
+    def prefetch_blobs(self, blobs: list[Blob]) -> None:
+        """Check, in one listing per shard, which of these blobs the remote holds (trees'
+        listings are downloaded: planning needs them)."""
         self._prefetch_blobs(blobs)
 
     def _prefetch_blobs(self, blobs: list[Blob]) -> None:

@@ -26,7 +26,7 @@ PACK_ENTRIES = 5000  # entries per pack that push leaves
 def push(store: TieredStore) -> dict[str, int]:
     """Upload every usable local entry the remote lacks: all their blobs first (one listing per
     shard, concurrent uploads), then the entries (concurrently)."""
-    from orchestrator.plan import entry_problem
+    from orchestrator.store.base import entry_problem
 
     remote = store.remote
     if not remote.can_write:
@@ -118,7 +118,7 @@ def verify_remote(store: TieredStore) -> dict[str, Any]:
 
 def _bad_entries(store: TieredStore, keys: list[str], good: set[str],
                  problems: list[str]) -> list[str]:
-    from orchestrator.plan import entry_problem
+    from orchestrator.store.base import entry_problem
 
     remote = store.remote
     bad: list[str] = []
