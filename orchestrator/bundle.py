@@ -36,6 +36,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from orchestrator.hashing import atomic_write
 from orchestrator.manifest import MANIFEST, RUN_LOG, dumps
 from orchestrator.runtime.hf import max_sequence_length
 
@@ -142,9 +143,7 @@ def signature(store: Any, runtime: str, artifact: dict[str, Any]) -> dict[str, A
         xml = next(r for r in sorted(files) if r.endswith(".xml"))
         sig = _ov_signature(store.blob_path(files[xml][0]))
     memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f".{memo.name}.tmp")
-    tmp.write_text(json.dumps(sig, sort_keys=True))
-    tmp.replace(memo)
+    atomic_write(memo, json.dumps(sig, sort_keys=True))
     return sig
 
 

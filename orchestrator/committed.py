@@ -10,11 +10,11 @@ files apart from the fields in MEASURED.
 from __future__ import annotations
 
 import fnmatch
-import os
 from pathlib import Path
 from typing import Any
 
 from orchestrator.compare import flatten
+from orchestrator.hashing import atomic_write
 from orchestrator.manifest import dumps
 
 # Fields that two honest builds of the same inputs may disagree on: measured latencies and
@@ -47,9 +47,7 @@ def write_committed(folder: Path, table: list[Any]) -> list[Path]:
         except OSError:
             pass
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write(path, text)
         written.append(path)
     return written
 

@@ -5,6 +5,7 @@ Keys and digests are plain lowercase sha256 hex strings.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -103,3 +104,29 @@ def walk_files(root: Path) -> Iterator[tuple[str, Path]]:
                 continue
             p = Path(dirpath) / name
             yield p.relative_to(root).as_posix(), p
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` all at once: written to a temp file beside it (this
+    process's own name, never followed if it is a link) and renamed into place, so a reader sees
+    the old content or the new, never half; the temp file goes if the write fails."""
+    dest = Path(path)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    raw = data.encode() if isinstance(data, str) else data
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            _write_all(fd, raw)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_all(fd: int, raw: bytes) -> None:
+    view = memoryview(raw)
+    while view:
+        view = view[os.write(fd, view):]

@@ -248,15 +248,11 @@ def key_holder(path: Path) -> list[Holder]:
 def _write_record(path: Path, record: dict[str, Any]) -> None:
     """Replace path with a JSON record (a temp file renamed into place: readers see all or
     nothing)."""
+    from orchestrator.hashing import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(OSError):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, json.dumps(record, sort_keys=True).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(record, sort_keys=True), 0o600)
 
 
 class BuildLocks:

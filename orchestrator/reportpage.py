@@ -34,13 +34,13 @@ numbers where numbers belong are shown as text, not a crash.
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import FatalError
 from orchestrator.escape import html_text, script_json
+from orchestrator.hashing import atomic_write
 
 REPORT_EXTRA = "install the report extra: pip install 'deploy-build[report]'"
 DEFAULT_BRANCHES = ("main", "master")
@@ -528,7 +528,5 @@ def write_report(history_file: Path, out: Path, branch: str | None = None) -> Pa
     chosen, picked = select(runs, branch)
     text = render(chosen, branches_note(runs, picked))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    atomic_write(out, text)
     return out

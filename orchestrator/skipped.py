@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK
+from orchestrator.hashing import atomic_write
 from orchestrator.manifest import MANIFEST, dumps
 
 KEEP = ("schema", "recipe", "target", "hardware", "model", "steps")
@@ -48,9 +48,7 @@ def record_skip(out: Path, tp: Any, manifest: dict[str, Any], reason: str) -> di
     path.parent.mkdir(parents=True, exist_ok=True)
     text = dumps(skipped_manifest(manifest, reason))
     if status is None or path.read_text() != text:
-        tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write(path, text)
     return {"status": "skipped", "reason": reason, "manifest": str(path)}
 
 

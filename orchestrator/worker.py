@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import sandbox
-from orchestrator.hashing import canonical_json
+from orchestrator.hashing import atomic_write, canonical_json
 
 
 @dataclass(frozen=True)
@@ -157,9 +157,7 @@ def run_spec(spec: TaskSpec) -> dict[str, Any]:
 
 
 def write_result(path: str, result: dict[str, Any]) -> None:
-    tmp = Path(path + ".tmp")
-    tmp.write_text(canonical_json(result))
-    os.replace(tmp, path)
+    atomic_write(path, canonical_json(result))
 
 
 def run_group(cls: Any, spec: TaskSpec) -> dict[str, Any]:
