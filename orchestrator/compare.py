@@ -205,18 +205,19 @@ def flatten(value: Any, prefix: str = "", lists: bool = False) -> dict[str, Any]
 
 
 def key_reasons(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Why a step's key changed, from what the manifests record (as `--dry-run` words it)."""
-    why: list[str] = []
-    if a.get("version") != b.get("version"):
-        why.append(f"step version changed: {a.get('version')} -> {b.get('version')}")
-    for field, word in (("params", "param"), ("toolchain", "toolchain")):
-        fa, fb = flatten(a.get(field) or {}), flatten(b.get(field) or {})
-        why.extend(f"{word} changed: {k} {_word(fa.get(k))} -> {_word(fb.get(k))}"
-                   for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k))
-    ia, ib = a.get("inputs") or {}, b.get("inputs") or {}
-    why.extend(f"input changed: {k}" for k in sorted(set(ia) | set(ib))
-               if (ia.get(k) or {}).get("digest") != (ib.get(k) or {}).get("digest"))
-    return why or ["code or plugin changed (what the key holds beyond the manifest)"]
+    """Why a step's key changed, from what the manifests record, in the very words `--dry-run`
+    and `explain` use (keys.diff_documents over the parts of the key a manifest records)."""
+    from orchestrator.keys import diff_documents
+
+    def doc(step: dict[str, Any]) -> dict[str, Any]:
+        inputs = step.get("inputs") or {}
+        return {"version": step.get("version"), "plugin": step.get("plugin") or {},
+                "params": step.get("params") or {}, "toolchain": step.get("toolchain") or {},
+                "inputs": {k: (v or {}).get("digest") for k, v in inputs.items()}}
+
+    why = diff_documents(doc(a), doc(b))
+    return why if why != ["key changed"] else [
+        "code or plugin changed (what the key holds beyond the manifest)"]
 
 
 def _word(v: Any) -> str:
