@@ -36,7 +36,8 @@ def target_path(folder: Path, label: str) -> Path:
 def write_committed(folder: Path, table: list[Any]) -> list[Path]:
     """Write each judged target's manifest; returns the files that changed."""
     written = []
-    for label, manifest, _status, _failures in table:
+    for row in table:
+        label, manifest = row.label, row.manifest
         if manifest is None:
             continue
         path = target_path(folder, label)

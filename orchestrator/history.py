@@ -169,7 +169,7 @@ def append_history(path: Path, table: list[Any], outcomes: dict[str, Any]) -> bo
     if not table or not any(o.status in ("run", "fail") for o in outcomes.values()):
         return False
     targets = {label: target_record(manifest, status)
-               for label, manifest, status, _ in sorted(table, key=lambda r: r[0])}
+               for label, manifest, status in sorted((r.label, r.manifest, r.status) for r in table)}
     path.parent.mkdir(parents=True, exist_ok=True)
     where = provenance(path.parent)  # before the lock: it may run git
     with path.open("a") as f:

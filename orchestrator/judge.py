@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from orchestrator.graph import TargetPlan
+from orchestrator.summary import TargetRow
 
 
 def judge(args: argparse.Namespace, s: Any, outcomes: dict[str, Any]
@@ -24,7 +25,7 @@ def judge(args: argparse.Namespace, s: Any, outcomes: dict[str, Any]
         if o.status == "fail":
             failed = True
             print(f"\nFAILED {o.error}", file=sys.stderr)
-    table: list[Any] = []
+    table: list[TargetRow] = []
     searches: dict[tuple[str, str], list[Any]] = {}
     strict = bool(getattr(args, "strict", False))
     for tp in s.graph.targets:
@@ -40,21 +41,22 @@ def judge(args: argparse.Namespace, s: Any, outcomes: dict[str, Any]
 
 
 def _one(s: Any, label: str, judged: tuple[Any, ...], outcomes: dict[str, Any],
-         targets: dict[str, Any], table: list[Any]) -> bool:
+         targets: dict[str, Any], table: list[TargetRow]) -> bool:
     """One target: skipped, written (ok or failed a gate), or left as it was (not finished)."""
     tp, manifest, failures, complete = judged
     if label in s.fit.targets:
         from orchestrator.skipped import record_skip
 
         targets[label] = record_skip(s.out, tp, manifest, s.fit.targets[label])
-        table.append((label, None, "skipped", [s.fit.targets[label]]))
+        table.append(TargetRow(label, None, "skipped", [s.fit.targets[label]]))
         return False
     if complete:  # judged: ok, or failed a gate (then the manifest says why, with no engine)
         path = _write(s, tp, manifest, outcomes)
         targets[label] = {"status": manifest["status"], "manifest": str(path)}
     else:  # not finished: whatever an earlier build left there stays as it was
         targets[label] = {"status": "failed", "manifest": None}
-    table.append((label, manifest if complete else None, targets[label]["status"], failures))
+    table.append(TargetRow(label, manifest if complete else None, targets[label]["status"],
+                           failures))
     if failures:
         kept = "" if complete else f" (not finished; {s.out / tp.recipe.name / tp.name} left as it was)"
         print(f"target {label} FAILED{kept}:", file=sys.stderr)
@@ -84,7 +86,7 @@ def _warnings(label: str, manifest: dict[str, Any]) -> None:
 
 
 def _search(args: argparse.Namespace, s: Any, name: str, candidates: list[Any],
-            outcomes: dict[str, Any], targets: dict[str, Any], table: list[Any]) -> bool:
+            outcomes: dict[str, Any], targets: dict[str, Any], table: list[TargetRow]) -> bool:
     """A search target: its candidates' rows, the choice, and the winner written as the target
     (a failed manifest listing every variant when none passed)."""
     from orchestrator import search
@@ -116,15 +118,15 @@ def _search(args: argparse.Namespace, s: Any, name: str, candidates: list[Any],
 
 
 def _no_winner(s: Any, label: str, name: str, candidates: list[Any], section: dict[str, Any],
-               outcomes: dict[str, Any], targets: dict[str, Any], table: list[Any]) -> bool:
+               outcomes: dict[str, Any], targets: dict[str, Any], table: list[TargetRow]) -> bool:
     if all(s.fit.targets.get(f"{c[0].recipe.name}/{c[0].name}") for c in candidates):
         why = s.fit.targets[f"{candidates[0][0].recipe.name}/{candidates[0][0].name}"]
         targets[label] = {"status": "skipped", "reason": why, "manifest": None}
-        table.append((label, None, "skipped", [why]))
+        table.append(TargetRow(label, None, "skipped", [why]))
         return False
     if not any(c[3] for c in candidates):  # nothing finished: the folder stays as it was
         targets[label] = {"status": "failed", "manifest": None}
-        table.append((label, None, "failed", ["no variant finished"]))
+        table.append(TargetRow(label, None, "failed", ["no variant finished"]))
         return True
     tp, manifest, _, _ = next(c for c in candidates if c[3])
     reasons = [f"{r['name']}: {r.get('why', r['status'])}" for r in section["variants"]]

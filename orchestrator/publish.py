@@ -18,7 +18,7 @@ def after_build(args: argparse.Namespace, s: Any, outcomes: dict[str, Any], tabl
     for name, folder in folders.items():
         from orchestrator.committed import write_committed
 
-        rows = [r for r in table if r[0].partition("/")[0] == name]
+        rows = [r for r in table if r.recipe == name]
         for path in write_committed(folder, rows):
             print(f"wrote {path}", file=sys.stderr)
     manifests = next(iter(folders.values()), None)

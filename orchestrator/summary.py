@@ -6,6 +6,7 @@ is imported, so a no-op build stays as fast as before.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 COLUMNS = ("target", "status", "size", "parity (mean/min, top-1)", "latency (median)",
@@ -66,13 +67,28 @@ def _why(reasons: list[str]) -> str:
     return first + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else "")
 
 
-Row = tuple[str, dict[str, Any] | None, str, list[str]]  # label, manifest, status, failures
+@dataclass(frozen=True)
+class TargetRow:
+    """One target's line of the build's table (and of the history and committed manifests)."""
+
+    label: str  # "recipe/target"
+    manifest: dict[str, Any] | None  # None: not finished, or skipped
+    status: str  # ok | failed | skipped
+    failures: list[str]
+
+    @property
+    def recipe(self) -> str:
+        return self.label.partition("/")[0]
 
 
-def rows(targets: list[Row]) -> list[tuple[str, ...]]:
+Row = TargetRow
+
+
+def rows(targets: list[TargetRow]) -> list[tuple[str, ...]]:
     """One row per target: a manifest (judged) or None (not finished)."""
     out: list[tuple[str, ...]] = []
-    for label, manifest, status, failures in targets:
+    for t in targets:
+        label, manifest, status, failures = t.label, t.manifest, t.status, t.failures
         if manifest is None:
             out.append((label, status, "-", "-", "-", "-", _why(failures)))
             continue
@@ -86,7 +102,7 @@ def rows(targets: list[Row]) -> list[tuple[str, ...]]:
     return out
 
 
-def render(targets: list[Row]) -> str:
+def render(targets: list[TargetRow]) -> str:
     table = [COLUMNS, *rows(targets)]
     if not any(r[-1] for r in table[1:]):
         table = [r[:-1] for r in table]

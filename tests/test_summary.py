@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import FAKE_RECIPE, Project
 
-from orchestrator.summary import render
+from orchestrator.summary import TargetRow, render
 
 
 def test_the_table_shows_size_parity_latency_and_speedup_with_interval() -> None:
@@ -15,8 +15,9 @@ def test_the_table_shows_size_parity_latency_and_speedup_with_interval() -> None
         "benchmark": {"results": {"b1_s128": {"median_ms": 8.61, "speedup": 2.91,
                                               "speedup_interval": [2.8, 3.02]}}},
     }
-    text = render([("bert-edge/cpu-int8", manifest, "ok", []),
-                   ("bert-edge/cpu-fp16", None, "failed", ["step cpu-fp16/2:ort-quantize failed"])])
+    text = render([TargetRow("bert-edge/cpu-int8", manifest, "ok", []),
+                   TargetRow("bert-edge/cpu-fp16", None, "failed",
+                             ["step cpu-fp16/2:ort-quantize failed"])])
     lines = text.splitlines()
     assert lines[0].split("  ")[0] == "target"
     assert "why not ok" in lines[0]
