@@ -68,7 +68,7 @@ def _one(s: Any, label: str, judged: tuple[Any, ...], outcomes: dict[str, Any],
 
 def _write(s: Any, tp: TargetPlan, manifest: dict[str, Any], outcomes: dict[str, Any]) -> Any:
     from orchestrator.bundle import add_bundle
-    from orchestrator.manifest import write_target
+    from orchestrator.materialize import write_target
 
     source = s.plan.sources.get(f"src:{tp.recipe.name}:model")
     fmt = s.graph.task(tp.steps[-1]).info.cls.output_formats.get("model", "") if tp.steps else ""

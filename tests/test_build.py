@@ -455,7 +455,8 @@ def test_swap_in_exchanges_folders_and_signals_wait(tmp_path: Path) -> None:
     import threading
     import time
 
-    from orchestrator.manifest import signals_held, swap_in
+    from orchestrator.materialize import swap_in
+    from orchestrator.signals import signals_held
 
     new, dest = tmp_path / ".t.new", tmp_path / "t"
     new.mkdir()
