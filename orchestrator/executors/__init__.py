@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -10,12 +9,11 @@ if TYPE_CHECKING:
 
 
 def cuda_device_ids() -> list[int]:
-    """NVIDIA devices of this machine (/dev/nvidia0, ...), found without importing a CUDA library."""
-    try:
-        names = os.listdir("/dev")
-    except OSError:  # pragma: no cover
-        return []
-    return sorted(int(n[6:]) for n in names if n.startswith("nvidia") and n[6:].isdigit())
+    """NVIDIA devices of this machine (/dev/nvidia0, ...), found without importing a CUDA library
+    (orchestrator.machine.device_nodes: one listing of them)."""
+    from orchestrator.machine import device_nodes
+
+    return list(device_nodes())
 
 
 def make_executor(name: str, jobs: int, ray_address: str | None = None, store: Any = None
