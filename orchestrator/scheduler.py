@@ -84,7 +84,7 @@ class Scheduler:
         self.plan, self.store, self.opts, self.reporter, self.repro = (
             plan, store, opts, reporter, repro)
         self.prune = prune
-        self.tasks = {t.id: t for t in plan.graph.tasks()}
+        self.tasks = _by_priority(plan)
         self.decisions: dict[str, Decision] = dict(plan.decisions)
         self.outcomes: dict[str, TaskOutcome] = {}
         self.outputs: dict[str, dict[str, Any]] = {}  # task id -> its output blobs (JSON)
@@ -410,6 +410,18 @@ def _job(task: Task, d: Decision, plan: Plan, store: Store,
                timeout_s=timeout.value if timeout else None,
                max_memory_mb=memory.value if memory else None, limit_where=where,
                exclusive=task.exclusive, input_blobs=blobs)
+
+
+def _by_priority(plan: Plan) -> dict[str, Task]:
+    """The plan's tasks, those with the most tasks waiting on them first (the export before a
+    quantization, the PyTorch parity reference beside the export, not after every
+    quantization), plan order among equals: two job slots are not left idle while a task many
+    others wait for has not started."""
+    dag = plan.graph.dag
+    tasks = plan.graph.tasks()
+    order = {t.id: i for i, t in enumerate(tasks)}
+    return {t.id: t for t in sorted(tasks, key=lambda t: (-len(dag.descendants(t.id)),
+                                                             order[t.id]))}
 
 
 def _group_of(task: Task) -> str:

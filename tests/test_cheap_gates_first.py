@@ -63,6 +63,11 @@ def test_a_target_that_fails_parity_is_never_timed(tmp_path: Path, tiny_model_di
     assert any(f.startswith("check parity: max abs diff") for f in m["failures"])
     failed = tmp_path / "failed"
     shutil.copytree(tmp_path / "build", failed)
+    capsys.readouterr()  # explain says the planned benchmark would be skipped, and why
+    assert main(["explain", str(tmp_path / "q.yaml"), "--cache", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "build")]) == 0
+    assert "- but a build skips it: not measured: parity failed (max abs diff" in \
+        capsys.readouterr().out
 
     # the gate relaxed: parity is judged again from the cache, the benchmark runs now (the
     # skipped one left no cache entry)

@@ -57,6 +57,7 @@ def explain(args: argparse.Namespace) -> int:
         print(json.dumps({"targets": out}, indent=2, sort_keys=True))
         s.store.close()
         return EXIT_OK
+    pruned = _pruned_by_cached_gates(s)
     for tp in s.graph.targets:
         print(f"{tp.recipe.name}/{tp.name}:")
         ids = tp.task_ids()
@@ -67,9 +68,28 @@ def explain(args: argparse.Namespace) -> int:
             print(f"  {d.status:<4}  {task.label:<36} key {key}{_shared(task)}")
             for r in d.reasons:
                 print(f"          - {r}")
+            if d.status == "RUN" and tid in pruned:
+                print(f"          - but a build skips it: {pruned[tid]}")
     _explain_searches(s)
     s.store.close()
     return EXIT_OK
+
+
+def _pruned_by_cached_gates(s: Session) -> dict[str, str]:
+    """Speed checks a build would skip because their targets' untimed checks, cached, already
+    fail their gates (cheap gates first): task id -> why."""
+    from orchestrator.scheduler import TaskOutcome
+
+    hits = {tid: TaskOutcome("hit", d.key, d.entry) for tid, d in s.plan.decisions.items()
+            if d.status == "HIT" and d.entry is not None}
+    prune = cheap_gates_first(s)
+    out: dict[str, str] = {}
+    for task in s.graph.tasks():
+        if task.info.cls.measures_speed and s.plan.decisions[task.id].status == "RUN":
+            why = prune(task, hits)
+            if why is not None:
+                out[task.id] = why
+    return out
 
 
 def _explain_searches(s: Session) -> None:
