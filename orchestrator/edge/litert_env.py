@@ -1,6 +1,6 @@
 """The LiteRT environment: where litert-convert and litert-quantize run their jobs.
 
-litert-torch and ai-edge-quantizer pin pydantic 2.11.10 and typing_extensions 4.12.2 (TOOLCHAIN.md),
+litert-torch and ai-edge-quantizer pin pydantic 2.11.10 and typing_extensions 4.12.2 (docs/toolchain.md),
 which the project's environment does not take. So, as pre-commit gives each hook an environment,
 they live in a virtualenv of their own that *layers* on the project's (a .pth file appends the
 project's site-packages: torch and transformers are shared, its own pydantic shadows the

@@ -1,7 +1,7 @@
 """TensorRT: build a serialized engine from ONNX, and run one (the checks' runtime for
 ``tensorrt-engine``). Written against TensorRT's documented Python API (10.x and 11.x) and
 cuda-python's runtime bindings; neither is installable on the machines this project was developed
-on (TOOLCHAIN.md), so this module is exercised only by the ``gpu``-marked tests.
+on (docs/toolchain.md), so this module is exercised only by the ``gpu``-marked tests.
 
 The optimization profile is a pure function of the recipe's shapes (``profile``), tested anywhere.
 """
