@@ -33,7 +33,7 @@ targets:
       - export-onnx: {{opset: 17}}
       - onnx-slow-down: {{matmuls: {n}}}
     checks:
-      benchmark: {{threads: 1, warmup: 2, min_runs: 10, max_runs: 80, window: 5, max_seconds: 3}}
+      benchmark: {{threads: 1, warmup: 2, min_runs: 10, max_runs: 60, window: 5, max_seconds: 1.5}}
 """
 
 HOG = "while True:\n    pass\n"
