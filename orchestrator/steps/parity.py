@@ -21,13 +21,14 @@ engine holds (see DEFAULTS), so one recipe line `parity: {}` fits fp32, fp16 and
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.runtime import hf
-from orchestrator.step import Resources, StepContext, Verdict
+from orchestrator.step import PlanContext, Planned, Resources, StepContext, Verdict
 from orchestrator.steps.checks import EngineCheck, device_of
 
 # Defaults per engine precision, from all-MiniLM-L6-v2 (64 samples, 2 threads) vs PyTorch fp32:
@@ -77,6 +78,16 @@ class Parity(EngineCheck[ParityParams]):
     reference = {"precision_hint": "f32"}
     resources = Resources(cpu=2, memory_gb=4)
     gate_fields = GATES
+
+    @classmethod
+    def plan(cls, params: ParityParams, at: PlanContext) -> Planned[ParityParams]:
+        """The PyTorch reference task takes two threads; an engine's comparison (a second or
+        two, most of it the worker's start-up) takes one, so two run side by side."""
+        planned = super().plan(params, at)
+        if at.reference:
+            return planned
+        return dataclasses.replace(planned, resources=planned.resources.model_copy(
+            update={"cpu": 1}))
 
     def run(self, ctx: StepContext[ParityParams]) -> dict[str, Any]:
         if ctx.reference:
