@@ -409,7 +409,8 @@ def _job(task: Task, d: Decision, plan: Plan, store: Store,
     return Job(task.id, spec, scratch, res.cpu, task.label, res.memory_gb, res.cuda,
                timeout_s=timeout.value if timeout else None,
                max_memory_mb=memory.value if memory else None, limit_where=where,
-               exclusive=task.exclusive, input_blobs=blobs)
+               exclusive=task.exclusive, input_blobs=blobs,
+               preload=tuple(getattr(task.info.cls, "preload", ())))
 
 
 def _by_priority(plan: Plan) -> dict[str, Task]:

@@ -189,6 +189,11 @@ class Step(Generic[P]):
     # Its results are timings: ``--rebench`` runs it again even when it is cached.
     measures_speed: ClassVar[bool] = False
     toolchain: ClassVar[tuple[str, ...]] = ()
+    # Modules the step imports that a warm worker server may import ahead (executors/warm.py):
+    # a task of this step then starts without paying for them. Only modules that start no
+    # thread at import are taken (onnxruntime, openvino and TensorFlow are left out); nothing
+    # else depends on it, and the key never sees it.
+    preload: ClassVar[tuple[str, ...]] = ()
     optional_toolchain: ClassVar[tuple[str, ...]] = ()
     hardware_keys: ClassVar[tuple[str, ...]] = ()
     gate_fields: ClassVar[tuple[str, ...]] = ()

@@ -88,15 +88,22 @@ def ray_address() -> Iterator[str]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(params=["local", "warm", "ray"])
 def executor(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The local executor starting its workers cold (`python -m orchestrator.worker`), the same
+    forking them from a warm server (every job of the test must be forked), and Ray."""
     if request.param == "local":
-        ex: Any = LocalExecutor(jobs=2)
+        ex: Any = LocalExecutor(jobs=2, warm=False)
+    elif request.param == "warm":
+        ex = LocalExecutor(jobs=2)
+        assert ex.warm_up(("json",)), "the warm server did not come up"
     else:
         from orchestrator.executors.ray_cluster import RayExecutor
 
         ex = RayExecutor(request.getfixturevalue("ray_address"))
     yield ex
+    if request.param == "warm":
+        assert ex.forked >= 1, "no job of this test was forked from the warm server"
     ex.cancel_all()
 
 

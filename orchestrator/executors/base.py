@@ -36,6 +36,8 @@ class Job:
     # is, so an executor that ships inputs elsewhere (Ray over the remote cache) need not
     # hash them again; sources (the model folder, the samples) are not in it
     input_blobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # modules its step imports (Step.preload), which a warm worker server may import ahead
+    preload: tuple[str, ...] = ()
 
 
 @dataclass

@@ -1,13 +1,17 @@
 """Local executor: every task in its own worker process, at most `jobs` cpu tokens at once.
 
 A process per task (not a shared pool) is what isolates a native crash or os._exit to that task:
-the worker dies, its task fails, everything else goes on. Workers run in their own session (so
-cancelling kills a task's whole process group) and die with this process: each asks for a
-parent-death SIGKILL (worker.py), so `kill -9` of the build leaves no worker running.
+the worker dies, its task fails, everything else goes on. The process is forked from a warm
+worker server that has imported what the step imports, when one is ready (executors/warm.py),
+else started cold (`python -m orchestrator.worker SPEC`); either way it is the task's alone.
+Workers run in their own session (so cancelling kills a task's whole process group) and die
+with this process: each asks for a parent-death signal (worker.py), so `kill -9` of the build
+leaves no worker running (a warm server dies with the build, and its children with it).
 
 Per-step limits are enforced from here, not inside the worker: past its ``timeout_s`` or its
 ``max_memory_mb`` a task's whole session gets SIGKILL and the task fails with the reason. Memory is
-the resident set of every process of the worker's session, read from /proc every
+the resident set of every process of the worker's session (less what a forked worker shares with
+its warm server, which counted at the fork), read from /proc every
 ``LIMIT_POLL_S`` (an address-space rlimit would break torch and ONNX Runtime, which reserve far
 more address space than they touch).
 """
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.executors import cuda_device_ids
+from orchestrator.executors import warm as warm_workers
 from orchestrator.executors.base import LOG_TAIL_LINES, Finished, Job  # noqa: F401 - re-exported
 
 # no telemetry or phone-home from OpenVINO, NNCF or the hub during a build (set for every worker,
@@ -37,12 +42,13 @@ LIMIT_POLL_S = 0.1
 @dataclass
 class _Running:
     job: Job
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | warm_workers.ForkedProcess
     started: float
     log_path: Path
     cpu: int  # the job's cpu, clamped to the executor's tokens
     devices: list[int] = field(default_factory=list)  # CUDA devices given to the task
     reason: str | None = None  # set when a limit killed it
+    baseline_mb: float = 0.0  # memory shared with the warm server it was forked from
 
 
 def total_memory_gb() -> float:
@@ -62,7 +68,10 @@ class LocalExecutor:
     running: dict[str, _Running] = field(default_factory=dict)
     memory_gb: float = field(default_factory=total_memory_gb)
     devices: list[int] = field(default_factory=cuda_device_ids)
+    warm: bool = True  # fork workers from a warm server when one is ready (executors/warm.py)
+    forked: int = 0  # tasks started from a warm server (the others started cold)
     _checked: float = 0.0
+    _pool: warm_workers.WarmPool | None = None
 
     @property
     def free_cpu(self) -> int:
@@ -84,34 +93,51 @@ class LocalExecutor:
         spec_path = job.scratch / "spec.json"
         spec_path.write_text(json.dumps(job.spec.to_json(), indent=1))
         log_path = job.scratch / "log.txt"
-        env = dict(os.environ)
+        env = _worker_env(job.spec.threads)
         devices: list[int] = []
         if job.cuda:
             busy = {d for r in self.running.values() for d in r.devices}
             devices = [d for d in self.devices if d not in busy][:job.cuda]
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
-        threads = str(job.spec.threads)
-        env.update(NO_TELEMETRY)
-        env.update({
-            "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-            # sources are resolved (and downloaded, for hub ids) while planning: a step
-            # reads local folders only and never reaches the network
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-            # the worker dies with this process (a parent-death signal, see worker.py)
-            "DEPLOY_BUILD_PARENT_PID": str(os.getpid()),
-        })
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.worker", str(spec_path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True, cwd=str(job.scratch),
-            )
+        log_path.write_bytes(b"")
+        proc: subprocess.Popen[bytes] | warm_workers.ForkedProcess | None = None
+        if self.warm and warm_workers.enabled():
+            if self._pool is None:
+                self._pool = warm_workers.WarmPool(_worker_env())
+            proc = self._pool.fork(spec_path, job.scratch, log_path, env)
+            self.forked += proc is not None
+            self._pool.want(job.preload)  # for the next task of this step, if not this one
+        if proc is None:
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "orchestrator.worker", str(spec_path)],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, start_new_session=True, cwd=str(job.scratch),
+                )
         from orchestrator.procs import record_worker
 
         record_worker(job.scratch, proc.pid)  # the next sweep kills what a dead build left of it
-        self.running[job.task_id] = _Running(job, proc, time.monotonic(), log_path,
-                                             min(job.cpu, self.jobs), devices)
+        self.running[job.task_id] = _Running(
+            job, proc, time.monotonic(), log_path, min(job.cpu, self.jobs), devices,
+            baseline_mb=getattr(proc, "baseline_mb", 0.0))
+
+    def warm_up(self, preload: tuple[str, ...] = (), timeout: float = 60.0) -> bool:
+        """Start a warm server with these modules and wait until it is ready (True) or cannot
+        serve (False); tasks started meanwhile start cold as always."""
+        if not (self.warm and warm_workers.enabled()):
+            return False
+        if self._pool is None:
+            self._pool = warm_workers.WarmPool(_worker_env())
+        self._pool.want(preload)
+        deadline = time.monotonic() + timeout
+        server = self._pool.servers[-1] if self._pool.servers else None
+        while server is not None and time.monotonic() < deadline:
+            if server.usable():
+                return True
+            if server.failed is not None:
+                return False
+            time.sleep(0.05)
+        return False
 
     def elapsed(self, task_id: str) -> float:
         return time.monotonic() - self.running[task_id].started
@@ -129,13 +155,15 @@ class LocalExecutor:
         out = []
         for tid in done:
             r = self.running.pop(tid)
-            rc = r.proc.returncode
+            rc = r.proc.returncode if r.proc.returncode is not None else -signal.SIGKILL
             log = r.log_path.read_text(errors="replace")
             result_path = Path(r.job.spec.result)
             result = json.loads(result_path.read_text()) if rc == 0 and result_path.exists() else None
             ok = result is not None and r.reason is None
             out.append(Finished(tid, ok, result if ok else None, log, rc,
                                 time.monotonic() - r.started, r.reason))
+        if done and self._pool is not None:
+            self._pool.tidy()
         return out
 
     def enforce_limits(self) -> None:
@@ -145,12 +173,13 @@ class LocalExecutor:
         watched = {r.proc.pid for r in live if r.job.max_memory_mb is not None}
         rss = session_rss_mb(watched) if watched else {}
         for r in live:
+            used = rss.get(r.proc.pid, 0.0) - r.baseline_mb
             job, where = r.job, r.job.limit_where
             if job.timeout_s is not None and now - r.started > job.timeout_s:
                 r.reason = (f"timed out after {now - r.started:.1f} s; timeout_s {job.timeout_s:g} "
                             f"{where.get('timeout_s', 'set by the caller')}")
-            elif job.max_memory_mb is not None and rss.get(r.proc.pid, 0.0) > job.max_memory_mb:
-                r.reason = (f"used {rss[r.proc.pid]:.0f} MB, over its limit of "
+            elif job.max_memory_mb is not None and used > job.max_memory_mb:
+                r.reason = (f"used {used:.0f} MB, over its limit of "
                             f"{job.max_memory_mb:g} MB; max_memory_mb "
                             f"{where.get('max_memory_mb', 'set by the caller')}")
             else:
@@ -172,6 +201,25 @@ class LocalExecutor:
                     os.killpg(r.proc.pid, signal.SIGKILL)
                 r.proc.wait()
         self.running.clear()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def _worker_env(threads: int = 1) -> dict[str, str]:
+    """The environment of a task's worker (a warm server's too, with one thread)."""
+    env = dict(os.environ)
+    env.update(NO_TELEMETRY)
+    env.update({
+        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+        # sources are resolved (and downloaded, for hub ids) while planning: a step
+        # reads local folders only and never reaches the network
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        # the worker dies with this process (a parent-death signal, see worker.py)
+        "DEPLOY_BUILD_PARENT_PID": str(os.getpid()),
+    })
+    return env
 
 
 def session_rss_mb(sessions: set[int]) -> dict[int, float]:

@@ -110,7 +110,7 @@ def _run_local(job: dict[str, Any]) -> dict[str, Any]:
     job = dict(job)
     job["scratch"] = Path(job["scratch"])
     job["spec"] = TaskSpec.from_json(job["spec"])
-    local = LocalExecutor(jobs=max(1, int(job["cpu"])))
+    local = LocalExecutor(jobs=max(1, int(job["cpu"])), warm=False)  # one task: no server
     local.start(Job(**job))
     try:
         while True:

@@ -17,6 +17,8 @@ class EngineCheck(Step[P]):
     kind = "check"
     input_formats = {"model": formats.ENGINES}
     toolchain = ("torch", "transformers", "onnxruntime", "openvino")
+    # the PyTorch reference and ONNX engines (warm workers import them ahead)
+    preload = ("onnx", "torch", "transformers", "transformers.modeling_utils")
     hardware_keys = ("device", "accelerator")
 
     @classmethod

@@ -42,6 +42,7 @@ class ExportOnnx(Step[ExportOnnxParams]):
     output_formats = {"model": "onnx"}
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers", "onnx", "onnxscript")
+    preload = ("onnx", "torch", "transformers", "transformers.modeling_utils")
 
     def run(self, ctx: StepContext[ExportOnnxParams]) -> dict[str, Any]:
         import onnx

@@ -33,6 +33,7 @@ class OnnxSlim(Step[OnnxSlimParams]):
     output_formats = {"model": "onnx"}
     resources = Resources(cpu=1, memory_gb=4)
     toolchain = ("onnxslim", "onnx")
+    preload = ("onnx",)
 
     def run(self, ctx: StepContext[OnnxSlimParams]) -> dict[str, Any]:
         import onnx

@@ -62,6 +62,7 @@ class OpenvinoConvert(Step[OpenvinoConvertParams]):
     # An ONNX conversion is rebuilt needlessly when torch/transformers change: a cache miss, never
     # a stale engine. nncf is not used here, so it stays out of this key.
     toolchain = ("openvino", "torch", "transformers")
+    preload = ("torch", "transformers", "transformers.modeling_utils")
 
     def run(self, ctx: StepContext[OpenvinoConvertParams]) -> dict[str, Any]:
         telemetry_opt_out()

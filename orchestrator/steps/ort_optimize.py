@@ -42,6 +42,7 @@ class OrtOptimize(Step[OrtOptimizeParams]):
     output_formats = {"model": "onnx"}
     resources = Resources(cpu=1, memory_gb=4)
     toolchain = ("onnxruntime", "onnx")
+    preload = ("onnx",)
 
     def run(self, ctx: StepContext[OrtOptimizeParams]) -> dict[str, Any]:
         import onnx

@@ -62,6 +62,7 @@ class OrtQuantize(Step[OrtQuantizeParams]):
     output_formats = {"model": "onnx"}
     resources = Resources(cpu=1, memory_gb=4)
     toolchain = ("onnxruntime", "onnx", "onnxconverter-common")
+    preload = ("onnx",)
 
     @classmethod
     def plan(cls, params: OrtQuantizeParams, at: PlanContext) -> Planned[OrtQuantizeParams]:

@@ -33,6 +33,7 @@ class TorchscriptExport(Step[TorchscriptExportParams]):
     output_formats = {"model": "torchscript"}
     resources = Resources(cpu=2, memory_gb=4)
     toolchain = ("torch", "transformers")
+    preload = ("torch", "transformers", "transformers.modeling_utils")
 
     def run(self, ctx: StepContext[TorchscriptExportParams]) -> dict[str, Any]:
         import torch
