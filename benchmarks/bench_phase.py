@@ -94,7 +94,7 @@ def agreement(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def _machine() -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from orchestrator.machine import cpu_features, cpu_model
+    from orchestrator.host.machine import cpu_features, cpu_model
 
     return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_features": cpu_features(),
             "python": platform.python_version(), "loadavg_1m_at_start": os.getloadavg()[0]}

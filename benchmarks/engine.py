@@ -126,7 +126,7 @@ def fill_cache(args: argparse.Namespace) -> None:
 
 
 def bench_hash(tmp: Path, size_mb: int) -> dict[str, float]:
-    from orchestrator.sources import StatCache
+    from orchestrator.plan.sources import StatCache
     from orchestrator.store.local import LocalStore
 
     f = tmp / "big" / "model.safetensors"

@@ -356,8 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _crashed(exc: Exception, args_list: list[str]) -> int:
     """An error the disk caused (a message, exit 1) or a bug (a crash log, exit 3)."""
-    from orchestrator.diskerrors import environment_error
     from orchestrator.errors import EXIT_BUG, EXIT_USER_ERROR
+    from orchestrator.host.diskerrors import environment_error
 
     disk = environment_error(exc)
     if disk:  # a full, read-only or forbidden disk: say what and where, no crash log

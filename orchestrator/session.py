@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import FatalError
-from orchestrator.fit import Fit, fit_graph
-from orchestrator.graph import BuildGraph, compile_graph
 from orchestrator.hashing import file_kind
 from orchestrator.plan import Plan, make_plan, prefetch_remote, resolve_sources
+from orchestrator.plan.fit import Fit, fit_graph
+from orchestrator.plan.graph import BuildGraph, compile_graph
+from orchestrator.plan.sources import StatCache
 from orchestrator.recipe import Recipe, _did_you_mean, load_recipe
 from orchestrator.registry import Registry
-from orchestrator.sources import StatCache
 from orchestrator.store.config import attach_remote
 from orchestrator.store.local import LocalStore
 
@@ -46,14 +46,14 @@ def project_root(start: Path) -> Path:
 
 
 def cuda_devices() -> int:
-    from orchestrator.executors import cuda_device_ids
+    from orchestrator.run.executors import cuda_device_ids
 
     return len(cuda_device_ids())
 
 
 def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = False) -> Session:
     # one registry per recipe: two recipes may bring different plugins with the same step name
-    from orchestrator.selection import expand_recipes, expand_targets
+    from orchestrator.recipe.selection import expand_recipes, expand_targets
 
     args.recipes = expand_recipes(args.recipes)
     for p in args.recipes:
@@ -77,7 +77,7 @@ def open_session(args: argparse.Namespace, force: bool = False, rebench: bool = 
         graph = _restrict(graph, only)
     sources = resolve_sources(graph, StatCache(store.index))
     prefetch_remote(store, graph, sources)
-    from orchestrator.machine import detect
+    from orchestrator.host.machine import detect
 
     fit = fit_graph(graph, detect(), _cluster_view(args))
     plan = make_plan(graph, store, sources, force=force, rebench=rebench,
@@ -89,7 +89,7 @@ def _cluster_view(args: argparse.Namespace) -> Any:
     """With --executor ray, targets are judged by the cluster's nodes, not by this machine."""
     if getattr(args, "executor", "local") != "ray":
         return None
-    from orchestrator.executors import make_executor
+    from orchestrator.run.executors import make_executor
 
     ray: Any = make_executor("ray", 1, getattr(args, "ray_address", None))
     return ray.unmet
@@ -115,7 +115,7 @@ def check_recipe_file(path: Path) -> None:
 def open_store(cache: Path) -> LocalStore:
     """Open the local cache, saying precisely what stops it (and never suggesting to delete a
     healthy index); warn once when the index was found empty; sweep what killed builds left."""
-    from orchestrator.diskerrors import SQLITE_DAMAGED, describe, nearest_existing, probe_write
+    from orchestrator.host.diskerrors import SQLITE_DAMAGED, describe, nearest_existing, probe_write
     from orchestrator.store.sqlindex import NewerIndex
 
     store = LocalStore(cache)
@@ -150,7 +150,7 @@ def open_store(cache: Path) -> LocalStore:
 def check_out(out: Path, s: Session) -> None:
     """Fail before building when the targets could not be written: --out below a file, or in a
     folder this process cannot write."""
-    from orchestrator.diskerrors import describe, nearest_existing, probe_write
+    from orchestrator.host.diskerrors import describe, nearest_existing, probe_write
 
     folders = {out} | {out / tp.recipe.name / tp.name for tp in s.graph.targets}
     synced: set[int] = set()  # file systems whose space was probed (a write made durable)

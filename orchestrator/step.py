@@ -19,7 +19,7 @@ A step is a class with:
 - ``timeout_s`` / ``max_memory_mb``: default limits of one task (None: none); a recipe's
   ``limits:`` and a step use's own ``limits:`` override them. Past either the task's process group
   is killed and the task fails; they never enter the key,
-- ``exclusive``: True for a step that measures speed: its task runs alone (``orchestrator.locks``);
+- ``exclusive``: True for a step that measures speed: its task runs alone (``orchestrator.store.locks``);
   ``measures_speed``: ``--rebench`` runs it again,
 - ``toolchain``: distributions whose installed versions enter the key (e.g. ``("onnxruntime",)``);
   each must be installed when the step is registered unless listed in ``optional_toolchain``,
@@ -59,7 +59,7 @@ class _Strict(BaseModel):
 
 
 class Requirements(_Strict):
-    """What the machine must have to build and measure a target (orchestrator.fit checks it)."""
+    """What the machine must have to build and measure a target (orchestrator.plan.fit checks it)."""
 
     cpu_features: tuple[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+$")], ...] = Field(
         (), description="CPU ISA features, as /proc/cpuinfo names them (avx512_vnni, amx_int8)")

@@ -84,7 +84,7 @@ def run_step(step_cls: type[Step[Any]], params: BaseModel | dict[str, Any] | Non
     """Run ``step_cls`` once in this process, as a build's worker would; raise what it raises
     (a ``ContractError`` for an invalid output or a write into an input). A check is judged with
     ``reference_metrics`` as its reference task's metrics (e.g. a run with reference=True)."""
-    from orchestrator.worker import run_checked
+    from orchestrator.run.worker import run_checked
 
     _validated(step_cls)
     given = {k: Path(v) for k, v in (inputs or {}).items()}
@@ -185,7 +185,7 @@ def run_task_in_process(session: Any, only: str, jobs: int, lock_timeout: float 
     machine lock as a build's task would (a benchmark alone), so it neither disturbs nor is
     disturbed by another build's benchmark."""
     from orchestrator.errors import EXIT_BUILD_FAILED
-    from orchestrator.locks import BuildLocks, LockTimeout, hold_machine
+    from orchestrator.store.locks import BuildLocks, LockTimeout, hold_machine
 
     task = _find(session.graph, only)
     with BuildLocks(session.store.root) as locks:
@@ -200,7 +200,7 @@ def run_task_in_process(session: Any, only: str, jobs: int, lock_timeout: float 
 
 def _run_in_process(session: Any, task: Any, jobs: int) -> int:
     from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK
-    from orchestrator.worker import ContractError, run_checked
+    from orchestrator.run.worker import ContractError, run_checked
 
     cls = task.info.cls
     recipe, target, pos = task.labels[0]

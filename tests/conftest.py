@@ -50,7 +50,7 @@ def make_tiny_model(folder: Path, task: str = "feature-extraction", seed: int = 
 def private_lock_folder(tmp_path_factory: pytest.TempPathFactory,
                         monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own machine-lock folder (inherited by the builds it starts), so no test
-    waits for, or blocks, a real build of this user on this machine (see orchestrator.locks).
+    waits for, or blocks, a real build of this user on this machine (see orchestrator.store.locks).
     A lock wait that still happens inside a test gives up after 10 minutes instead of hanging."""
     folder = tmp_path_factory.mktemp("locks")
     monkeypatch.setenv("DEPLOY_BUILD_LOCK_DIR", str(folder))

@@ -271,8 +271,8 @@ def test_a_cpu_hog_on_the_benchmarks_cpu_makes_it_noisy(tiny_onnx: Path, tiny_mo
 # -- the graph and the key --------------------------------------------------------------------
 
 def test_no_separate_reference_task_and_the_key_holds_both_toolchains(tmp_path: Path) -> None:
-    from orchestrator.graph import compile_graph
     from orchestrator.plan import document
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
 
     shutil.copy(FIXTURES / "fake_steps.py", tmp_path)

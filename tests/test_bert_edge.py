@@ -25,7 +25,7 @@ def test_bert_edge_from_empty_cache_then_noop(tmp_path: Path) -> None:
     # the GPU target's checks and engine build are skipped here; its export and fp16 are built
     skipped = sorted(t["label"] for t in summary["tasks"] if t["status"] == "skip")
     from orchestrator.edge import litert_env
-    from orchestrator.machine import detect
+    from orchestrator.host.machine import detect
 
     expected = [] if detect().gpus else [
         "gpu-fp16/3:tensorrt-build", "gpu-fp16/check:benchmark", "gpu-fp16/check:parity",

@@ -274,7 +274,7 @@ def test_interrupt_leaves_no_partial_state(project: Project, capsys, sig: str, c
     rc = proc.wait(30)
     assert rc == code, "".join(lines) + proc.stderr.read()
     time.sleep(0.5)
-    workers = subprocess.run(["pgrep", "-f", f"orchestrator.worker.*{project.cache}"],
+    workers = subprocess.run(["pgrep", "-f", f"orchestrator.run.worker.*{project.cache}"],
                              capture_output=True, text=True).stdout
     assert workers == ""  # no worker left behind
     assert not list((project.cache / "tmp").iterdir())  # scratch folders removed
@@ -311,7 +311,7 @@ def test_blob_going_bad_during_a_build_fails_that_task_cleanly(project: Project,
     project.build_json(r, capsys)
     # the plan sees a hit for a/1 and a RUN for a/2; between the two, a/1's blob disappears
     project.recipe(FAKE_RECIPE.replace("files: 2", "files: 5"))
-    import orchestrator.scheduler as build_module
+    import orchestrator.run.scheduler as build_module
 
     real_job = build_module._job
 
@@ -455,8 +455,8 @@ def test_swap_in_exchanges_folders_and_signals_wait(tmp_path: Path) -> None:
     import threading
     import time
 
-    from orchestrator.materialize import swap_in
-    from orchestrator.signals import signals_held
+    from orchestrator.host.signals import signals_held
+    from orchestrator.targets.materialize import swap_in
 
     new, dest = tmp_path / ".t.new", tmp_path / "t"
     new.mkdir()

@@ -108,7 +108,7 @@ def test_bundles_load_and_verify(tiny_model_dir: Path, tmp_path: Path, capsys, m
     # a no-op build puts the bundle together again without hashing the tokenizer files anew
     hashed: list[str] = []
     import orchestrator.hashing
-    import orchestrator.sources
+    import orchestrator.plan.sources
     import orchestrator.store.local
 
     real = orchestrator.hashing.sha256_file
@@ -117,7 +117,7 @@ def test_bundles_load_and_verify(tiny_model_dir: Path, tmp_path: Path, capsys, m
         hashed.append(Path(path).name)
         return real(path, *a, **kw)
 
-    for module in (orchestrator.sources, orchestrator.store.local):
+    for module in (orchestrator.plan.sources, orchestrator.store.local):
         monkeypatch.setattr(module, "sha256_file", counting)
     assert main([str(recipe), "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
     assert not {"vocab.txt", "tokenizer.json", "tokenizer_config.json"} & set(hashed), hashed

@@ -96,7 +96,7 @@ def test_a_benchmark_shared_with_a_passing_target_still_runs(
 
 
 def test_untimed_checks_are_ordered_before_the_speed_checks() -> None:
-    from orchestrator.graph import compile_graph
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
 
     repo = Path(__file__).resolve().parents[1]

@@ -354,7 +354,7 @@ def test_benchmark_grid_comes_from_shapes_only_when_unset(tmp_path: Path) -> Non
 
     from conftest import FIXTURES
 
-    from orchestrator.graph import compile_graph
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
 
     shutil.copy(FIXTURES / "fake_steps.py", tmp_path)

@@ -38,7 +38,7 @@ def test_noop_build_imports_no_graph_library_and_starts_no_executor(project: Pro
     loader would import it, and the step registry's entry points scan with it, for nothing)."""
     r = project.recipe(FAKE_RECIPE)
     assert project.run(str(r)) == 0
-    lazy = ("networkx", "subprocess", "orchestrator.executors.local", "orchestrator.worker",
+    lazy = ("networkx", "subprocess", "orchestrator.run.executors.local", "orchestrator.run.worker",
             "importlib.metadata", "email")
     code = ("import sys\nfrom orchestrator.cli import main\n"
             f"rc = main([{str(r)!r}, '--cache', {str(project.cache)!r}, '--out', {str(project.out)!r}])\n"

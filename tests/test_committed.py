@@ -10,7 +10,7 @@ import pytest
 from test_report import CHROMIUM, render_dom
 
 from orchestrator.cli import main
-from orchestrator.committed import MEASURED, reproducible_part
+from orchestrator.review.committed import MEASURED, reproducible_part
 
 RECIPE = """\
 name: @NAME@

@@ -245,8 +245,8 @@ def test_markdown_a_noisy_point_reads_as_noise_never_as_a_lost_speedup(tmp_path:
 
 
 def test_markdown_renders_the_basis_of_each_latency_verdict(tmp_path: Path, capsys) -> None:
-    from orchestrator.compare import compare
-    from orchestrator.markdown import latency_cell
+    from orchestrator.review.compare import compare
+    from orchestrator.review.markdown import latency_cell
 
     old, new = real_like(True), real_like(False)
     paired = {"b1_s128": {"ratio": 1.3, "interval": [1.2, 1.4], "noisy": False},
@@ -322,7 +322,7 @@ def test_markdown_added_removed_and_unchanged_targets(tmp_path: Path, capsys) ->
 
 
 def test_noise_band_of_a_noisy_point_includes_its_run_spread() -> None:
-    from orchestrator.compare import band, latency
+    from orchestrator.review.compare import band, latency
 
     quiet = _point(10.0, 2.0, [1.98, 2.02], spread=0.01)
     noisy = {**_point(12.0, 2.0, [1.9, 2.1], spread=0.03), "noisy": True}  # p90 10% over median

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.machine import detect
+from orchestrator.host.machine import detect
 
 RECIPE = """\
 name: hw
@@ -70,7 +70,7 @@ def test_doctor_without_a_recipe_shows_the_machine(capsys: pytest.CaptureFixture
 def test_doctor_says_which_gates_hold_on_this_machine(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """recipes/bert-edge.yaml on a faked AVX2-only CPU ($DEPLOY_BUILD_CPUINFO) and a faked VNNI one."""
-    from orchestrator import machine
+    from orchestrator.host import machine
 
     repo = Path(__file__).resolve().parents[1]
     for flags, goal in (("avx avx2 fma", "not judged here: this machine lacks avx512_vnni"),

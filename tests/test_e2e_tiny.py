@@ -177,7 +177,7 @@ targets:
 
 
 def test_cuda_target_checks_need_a_gpu(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from orchestrator.executors.local import cuda_device_ids
+    from orchestrator.run.executors.local import cuda_device_ids
 
     if cuda_device_ids():
         pytest.skip("this machine has a GPU")

@@ -18,7 +18,7 @@ import pytest
 from test_report import CHROMIUM, INSTALL, render_dom
 
 from orchestrator.cli import main
-from orchestrator.escape import code, md, md_html, one_line, script_json
+from orchestrator.review.escape import code, md, md_html, one_line, script_json
 
 ATTACKS = ("<img src=https://x/y.png>", "[click](https://evil.example)", "https://evil.example/a",
            "</details>", "\n## Injected", "|", "`")

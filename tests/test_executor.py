@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.executors.local import Job, LocalExecutor, _Running, session_rss_mb
+from orchestrator.run.executors.local import Job, LocalExecutor, _Running, session_rss_mb
 
 
 def running(ex: LocalExecutor, cpu: int, memory_gb: float = 0, cuda: int = 0) -> None:

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.executors.local import Finished, Job, LocalExecutor
-from orchestrator.worker import TaskSpec
+from orchestrator.run.executors.local import Finished, Job, LocalExecutor
+from orchestrator.run.worker import TaskSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -90,7 +90,7 @@ def ray_address() -> Iterator[str]:
 
 @pytest.fixture(params=["local", "warm", "ray"])
 def executor(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The local executor starting its workers cold (`python -m orchestrator.worker`), the same
+    """The local executor starting its workers cold (`python -m orchestrator.run.worker`), the same
     forking them from a warm server (every job of the test must be forked), and Ray."""
     if request.param == "local":
         ex: Any = LocalExecutor(jobs=2, warm=False)
@@ -98,7 +98,7 @@ def executor(request: pytest.FixtureRequest) -> Iterator[Any]:
         ex = LocalExecutor(jobs=2)
         assert ex.warm_up(("json",)), "the warm server did not come up"
     else:
-        from orchestrator.executors.ray_cluster import RayExecutor
+        from orchestrator.run.executors.ray_cluster import RayExecutor
 
         ex = RayExecutor(request.getfixturevalue("ray_address"))
     yield ex
@@ -187,7 +187,7 @@ def test_a_task_for_an_accelerator_runs_on_the_node_that_offers_it(ray_address: 
                                                                    tmp_path: Path) -> None:
     import ray
 
-    from orchestrator.executors.ray_cluster import RayExecutor
+    from orchestrator.run.executors.ray_cluster import RayExecutor
 
     ex = RayExecutor(ray_address)
     edge = [n["NodeID"] for n in ray.nodes()
@@ -204,7 +204,7 @@ def test_a_lost_ray_worker_is_retried_and_the_task_still_builds(ray_address: str
                                                                  tmp_path: Path) -> None:
     """A node or Ray worker lost under a task is a system failure: Ray runs the task again (a step
     failure, by contrast, is never retried: test_a_failing_step_is_a_failed_job_with_its_log)."""
-    from orchestrator.executors.ray_cluster import RayExecutor
+    from orchestrator.run.executors.ray_cluster import RayExecutor
 
     ex = RayExecutor(ray_address)
     marker = tmp_path / "attempts.txt"
@@ -226,7 +226,7 @@ def test_with_a_remote_cache_the_bytes_travel_through_it_not_a_shared_folder(
     cache, runs the step, uploads the outputs, and the build downloads them, verified. The build's
     copies of the inputs (and its scratch folder) are deleted once the task is sent: a node that
     read them from the build's folders would fail."""
-    from orchestrator.executors.ray_cluster import RayExecutor
+    from orchestrator.run.executors.ray_cluster import RayExecutor
     from orchestrator.store.remote import Remote
     from orchestrator.store.tiered import TieredStore
 
@@ -263,7 +263,7 @@ def test_an_input_from_the_cache_is_sent_by_its_known_blob_not_hashed_again(
     again (a big ONNX file per task) would fail."""
     import dataclasses
 
-    from orchestrator.executors.ray_cluster import RayExecutor
+    from orchestrator.run.executors.ray_cluster import RayExecutor
     from orchestrator.store.remote import Remote
     from orchestrator.store.tiered import TieredStore
 
@@ -288,7 +288,7 @@ def test_an_input_from_the_cache_is_sent_by_its_known_blob_not_hashed_again(
 
 def test_a_task_no_node_can_run_finishes_at_once_with_the_reason(ray_address: str,
                                                                  tmp_path: Path) -> None:
-    from orchestrator.executors.ray_cluster import RayExecutor
+    from orchestrator.run.executors.ray_cluster import RayExecutor
 
     ex = RayExecutor(ray_address)
     t0 = time.monotonic()

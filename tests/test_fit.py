@@ -1,12 +1,12 @@
-"""orchestrator.fit: which targets this machine can build and measure, and the precise reasons."""
+"""orchestrator.plan.fit: which targets this machine can build and measure, and the precise reasons."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.fit import unmet
-from orchestrator.machine import Gpu, Machine
+from orchestrator.host.machine import Gpu, Machine
+from orchestrator.plan.fit import unmet
 from orchestrator.step import Hardware
 
 CPU_ONLY = Machine("Intel(R) Xeon(R) Processor", 2, frozenset({"avx2", "avx512_vnni"}), 25.3)
@@ -91,7 +91,7 @@ targets:
 
 
 def _graph(tmp_path, model):  # type: ignore[no-untyped-def]
-    from orchestrator.graph import compile_graph
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
     from orchestrator.registry import Registry
 
@@ -107,7 +107,7 @@ def _by_label(graph, fit):  # type: ignore[no-untyped-def]
 
 
 def test_fit_graph_skips_hardware_bound_tasks_only(tmp_path, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
-    from orchestrator.fit import fit_graph
+    from orchestrator.plan.fit import fit_graph
 
     graph = _graph(tmp_path, tiny_model_dir)
     fit = fit_graph(graph, CPU_ONLY)
@@ -125,7 +125,7 @@ def test_fit_graph_skips_hardware_bound_tasks_only(tmp_path, tiny_model_dir) -> 
 
 
 def test_fit_graph_on_a_gpu_machine_names_the_missing_runtime(tmp_path, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
-    from orchestrator.fit import fit_graph, installed
+    from orchestrator.plan.fit import fit_graph, installed
 
     if installed("onnxruntime-gpu"):
         pytest.skip("onnxruntime-gpu is installed")

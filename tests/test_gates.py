@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.conditions import Conditional, OnMachine, not_here, thresholds
+from orchestrator.host.conditions import Conditional, OnMachine, not_here, thresholds
 from orchestrator.steps.benchmark import Benchmark, BenchmarkParams, judge_speedup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_a_goal_for_another_cpu_is_recorded_not_judged_and_editing_it_measures_n
     def build(goal: float, cpu: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
         recipe.write_text(GATED.format(goal=goal))
         monkeypatch.setenv("DEPLOY_BUILD_CPUINFO", str(tmp_path / f"{cpu}.txt"))
-        from orchestrator import machine
+        from orchestrator.host import machine
 
         machine.detect.cache_clear()
         machine.fact.cache_clear()
@@ -165,7 +165,7 @@ def test_a_goal_for_another_cpu_is_recorded_not_judged_and_editing_it_measures_n
         manifest = json.loads((tmp_path / "build/gated/fe/manifest.json").read_text())
         return rc, out, manifest
 
-    from orchestrator import machine
+    from orchestrator.host import machine
 
     request_cleanup = [machine.detect.cache_clear, machine.fact.cache_clear]
     try:

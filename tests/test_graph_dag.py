@@ -7,7 +7,7 @@ import random
 import networkx as nx
 import pytest
 
-from orchestrator.graph import Dag
+from orchestrator.plan.graph import Dag
 
 
 @pytest.mark.parametrize("seed", range(20))

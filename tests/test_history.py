@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import FAKE_RECIPE, Project
 
-from orchestrator.history import read_history
+from orchestrator.review.history import read_history
 
 OTHER = FAKE_RECIPE.replace("name: demo", "name: other").replace('suffix: "!"', 'suffix: "?"')
 
@@ -90,7 +90,7 @@ def test_recipe_manifests_key_and_unfinished_targets_are_not_written(project: Pr
 
 
 def test_a_non_reproducible_engine_leaves_its_digests_out_of_the_comparison() -> None:
-    from orchestrator.committed import reproducible_part
+    from orchestrator.review.committed import reproducible_part
 
     def manifest(engine: str) -> dict:
         return {"schema": 1, "target": "orin", "status": "ok",
@@ -114,7 +114,7 @@ def test_a_non_reproducible_engine_leaves_its_digests_out_of_the_comparison() ->
 def _write_marks(cache: str, build: int) -> None:
     from types import SimpleNamespace as NS
 
-    from orchestrator.history import write_last_run
+    from orchestrator.review.history import write_last_run
 
     for i in range(40):  # each build records its tasks one by one: many chances to interleave
         task = NS(id=f"b{build}-t{i}", label=f"b{build}/{i}")
@@ -127,7 +127,7 @@ def test_builds_finishing_at_once_keep_each_others_last_run_marks(tmp_path: Path
     finishing at once lost each other's marks (deploy-build graph then showed stale ones)."""
     import multiprocessing
 
-    from orchestrator.history import read_last_run
+    from orchestrator.review.history import read_last_run
 
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_write_marks, args=(str(tmp_path), b)) for b in range(4)]
@@ -172,7 +172,7 @@ def test_each_history_line_records_its_branch_and_revision(project: Project, mon
 
 
 def test_a_target_record_keeps_what_the_report_draws() -> None:
-    from orchestrator.history import target_record
+    from orchestrator.review.history import target_record
 
     manifest = {
         "status": "failed", "failures": ["check parity: min cosine 0.91 < 0.97 (short by 0.06)"],

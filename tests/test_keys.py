@@ -1,5 +1,5 @@
 from orchestrator.hashing import canonical_json
-from orchestrator.keys import KEY_SCHEMA, diff_documents, key_document, task_key
+from orchestrator.plan.keys import KEY_SCHEMA, diff_documents, key_document, task_key
 
 DOC = key_document(
     step="ort-quantize",
@@ -17,8 +17,8 @@ DOC = key_document(
 def test_golden_key() -> None:
     # An accidental change of the key document's shape or of canonical JSON fails here.
     # If the change is deliberate, bump KEY_SCHEMA and update this literal.
-    assert KEY_SCHEMA == 2
-    assert task_key(DOC) == "77d8398890d00f89204b5200cdea76be735d623117057aa875bfb4c18eba6aa4"
+    assert KEY_SCHEMA == 3
+    assert task_key(DOC) == "c6cbefd7cdd98dded31c7d12ffc4d2804d3afe13a4ec2d804854e42ca33b8f18"
 
 
 def test_canonical_json_is_order_independent_and_rejects_nan() -> None:
@@ -50,10 +50,10 @@ def test_real_key_documents_hold_no_paths_hosts_or_threads(tmp_path) -> None:
 
     from conftest import FAKE_RECIPE, FIXTURES
 
-    from orchestrator.graph import compile_graph
     from orchestrator.plan import document, resolve_sources
+    from orchestrator.plan.graph import compile_graph
+    from orchestrator.plan.sources import StatCache
     from orchestrator.recipe import load_recipe
-    from orchestrator.sources import StatCache
 
     keys = []
     for where in ("one", "two with space"):
@@ -86,7 +86,7 @@ def test_diff_documents_names_what_changed() -> None:
 
 
 def test_a_builtin_step_key_covers_its_code_and_the_helpers_it_runs_with() -> None:
-    from orchestrator.code import builtin_code, imported_names
+    from orchestrator.registry.code import builtin_code, imported_names
 
     code = builtin_code("orchestrator.steps.parity")
     assert {"orchestrator.steps.parity", "orchestrator.runtime.engines",
@@ -126,8 +126,8 @@ def test_editing_a_helper_module_beside_a_plugin_rebuilds(project, capsys) -> No
 
 
 def test_tasks_that_tokenize_key_the_tokenizer_libraries(project) -> None:
-    from orchestrator.graph import compile_graph
     from orchestrator.plan import task_toolchain
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
 
     (project.root / "s.txt").write_text("hello world\n")
@@ -197,10 +197,10 @@ def _golden_document(tmp_path) -> dict:
     """plan.document of a real task compiled from a recipe: code digests, toolchain versions
     and machine facts (which change with a step edit, the environment or the machine) replaced
     by placeholders, everything else as the key holds it."""
-    from orchestrator.graph import compile_graph
     from orchestrator.plan import document, resolve_sources
+    from orchestrator.plan.graph import compile_graph
+    from orchestrator.plan.sources import StatCache
     from orchestrator.recipe import load_recipe
-    from orchestrator.sources import StatCache
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "w.bin").write_bytes(b"w")
@@ -222,7 +222,7 @@ def _golden_document(tmp_path) -> dict:
 
 
 GOLDEN_DOCUMENT = {
-    "schema": 2,
+    "schema": 3,
     "step": "golden-step",
     "version": "7",
     "plugin": {"dist": "file:golden_step.py", "version": "<code>"},
@@ -242,14 +242,14 @@ def test_golden_key_of_a_real_document(tmp_path) -> None:
     # KEY_SCHEMA and update both literals.
     doc = _golden_document(tmp_path)
     assert doc == GOLDEN_DOCUMENT
-    assert task_key(doc) == "9664fe760fcaca68ae0d75b4e015d52def362f8c659177a24234801e01cd1ec5"
+    assert task_key(doc) == "66bc70480afaffc4b5b5a85588408f11e98982733a3e7d9c809fb25fecada415"
 
 
 def test_dist_versions_match_importlib_metadata() -> None:
     """The quick lookup by .dist-info folder name gives what importlib.metadata gives."""
     from importlib.metadata import distributions
 
-    from orchestrator import keys
+    from orchestrator.plan import keys
 
     names = sorted({d.metadata["Name"] for d in distributions() if d.metadata["Name"]})
     assert len(names) > 20

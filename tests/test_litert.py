@@ -44,9 +44,9 @@ def test_tflite_format(tmp_path: Path) -> None:
 
 def test_a_missing_environment_skips_the_edge_target_with_the_remedy(
         tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.fit import fit_graph
-    from orchestrator.graph import compile_graph
-    from orchestrator.machine import detect
+    from orchestrator.host.machine import detect
+    from orchestrator.plan.fit import fit_graph
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
     from orchestrator.registry import Registry
 
@@ -61,8 +61,8 @@ def test_a_missing_environment_skips_the_edge_target_with_the_remedy(
 
 
 def test_plan_params_inputs_and_key(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from orchestrator.graph import compile_graph
     from orchestrator.plan import document
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
     from orchestrator.registry import Registry
 

@@ -1,4 +1,4 @@
-"""orchestrator.machine: the parsers on literal driver/kernel text, and detection on this machine."""
+"""orchestrator.host.machine: the parsers on literal driver/kernel text, and detection on this machine."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import machine
-from orchestrator.machine import (
+from orchestrator.host import machine
+from orchestrator.host.machine import (
     Gpu,
     detect,
     device_nodes,
@@ -64,7 +64,7 @@ def test_detect_reads_this_machine_without_torch() -> None:
     assert m.cpu_count >= 1 and m.cpu_model and m.memory_gb > 0
     assert detect() is m  # once per process
     assert bool(m.device_nodes) == bool(device_nodes())
-    code = ("import sys; from orchestrator.machine import detect; detect(); "
+    code = ("import sys; from orchestrator.host.machine import detect; detect(); "
             "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorrt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -175,7 +175,7 @@ targets:
 
 def test_accuracy_is_refused_for_other_tasks_with_where_and_why(tiny_model_dir: Path,
                                                                 tmp_path: Path) -> None:
-    from orchestrator.graph import compile_graph
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
 
     (tmp_path / "l.tsv").write_text("0\thello\n")

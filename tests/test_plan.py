@@ -1,14 +1,14 @@
-"""The planner (orchestrator/plan.py): a pure pass over the graph and the store that decides, for
+"""The planner (orchestrator/plan/__init__.py): a pure pass over the graph and the store that decides, for
 every task, HIT, RUN with its reasons, or SKIP with why; and planning again from the same inputs."""
 
 from __future__ import annotations
 
 from conftest import FAKE_RECIPE, Project
 
-from orchestrator.graph import compile_graph
 from orchestrator.plan import make_plan, resolve_sources
+from orchestrator.plan.graph import compile_graph
+from orchestrator.plan.sources import StatCache
 from orchestrator.recipe import load_recipe
-from orchestrator.sources import StatCache
 from orchestrator.store.local import LocalStore
 
 

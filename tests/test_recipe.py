@@ -189,7 +189,7 @@ def test_bad_samples_file(project: Project, capsys, content: bytes | None, expec
 def test_hub_source_downloads_when_reachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import huggingface_hub
 
-    from orchestrator import sources
+    from orchestrator.plan import sources
     from orchestrator.registry import Registry
 
     Registry().get("export-onnx")  # importing the model steps must not switch the hub off

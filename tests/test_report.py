@@ -173,7 +173,7 @@ def _run(history: Path, out: Path, branch: str | None) -> int:
 
 
 def test_only_one_branchs_lines_by_default(tmp_path: Path, capsys) -> None:
-    from orchestrator.reportpage import select
+    from orchestrator.review.reportpage import select
 
     history, out = tmp_path / "history.jsonl", tmp_path / "report.html"
     runs = nights()
@@ -314,8 +314,8 @@ def test_no_two_labels_of_a_chart_overlap(tmp_path: Path) -> None:
 def test_a_search_targets_front_is_drawn_from_its_last_run() -> None:
     """Issue 19: the report plots each search's variants, the winner and the Pareto front."""
     pytest.importorskip("altair")
-    from orchestrator.history import search_record
-    from orchestrator.reportpage import front_chart, front_data
+    from orchestrator.review.history import search_record
+    from orchestrator.review.reportpage import front_chart, front_data
 
     section = {"winner": "ov", "front": ["ov", "ort"], "objective": "latency at b1_s128",
                "variants": [

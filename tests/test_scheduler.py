@@ -1,4 +1,4 @@
-"""The scheduler (orchestrator/scheduler.py) on its own: it runs a plan's RUN tasks in DAG order,
+"""The scheduler (orchestrator/run/scheduler.py) on its own: it runs a plan's RUN tasks in DAG order,
 honours order-only dependencies (Task.after), skips what a failure cuts off, and records
 entries for successful tasks only. Fake steps: real worker processes, no model."""
 
@@ -8,11 +8,11 @@ from typing import Any
 
 from conftest import Project
 
-from orchestrator.graph import compile_graph
 from orchestrator.plan import make_plan, resolve_sources
+from orchestrator.plan.graph import compile_graph
+from orchestrator.plan.sources import StatCache
 from orchestrator.recipe import load_recipe
-from orchestrator.scheduler import Options, Scheduler
-from orchestrator.sources import StatCache
+from orchestrator.run.scheduler import Options, Scheduler
 from orchestrator.store.local import LocalStore
 
 RECIPE = """\

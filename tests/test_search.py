@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.recipe import Search
-from orchestrator.search import choose, clearly_better, front
+from orchestrator.recipe.search import choose, clearly_better, front
 
 AVX2 = {"cpu_features": ["avx", "avx2", "fma"], "cpu_count": 2}
 VNNI = {"cpu_features": ["avx", "avx2", "fma", "avx512f", "avx512_vnni"], "cpu_count": 2}

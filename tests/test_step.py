@@ -90,7 +90,7 @@ def test_plan_sees_the_hardware_formats_shapes_and_role(project: Any) -> None:
             inputs = ("model",) if params.word == "ok" else ("model", "reference")
             return cls.planned(params, inputs=inputs, unused=("level",))
 
-    from orchestrator.graph import compile_graph
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
 
     reg = Registry(entry_points=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import FAKE_RECIPE, Project
 
-from orchestrator.summary import TargetRow, render
+from orchestrator.targets.summary import TargetRow, render
 
 
 def test_the_table_shows_size_parity_latency_and_speedup_with_interval() -> None:

@@ -71,9 +71,9 @@ def trt_recipe(tmp_path: Path, tiny_model_dir: Path) -> Path:
 
 
 def test_the_step_is_planned_keyed_and_routed_without_tensorrt(trt_recipe: Path) -> None:
-    from orchestrator.graph import compile_graph
-    from orchestrator.machine import gpu_fact
+    from orchestrator.host.machine import gpu_fact
     from orchestrator.plan import document
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
     from orchestrator.registry import Registry
 
@@ -99,7 +99,7 @@ def test_the_step_is_planned_keyed_and_routed_without_tensorrt(trt_recipe: Path)
 def test_a_gpu_target_is_skipped_here_and_its_fp16_onnx_is_built(trt_recipe: Path, tmp_path: Path,
                                                                   capsys) -> None:  # type: ignore[no-untyped-def]
     from orchestrator.cli import main
-    from orchestrator.machine import detect
+    from orchestrator.host.machine import detect
 
     if detect().gpus:
         pytest.skip("this machine has a GPU")
@@ -134,7 +134,7 @@ def test_a_tiny_engine_builds_and_passes_parity_on_a_gpu(trt_recipe: Path, tmp_p
                                                         capsys) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("tensorrt")
     from orchestrator.cli import main
-    from orchestrator.machine import detect
+    from orchestrator.host.machine import detect
 
     if not detect().gpus:
         pytest.skip("no CUDA GPU")

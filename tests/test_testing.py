@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, Project
 
+from orchestrator.run.worker import ContractError
 from orchestrator.testing import run_step
-from orchestrator.worker import ContractError
 
 
 def _fake_steps() -> object:

@@ -1,4 +1,4 @@
-"""Warm workers (orchestrator/executors/warm.py): tasks forked from a server that imported what
+"""Warm workers (orchestrator/run/executors/warm.py): tasks forked from a server that imported what
 their steps import. The executor contract tests run on it too (the `warm` executor there); these
 cover what only it has: memory limits that leave out what the server shares, a server that would
 fork with threads (refused: tasks start cold), and a killed build taking its server and the
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.executors import warm
-from orchestrator.executors.local import LocalExecutor
+from orchestrator.run.executors import warm
+from orchestrator.run.executors.local import LocalExecutor
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_executor_contract import job, wait  # noqa: E402
@@ -87,7 +87,7 @@ BUILD = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from orchestrator.executors.local import LocalExecutor
+from orchestrator.run.executors.local import LocalExecutor
 from test_executor_contract import job
 ex = LocalExecutor(jobs=2)
 assert ex.warm_up(("json",))

@@ -78,7 +78,7 @@ def explain(args: argparse.Namespace) -> int:
 def _pruned_by_cached_gates(s: Session) -> dict[str, str]:
     """Speed checks a build would skip because their targets' untimed checks, cached, already
     fail their gates (cheap gates first): task id -> why."""
-    from orchestrator.scheduler import TaskOutcome
+    from orchestrator.run.scheduler import TaskOutcome
 
     hits = {tid: TaskOutcome("hit", d.key, d.entry) for tid, d in s.plan.decisions.items()
             if d.status == "HIT" and d.entry is not None}
@@ -159,8 +159,8 @@ def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
     """Run the plan, then judge and write the targets; an exit code when a signal stopped it.
     SIGTERM is handled like Ctrl-C meanwhile; the store is closed either way."""
     from orchestrator.errors import Terminated, raise_terminated
-    from orchestrator.report import LiveReporter, PlainReporter
-    from orchestrator.scheduler import Interrupted, Options, execute, remember_hits
+    from orchestrator.run.progress import LiveReporter, PlainReporter
+    from orchestrator.run.scheduler import Interrupted, Options, execute, remember_hits
 
     live = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
     reporter = LiveReporter(sys.stderr, len(s.plan.decisions)) if live else PlainReporter(sys.stderr)
@@ -179,7 +179,7 @@ def build_and_judge(args: argparse.Namespace, s: Session) -> Judged | int:
         remember_hits(s.plan, outcomes, s.store)
         record_use(s.store, s.graph, outcomes)
         try:
-            from orchestrator.judge import judge
+            from orchestrator.targets.judge import judge
 
             return Judged(outcomes, *judge(args, s, outcomes))
         except KeyboardInterrupt as e:  # each target folder is whole: the new or the old version
@@ -196,7 +196,7 @@ def cheap_gates_first(s: Session) -> Any:
     already failed an untimed check (its manifest says ``not measured: parity failed (...)``)."""
     import time
 
-    from orchestrator.manifest import cheap_failure
+    from orchestrator.targets.manifest import cheap_failure
 
     targets = {(tp.recipe.name, tp.name): tp for tp in s.graph.targets}
     started: dict[tuple[str, str], float] = {}  # search -> when its first speed check was asked
@@ -234,7 +234,7 @@ def cheap_gates_first(s: Session) -> Any:
 def summary(args: argparse.Namespace, s: Session, j: Judged) -> int:
     """The table and counts (stderr), what runs after a build, --json's summary; the exit code."""
     print_summary(args, j.outcomes, j.targets, j.table)
-    from orchestrator.publish import after_build
+    from orchestrator.review.publish import after_build
 
     after_build(args, s, j.outcomes, j.table)
     if args.json:
@@ -246,7 +246,7 @@ def summary(args: argparse.Namespace, s: Session, j: Judged) -> int:
         print(json.dumps(out, indent=2, sort_keys=True))
     if j.failed:
         return EXIT_BUILD_FAILED
-    from orchestrator.skipped import require_all
+    from orchestrator.targets.skipped import require_all
 
     return require_all(args, j.targets)
 
@@ -269,7 +269,7 @@ def print_summary(args: argparse.Namespace, outcomes: dict[str, Any], targets: d
                   table: list[Any]) -> None:
     """The table of targets and the closing counts line (stderr)."""
     if table and not getattr(args, "only", None):
-        from orchestrator.summary import render
+        from orchestrator.targets.summary import render
 
         print("\n" + render(table) + "\n", file=sys.stderr)
     counts = {k: sum(1 for o in outcomes.values() if o.status == k)

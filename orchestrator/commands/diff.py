@@ -19,7 +19,7 @@ GROWTH = re.compile(r"^(?P<what>latency|size)\s*\+\s*(?P<pct>\d+(\.\d+)?)%$")
 
 
 def load_manifests(path: Path) -> dict[str, dict[str, Any]]:
-    from orchestrator.manifestset import from_path
+    from orchestrator.review.manifestset import from_path
 
     return from_path(path)
 
@@ -159,7 +159,7 @@ def _slower(rule: str, pct: float, old: dict[str, Any], new: dict[str, Any],
             paired: dict[str, Any] | None) -> list[str]:
     """Grid points clearly slower (the judged change's interval wholly above none) by more than
     pct, on the best paired basis there is (compare.latency)."""
-    from orchestrator.compare import latency
+    from orchestrator.review.compare import latency
 
     out = []
     for point, v in latency(old, new, paired).items():
@@ -171,7 +171,7 @@ def _slower(rule: str, pct: float, old: dict[str, Any], new: dict[str, Any],
 
 def latency_words(v: dict[str, Any], raw_too: bool = True) -> str:
     """``+26.3% [+15.0%..+38.9%] through the speed-up vs PyTorch (raw medians 65 -> 80 ms)``."""
-    from orchestrator.compare import BASIS_RAW, BASIS_SAME
+    from orchestrator.review.compare import BASIS_RAW, BASIS_SAME
 
     if v.get("verdict") == "not measured":
         return f"not measured ({v.get('why')})"
@@ -193,13 +193,13 @@ def latency_words(v: dict[str, Any], raw_too: bool = True) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.manifestset import label_of, load_pair
+    from orchestrator.review.manifestset import label_of, load_pair
 
     old, new = load_pair(args.old, args.new)
     check_rules(args.fail_on, [*old.values(), *new.values()])
     paired: dict[str, Any] = {}
     if getattr(args, "rebench", False):
-        from orchestrator.abtest import rebench
+        from orchestrator.review.abtest import rebench
 
         paired = rebench(args, old, new)
     fmt = getattr(args, "format", "text") or "text"
@@ -215,13 +215,13 @@ def run(args: argparse.Namespace) -> int:
         if fmt == "text":
             _print_text(label, a, b, lines, paired.get(label))
         else:
-            from orchestrator.compare import compare
+            from orchestrator.review.compare import compare
 
             comparisons[label] = compare(a, b, lines, paired.get(label))
     if fmt == "json":
         print(json.dumps({"targets": comparisons, "regressions": failed}, indent=2, sort_keys=True))
     elif fmt == "md":
-        from orchestrator.markdown import render
+        from orchestrator.review.markdown import render
 
         print(render(comparisons, failed), end="")
     else:
@@ -238,7 +238,7 @@ def _print_text(label: str, a: dict[str, Any] | None, b: dict[str, Any] | None,
     if b is None:
         print(f"{label}: removed")
         return
-    from orchestrator.compare import latency
+    from orchestrator.review.compare import latency
 
     print(f"{label}: {'no changes' if not lines else ''}".rstrip())
     verdicts = latency(a, b, paired)

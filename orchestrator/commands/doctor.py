@@ -8,8 +8,8 @@ import json
 from typing import Any
 
 from orchestrator.errors import EXIT_OK
-from orchestrator.fit import Fit, fit_graph, installed
-from orchestrator.machine import Machine, detect
+from orchestrator.host.machine import Machine, detect
+from orchestrator.plan.fit import Fit, fit_graph, installed
 
 RUNTIMES = ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
             "tensorrt", "ai-edge-litert", "litert-torch", "ai-edge-quantizer")
@@ -31,7 +31,7 @@ def runtimes() -> dict[str, Any]:
 
 
 def machine_lines(m: Machine) -> list[str]:
-    from orchestrator.conditions import ISA_FEATURES
+    from orchestrator.host.conditions import ISA_FEATURES
 
     arm = bool({"asimd", "neon"} & m.cpu_flags)
     shown = [f for f in ISA_FEATURES if (f in ("asimd", "asimddp", "asimdhp", "i8mm", "bf16",
@@ -84,7 +84,7 @@ def target_rows(graph: Any, fit: Fit) -> dict[str, dict[str, Any]]:
 def gates_here(tp: Any, m: Machine) -> list[dict[str, Any]]:
     """Each threshold of the target's gates and whether it is judged on this machine (a
     threshold for machines with CPU features this one lacks is recorded, not judged)."""
-    from orchestrator.conditions import describe, isa_features, not_here, thresholds
+    from orchestrator.host.conditions import describe, isa_features, not_here, thresholds
 
     features = isa_features(m.cpu_flags)
     out = []
@@ -100,10 +100,10 @@ def gates_here(tp: Any, m: Machine) -> list[dict[str, Any]]:
 def _recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if not args.recipes:
         return {}
-    from orchestrator.graph import compile_graph
+    from orchestrator.plan.graph import compile_graph
     from orchestrator.recipe import load_recipe
+    from orchestrator.recipe.selection import expand_recipes
     from orchestrator.registry import Registry
-    from orchestrator.selection import expand_recipes
 
     paths = expand_recipes(args.recipes)
     allow = args.allow_plugin_path or ()

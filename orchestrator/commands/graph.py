@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import EXIT_OK
-from orchestrator.escape import one_line
+from orchestrator.review.escape import one_line
 
 MARKS = ("hit", "run", "fail", "gate", "skip", "pending")
 COLORS = {"hit": "#d8f0d8", "run": "#d8e4f8", "fail": "#f8d0d0", "gate": "#f8d0d0",
@@ -147,7 +147,7 @@ def dot(graph: Any, mark: dict[str, str],
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.history import read_last_run
+    from orchestrator.review.history import read_last_run
     from orchestrator.session import open_session
 
     s = open_session(args)

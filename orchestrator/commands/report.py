@@ -1,6 +1,6 @@
 """`deploy-build report [--out report.html] [--branch NAME|all]`: the nightly report page.
 
-The page itself is `orchestrator.reportpage` (what a build calls too, after a multi-recipe build
+The page itself is `orchestrator.review.reportpage` (what a build calls too, after a multi-recipe build
 that did work); this module finds the history and the output path. Without altair and
 vl-convert (the `report` extra) it exits 1 and says how to install them.
 """
@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 from orchestrator.errors import EXIT_OK
-from orchestrator.reportpage import write_report
+from orchestrator.review.reportpage import write_report
 
 __all__ = ["run", "write_report"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.history import history_path
+    from orchestrator.review.history import history_path
     from orchestrator.session import project_root
 
     root = project_root(Path.cwd())

@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from orchestrator import manifestset
-from orchestrator.compare import flatten
 from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK, FatalError
 from orchestrator.hashing import NotRegularFile, canonical_json, file_kind, open_regular, sha256_bytes
+from orchestrator.review import manifestset
+from orchestrator.review.compare import flatten
 
-# The same names as orchestrator.manifest's and the same fields as orchestrator.committed's,
+# The same names as orchestrator.targets.manifest's and the same fields as orchestrator.review.committed's,
 # which this module cannot import (they import pydantic); a test keeps them equal.
 MANIFEST = "manifest.json"
 RUN_LOG = "run-log.json"

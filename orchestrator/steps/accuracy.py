@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.keys import TOKENIZERS
+from orchestrator.host.versions import TOKENIZERS
 from orchestrator.runtime import hf
 from orchestrator.step import PlanContext, Planned, Resources, StepContext, Verdict
 from orchestrator.steps.checks import EngineCheck, device_of

@@ -25,7 +25,7 @@ task warns: marked, not withheld (``--rebench`` re-measures).
 Gates are judged on the interval, not the point (`judge_speedup`): a point fails when even its
 interval's upper bound is below the threshold, passes when it meets it and is not noisy, and is
 ``unjudged`` (a warning; a failure under ``--strict``) only when a noisy interval straddles it.
-A threshold may be for some machines only (orchestrator.conditions): it is judged against the CPU
+A threshold may be for some machines only (orchestrator.host.conditions): it is judged against the CPU
 features recorded with the figures.
 """
 
@@ -43,8 +43,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.conditions import Conditional, GateValue, describe, not_here, thresholds
-from orchestrator.machine import cpu_features, cpu_model
+from orchestrator.host.conditions import Conditional, GateValue, describe, not_here, thresholds
+from orchestrator.host.cpu import cpu_features, cpu_model
 from orchestrator.step import PlanContext, Planned, Resources, StepContext, Verdict
 from orchestrator.steps.checks import EngineCheck, device_of
 

@@ -309,7 +309,7 @@ class LocalStore:
                             os.close(fd)
                             continue  # its owner is alive
                     try:
-                        from orchestrator.procs import kill_leftovers
+                        from orchestrator.host.procs import kill_leftovers
 
                         kill_leftovers(path)  # processes a killed build's step started
                         freed += _size(path)

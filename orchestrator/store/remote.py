@@ -65,15 +65,15 @@ def lease_holder_fields() -> dict[str, Any]:
     """Who takes a lease, as the message of a build waiting for it names them."""
     import socket
 
-    from orchestrator.locks import this_command
+    from orchestrator.store.holder import this_command
 
     return {"host": socket.gethostname(), "pid": os.getpid(), "command": this_command(),
             "since": round(time.time(), 3)}
 
 
 def lease_holder(lease: dict[str, Any]) -> Any:
-    """A lease object as an orchestrator.locks.Holder (one wording for every wait)."""
-    from orchestrator.locks import Holder
+    """A lease object as an orchestrator.store.holder.Holder (one wording for every wait)."""
+    from orchestrator.store.holder import Holder
 
     pid, since = lease.get("pid"), lease.get("since")
     return Holder(pid if isinstance(pid, int) else None, str(lease.get("command") or ""),

@@ -222,7 +222,7 @@ def test_a_build_waits_for_a_locked_task_and_runs_others_meanwhile(project: Proj
 
 
 def test_a_waiting_benchmark_is_not_starved_by_other_builds_tasks(tmp_path: Path) -> None:
-    from orchestrator.locks import BuildLocks
+    from orchestrator.store.locks import BuildLocks
 
     # three builds (fds) on one cache; whatever fails below, their locks go with the block
     with BuildLocks(tmp_path) as one, BuildLocks(tmp_path) as two, BuildLocks(tmp_path) as three:
@@ -237,7 +237,7 @@ def test_a_waiting_benchmark_is_not_starved_by_other_builds_tasks(tmp_path: Path
 
 
 def test_a_key_lock_is_exclusive_and_its_file_goes_with_it(tmp_path: Path) -> None:
-    from orchestrator.locks import BuildLocks
+    from orchestrator.store.locks import BuildLocks
 
     with BuildLocks(tmp_path) as one, BuildLocks(tmp_path) as two:
         assert one.lock_key("t", "k" * 64)
@@ -248,7 +248,7 @@ def test_a_key_lock_is_exclusive_and_its_file_goes_with_it(tmp_path: Path) -> No
 
 
 def test_the_executor_starts_an_exclusive_job_alone() -> None:
-    from orchestrator.executors.local import Job, LocalExecutor
+    from orchestrator.run.executors.local import Job, LocalExecutor
 
     ex = LocalExecutor(8)
     assert ex.can_start(1, exclusive=True)  # nothing runs
@@ -280,7 +280,7 @@ def test_a_task_that_failed_in_the_other_build_runs_here(project: Project,
 
 def test_the_machine_lock_folder_is_per_user_and_never_a_planted_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.locks import lock_dir
+    from orchestrator.store.locks import lock_dir
 
     cache = tmp_path / "cache"
     monkeypatch.delenv("DEPLOY_BUILD_LOCK_DIR", raising=False)

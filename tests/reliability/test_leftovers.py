@@ -28,7 +28,7 @@ def test_sigterm_while_probing_the_output_folder_leaves_no_probe_file(
     import tempfile
     from types import SimpleNamespace
 
-    from orchestrator import diskerrors
+    from orchestrator.host import diskerrors
 
     real = tempfile.mkstemp
 

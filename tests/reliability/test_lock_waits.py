@@ -65,7 +65,7 @@ targets:
 def _benchmarking(project: Project, name: str, env: dict[str, str], lock_folder: Path
                   ) -> subprocess.Popen[str]:
     """Start a build whose benchmark holds the machine lock of lock_folder; return once it does."""
-    from orchestrator.locks import MACHINE_LOCK, try_lock
+    from orchestrator.store.locks import MACHINE_LOCK, try_lock
 
     (project.root / "bench_step.py").write_text(BENCH_STEP)
     r = project.recipe(BENCH_RECIPE.format(name=name), f"{name}.yaml")
@@ -181,7 +181,7 @@ def test_an_in_process_benchmark_takes_the_machine_lock(
 
 
 def test_locks_are_released_however_the_block_ends(tmp_path: Path) -> None:
-    from orchestrator.locks import MACHINE_LOCK, BuildLocks, try_lock
+    from orchestrator.store.locks import MACHINE_LOCK, BuildLocks, try_lock
 
     with pytest.raises(RuntimeError), BuildLocks(tmp_path) as locks:
         assert locks.lock_machine("bench", exclusive=True, label="a/check:benchmark")
@@ -196,7 +196,7 @@ def test_locks_are_released_however_the_block_ends(tmp_path: Path) -> None:
 def test_holders_are_read_from_proc_locks_and_the_records(tmp_path: Path) -> None:
     """Pure parts: /proc/locks lines for the lock's inode (other files and blocked waiters are
     not holders); a record of a dead process is stale and removed."""
-    from orchestrator.locks import MACHINE_LOCK, Holder, describe_holders, machine_holders
+    from orchestrator.store.locks import MACHINE_LOCK, Holder, describe_holders, machine_holders
 
     (tmp_path / MACHINE_LOCK).write_text("")
     st = os.stat(tmp_path / MACHINE_LOCK)

@@ -276,9 +276,10 @@ def test_verify_imports_no_model_library(built: Built) -> None:
 
 
 def test_verify_copies_of_the_manifest_constants_match() -> None:
-    """verify cannot import orchestrator.manifest or .committed (pydantic): its copies match."""
-    from orchestrator import committed, manifest
+    """verify cannot import orchestrator.targets.manifest or .committed (pydantic): its copies match."""
     from orchestrator.commands import verify as v
+    from orchestrator.review import committed
+    from orchestrator.targets import manifest
 
     assert (v.MANIFEST, v.RUN_LOG) == (manifest.MANIFEST, manifest.RUN_LOG)
     assert v.MEASURED == committed.MEASURED

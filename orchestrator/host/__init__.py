@@ -1,0 +1,2 @@
+"""What the machine and the environment are: CPU facts, installed versions, processes,
+signals, disk errors."""
