@@ -37,42 +37,19 @@ from orchestrator.errors import EXIT_BUILD_FAILED, EXIT_OK, FatalError
 from orchestrator.hashing import NotRegularFile, canonical_json, file_kind, open_regular, sha256_bytes
 from orchestrator.review import manifestset
 from orchestrator.review.compare import flatten
+from orchestrator.review.manifestset import MEASURED, first_unreproducible, measured  # noqa: F401
 
-# The same names as orchestrator.targets.manifest's and the same fields as orchestrator.review.committed's,
-# which this module cannot import (they import pydantic); a test keeps them equal.
+# The same names as orchestrator.targets.manifest's, which this module cannot import (it imports
+# pydantic); a test keeps them equal.
 MANIFEST = "manifest.json"
 RUN_LOG = "run-log.json"
 EXEMPT = {MANIFEST: "the manifest itself", RUN_LOG: "the build's volatile facts: durations, host"}
-MEASURED = (
-    "benchmark.*",
-    "checks.*.max_abs_diff", "checks.*.mean_cosine", "checks.*.min_cosine",
-    "checks.*.top1_agreement", "search.*",
-)
 RECOPY = "copy the target folder again from the build (or rebuild it)"
 
 
 def placed(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Every file or tree of a target folder: the artifacts and the bundle's files."""
     return [*manifest.get("artifacts", []), *(manifest.get("bundle") or {}).get("files", [])]
-
-
-def measured(manifest: dict[str, Any]) -> list[str]:
-    """The dotted fields two honest builds of one recipe may disagree on (committed.measured)."""
-    patterns = list(MEASURED)
-    steps = manifest.get("steps") or []
-    first = _first_unreproducible(manifest)
-    if first is not None:
-        patterns += [f"steps.{i}.{f}" for i in range(first, len(steps))
-                     for f in ("key", "outputs.*.digest", "outputs.*.size", "inputs.*.digest",
-                               "inputs.*.size", "metrics.*")]
-        patterns += ["artifacts.*.digest", "artifacts.*.size", "checks.*.key", "bundle.files.*"]
-    return patterns
-
-
-def _first_unreproducible(manifest: dict[str, Any]) -> int | None:
-    steps = manifest.get("steps") or []
-    return next((i for i, s in enumerate(steps)
-                 if isinstance(s, dict) and s.get("reproducible") is False), None)
 
 
 def _show(rel: str) -> str:
@@ -231,7 +208,7 @@ def _entries(ref: dict[str, Any], own: dict[str, Any] | None, where: str | None,
     """What each listed path is checked against: the reference manifest, or, for an engine
     after a step that is not byte-reproducible, the folder's own manifest (a note)."""
     whom = "the manifest" if where is None else f"the reviewed manifest ({where})"
-    first = _first_unreproducible(ref) if where is not None else None
+    first = first_unreproducible(ref) if where is not None else None
     artifacts = {id(a) for a in ref.get("artifacts", [])}
     mine = {a.get("path"): a for a in placed(own or {})}
     checks = []

@@ -93,3 +93,14 @@ def on_parent_death(signum: int, frame: Any) -> None:
             os.killpg(me, signal.SIGKILL)
     time.sleep(0)  # pragma: no cover - killed above when a group leader
     os._exit(128 + signum)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

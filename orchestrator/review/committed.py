@@ -15,17 +15,8 @@ from typing import Any
 
 from orchestrator.hashing import atomic_write
 from orchestrator.review.compare import flatten
+from orchestrator.review.manifestset import MEASURED, measured  # noqa: F401 - re-exported
 from orchestrator.targets.manifest import dumps
-
-# Fields that two honest builds of the same inputs may disagree on: measured latencies and
-# everything the benchmark saw; parity figures, where the CPU's instruction set (AVX-512, VNNI,
-# AMX) changes the numerics. The digests of engines recorded as not byte-reproducible (a step
-# class with `reproducible = False`, as TensorRT plans are) are added by measured().
-MEASURED = (
-    "benchmark.*",
-    "checks.*.max_abs_diff", "checks.*.mean_cosine", "checks.*.min_cosine",
-    "checks.*.top1_agreement", "search.*",
-)
 
 
 def target_path(folder: Path, label: str) -> Path:
@@ -51,20 +42,6 @@ def write_committed(folder: Path, table: list[Any]) -> list[Path]:
         atomic_write(path, text)
         written.append(path)
     return written
-
-
-def measured(manifest: dict[str, Any]) -> list[str]:
-    """MEASURED, plus, from the first step whose class says `reproducible = False` (its output
-    bytes differ from build to build, as TensorRT plans do), every digest and key after it."""
-    patterns = list(MEASURED)
-    steps = manifest.get("steps") or []
-    first = next((i for i, s in enumerate(steps) if s.get("reproducible") is False), None)
-    if first is not None:
-        patterns += [f"steps.{i}.{f}" for i in range(first, len(steps))
-                     for f in ("key", "outputs.*.digest", "outputs.*.size", "inputs.*.digest",
-                               "inputs.*.size", "metrics.*")]
-        patterns += ["artifacts.*.digest", "artifacts.*.size", "checks.*.key", "bundle.files.*"]
-    return patterns
 
 
 def reproducible_part(manifest: dict[str, Any]) -> dict[str, Any]:

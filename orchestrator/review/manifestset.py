@@ -187,3 +187,34 @@ def _nonempty(found: Manifests, rev: str) -> Manifests:
     if not found:
         raise FatalError(f"no manifest tracked at revision {rev}")
     return found
+
+
+# Fields that two honest builds of the same inputs may disagree on: measured latencies and
+# everything the benchmark saw; parity figures, where the CPU's instruction set (AVX-512, VNNI,
+# AMX) changes the numerics. The digests of engines recorded as not byte-reproducible (a step
+# class with `reproducible = False`, as TensorRT plans are) are added by measured(). Here, in a
+# standard-library module, because `verify` reads them too.
+MEASURED = (
+    "benchmark.*",
+    "checks.*.max_abs_diff", "checks.*.mean_cosine", "checks.*.min_cosine",
+    "checks.*.top1_agreement", "search.*",
+)
+
+
+def measured(manifest: dict[str, Any]) -> list[str]:
+    """The dotted fields two honest builds of one recipe may disagree on ."""
+    patterns = list(MEASURED)
+    steps = manifest.get("steps") or []
+    first = first_unreproducible(manifest)
+    if first is not None:
+        patterns += [f"steps.{i}.{f}" for i in range(first, len(steps))
+                     for f in ("key", "outputs.*.digest", "outputs.*.size", "inputs.*.digest",
+                               "inputs.*.size", "metrics.*")]
+        patterns += ["artifacts.*.digest", "artifacts.*.size", "checks.*.key", "bundle.files.*"]
+    return patterns
+
+
+def first_unreproducible(manifest: dict[str, Any]) -> int | None:
+    steps = manifest.get("steps") or []
+    return next((i for i, s in enumerate(steps)
+                 if isinstance(s, dict) and s.get("reproducible") is False), None)

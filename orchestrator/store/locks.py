@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from orchestrator.host.procs import alive
 from orchestrator.store.holder import Holder, this_command  # noqa: F401 - re-exported
 
 MACHINE_LOCK = "benchmark.lock"
@@ -128,16 +129,6 @@ def _lock_pids(path: Path, locks_text: str | None = None) -> dict[int, str] | No
     return pids
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _cmdline(pid: int) -> str:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -173,7 +164,7 @@ def machine_holders(folder: Path, locks_text: str | None = None) -> list[Holder]
     for f in sorted((folder / HOLDERS).glob("*.json")):
         rec = _read_record(f)
         pid = rec.get("pid")
-        if not isinstance(pid, int) or not _alive(pid):
+        if not isinstance(pid, int) or not alive(pid):
             with contextlib.suppress(OSError):
                 f.unlink()  # its build is gone (killed): the record is stale
             continue

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from orchestrator.host.procs import alive
 from orchestrator.host.signals import signals_held
 from orchestrator.plan.graph import BuildGraph, TargetPlan
 from orchestrator.store.base import Blob
@@ -119,20 +120,8 @@ def _sweep_staging(tdir: Path) -> None:
     for p in tdir.parent.glob(f".{tdir.name}.*-*"):
         pid = p.name.rpartition("-")[2]
         if pid.isdigit() and p.name.startswith((f".{tdir.name}.new-", f".{tdir.name}.old-")) \
-                and not _alive(int(pid)):
+                and not alive(int(pid)):
             _remove_tree(p)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove_tree(path: Path) -> None:

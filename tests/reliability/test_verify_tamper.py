@@ -276,15 +276,14 @@ def test_verify_imports_no_model_library(built: Built) -> None:
 
 
 def test_verify_copies_of_the_manifest_constants_match() -> None:
-    """verify cannot import orchestrator.targets.manifest or .committed (pydantic): its copies match."""
+    """verify cannot import orchestrator.targets.manifest (pydantic): its copies match. The measured
+    fields it shares with committed manifests live in review/manifestset.py, which both import."""
     from orchestrator.commands import verify as v
-    from orchestrator.review import committed
     from orchestrator.targets import manifest
 
     assert (v.MANIFEST, v.RUN_LOG) == (manifest.MANIFEST, manifest.RUN_LOG)
-    assert v.MEASURED == committed.MEASURED
     m = {"steps": [{"step": "x"}, {"step": "trt", "reproducible": False}, {"step": "y"}],
          "artifacts": [{"path": "e"}], "bundle": {"files": [{"path": "f"}]}}
-    assert v.measured(m) == committed.measured(m)
-    assert v.measured({"steps": [{}]}) == committed.measured({"steps": [{}]})
+    assert "steps.1.key" in v.measured(m) and "steps.0.key" not in v.measured(m)
+    assert v.measured({"steps": [{}]}) == list(v.MEASURED)
     assert v.placed(m) == manifest.placed(m)
