@@ -78,6 +78,25 @@ def test_a_server_whose_imports_start_a_thread_never_forks_and_tasks_start_cold(
         ex.cancel_all()
 
 
+def test_a_killed_server_fails_its_running_task_and_the_next_one_starts_cold(
+        tmp_path: Path) -> None:
+    ex = LocalExecutor(jobs=2)
+    try:
+        assert ex.warm_up(("json",))
+        ex.start(job(tmp_path, "Fail", {"how": "hang", "seconds": 60}, name="hung"))
+        assert ex.forked == 1
+        assert ex._pool is not None
+        os.kill(ex._pool.servers[-1].proc.pid, signal.SIGKILL)
+        (fin,) = wait(ex, timeout=30)
+        assert fin.task_id == "hung" and not fin.ok and fin.returncode == -signal.SIGKILL
+        ex.start(job(tmp_path, "Upper", {"suffix": "!"}, name="next"))
+        (fin,) = wait(ex)
+        assert fin.ok, fin.log
+        assert ex.forked == 1  # started cold: the pool is broken, no new server
+    finally:
+        ex.cancel_all()
+
+
 def test_the_modules_that_start_threads_are_never_preloaded() -> None:
     assert warm.preloadable(["onnxruntime.quantization", "onnx", "openvino", "torch", "onnx"]) \
         == ("onnx", "torch")

@@ -75,14 +75,18 @@ class ForkedProcess:
         if self.returncode is None:
             self.server.read()
             self.returncode = self.server.exits.pop(self.pid, None)
+            if self.returncode is None and self.server.dead():
+                # its server was killed: the child's death signal ends it (and its group); make
+                # sure, since nobody here can wait for it
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.returncode = -signal.SIGKILL
+                self.server.children.discard(self.pid)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
-            if self.server.dead():
-                self.returncode = -signal.SIGKILL  # its server died: its death signal took it
-                break
             if deadline is not None and time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(f"warm worker {self.pid}", timeout or 0.0)
             time.sleep(0.01)
@@ -232,7 +236,7 @@ class WarmPool:
         """Stop servers that a newer ready one replaced and that have no child left."""
         newest = next((s for s in reversed(self.servers) if s.usable()), None)
         for s in list(self.servers):
-            if s is not newest and (s.usable() or s.dead()) and not s.children:
+            if s is not newest and (s.dead() or (s.usable() and not s.children)):
                 s.stop()
                 self.servers.remove(s)
 
