@@ -57,7 +57,7 @@ def test_a_second_interrupt_while_cleaning_up_a_staging_folder_waits(
         project: Project, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """Ctrl-C while a target folder is staged removes the staging folder; a second Ctrl-C
     during that removal no longer stops it half way."""
-    from orchestrator import materialize as manifest
+    from orchestrator.targets import materialize as manifest
 
     real = manifest._remove_tree
     calls = {"n": 0}
