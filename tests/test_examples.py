@@ -29,7 +29,7 @@ def _recipe(tmp_path: Path, model: Path, gates: str) -> Path:
 
 
 def _build(recipe: Path, tmp_path: Path, *args: str) -> tuple[int, dict, str]:
-    from test_e2e_tiny import run_cli
+    from test_tiny_builds import run_cli
 
     r = run_cli([str(recipe), "--allow-plugin-path", str(EXAMPLES), "--json", *args], tmp_path)
     return r.returncode, json.loads(r.stdout) if r.stdout.strip() else {}, r.stderr

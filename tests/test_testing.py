@@ -109,7 +109,7 @@ def test_in_process_runs_the_task_in_the_cli_process_and_caches_nothing(
 
 
 def test_in_process_via_the_cli_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from test_e2e_tiny import run_cli
+    from test_tiny_builds import run_cli
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {{source: {tiny_model_dir}}}\ntargets:\n  t:\n    steps:\n"
