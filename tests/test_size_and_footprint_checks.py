@@ -130,7 +130,8 @@ def test_accuracy_with_run_step_against_its_reference_run(tiny_classifier_dir: P
         run_step(Accuracy, {}, {**ins, "model": onnx_file})  # planned: task feature-extraction
 
 
-def test_size_and_footprint_checks_in_a_build_through_the_cli(tiny_classifier_dir: Path, tmp_path: Path) -> None:
+def test_size_and_footprint_checks_in_a_build_through_the_cli(tiny_classifier_dir: Path,
+                                                              tmp_path: Path) -> None:
     from test_tiny_builds import run_cli
 
     _labelled_by_the_original(tiny_classifier_dir, tmp_path / "labelled.tsv")
