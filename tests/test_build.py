@@ -270,9 +270,11 @@ def test_interrupt_leaves_no_partial_state(project: Project, capsys, sig: str, c
         if "RUN   b/2:fake-upper" in line:
             break
     time.sleep(0.5)
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    masks = [ln for ln in status.splitlines() if ln.startswith(("SigBlk", "SigIgn", "SigCgt"))]
     proc.send_signal(getattr(signal, sig))
     rc = proc.wait(30)
-    assert rc == code, "".join(lines) + proc.stderr.read()
+    assert rc == code, "".join(lines) + proc.stderr.read() + "\n".join(masks)
     time.sleep(0.5)
     workers = subprocess.run(["pgrep", "-f", f"orchestrator.run.worker.*{project.cache}"],
                              capture_output=True, text=True).stdout

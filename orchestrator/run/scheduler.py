@@ -223,12 +223,16 @@ class Scheduler:
 
     def redecide(self, task: Task) -> Decision:
         """Decide again a task whose inputs are known only now: a hit if the upstream rebuilt
-        identical bytes (early cutoff)."""
+        identical bytes (early cutoff), or if another build built it meanwhile (its upstream
+        came from the cache too: nothing was rebuilt here)."""
         digests = input_digests(task, self.plan.sources, self.outputs)
         assert digests is not None  # every upstream has finished
         d = decide(task, self.store, digests, forced=self.plan.forced(task), after_upstream=True)
         if d.status == "HIT":
-            d = replace(d, reasons=["early cutoff: upstream rebuilt identical bytes"])
+            upstream = self.plan.graph.dag.predecessors(task.id)
+            rebuilt = any(self.outcomes[u].status == "run" for u in upstream if u in self.outcomes)
+            d = replace(d, reasons=["early cutoff: upstream rebuilt identical bytes" if rebuilt
+                                    else "built by another build meanwhile"])
         self.decisions[task.id] = d
         return d
 
