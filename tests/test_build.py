@@ -261,7 +261,10 @@ def test_interrupt_leaves_no_partial_state(project: Project, capsys, sig: str, c
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", str(r), "--cache", str(project.cache),
          "--out", str(project.out), "--jobs", "2"],
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True,
+        # as from a terminal: a suite started in the background (`make test &`) ignores SIGINT,
+        # and a child inherits that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     lines = []
     while time.monotonic() < deadline:
